@@ -1,0 +1,3 @@
+from dronedepth.cli import main
+
+raise SystemExit(main())
