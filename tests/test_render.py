@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from gateway.render import colorize_depth, depth_preview, render_point_cloud
+
+
+def test_colorize_depth_near_is_warm_far_is_cool_invalid_is_black() -> None:
+    depth = np.array([[1.0, 10.0, np.nan, 0.0]], np.float32)
+    depth = np.repeat(depth, 4, axis=0)
+    rgb = colorize_depth(depth, "metric")
+    near, far = rgb[0, 0].astype(int), rgb[0, 1].astype(int)
+    assert near[0] > near[2], "near pixels should be red-ish"
+    assert far[2] > far[0], "far pixels should be blue-ish"
+    assert (rgb[:, 2:] == 0).all(), "non-finite and zero depth must be black"
+
+
+def test_colorize_depth_all_invalid_gives_black_image() -> None:
+    assert not colorize_depth(np.full((3, 3), np.nan, np.float32), "metric").any()
+
+
+def test_depth_preview_is_frame_and_depth_side_by_side() -> None:
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    depth = np.linspace(1, 5, 48 * 64, dtype=np.float32).reshape(48, 64)
+    panel = depth_preview(rgb, depth, "relative", note="random-init")
+    assert panel.shape == (48, 128, 3)
+    assert panel[:, 64:].any()
+
+
+@pytest.fixture
+def plane() -> tuple[np.ndarray, np.ndarray]:
+    v, u = np.mgrid[0:60, 0:80]
+    z = np.full(u.shape, 4.0)
+    points = np.stack([(u - 40) / 50 * z, (v - 30) / 50 * z, z], -1).reshape(-1, 3).astype(np.float32)
+    colors = np.zeros((len(points), 3), np.uint8)
+    colors[:, 1] = 255
+    return points, colors
+
+
+def test_render_point_cloud_draws_points_and_highlights(plane: tuple[np.ndarray, np.ndarray]) -> None:
+    points, colors = plane
+    image = render_point_cloud(points, colors, size=(320, 240), highlight=points[:1])
+    green = (image[..., 1] == 255) & (image[..., 0] == 0)
+    red = (image[..., 0] > 200) & (image[..., 1] < 100)
+    assert green.sum() > 1000
+    assert red.any()
+
+
+def test_render_point_cloud_nearest_point_wins(plane: tuple[np.ndarray, np.ndarray]) -> None:
+    points, _ = plane
+    behind = points + np.array([0, 0, 1.0], np.float32)
+    colors = np.concatenate([np.full((len(points), 3), 255, np.uint8), np.zeros((len(points), 3), np.uint8)])
+    image = render_point_cloud(
+        np.concatenate([points, behind]), colors, size=(64, 48), yaw_deg=0, pitch_deg=0, background=(9, 9, 9)
+    )
+    drawn = image[(image != 9).any(-1)]
+    assert (drawn == 255).all(axis=-1).mean() > 0.95
+
+
+def test_render_point_cloud_empty_gives_background() -> None:
+    image = render_point_cloud(np.zeros((0, 3), np.float32), None, size=(32, 24), background=(1, 2, 3))
+    assert (image == [1, 2, 3]).all()
