@@ -1,0 +1,233 @@
+"""The per-frame CPU work of a session: depth → points, keypoints, cloud, message.
+
+A session runs :meth:`FrameProcessor.process` in an executor thread for each
+frame that comes back from inference. Open3D is imported only when clouds are built. The processor holds what is worth
+keeping between frames (the keypoint detector; ray grids are cached by
+:func:`gateway.projection.ray_grid`) and nothing that a returned
+:class:`FrameResult` shares with the next frame, so results may be kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Literal
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from dronedepth.errors import ConfigError, ProtocolError
+from dronedepth.protocol import CAMERA_MISMATCH, CameraMessage, KeypointsMessage
+from gateway.keypoints import KeypointConfig, KeypointDetector, lift_keypoints
+from gateway.projection import AXES_FROM_OPTICAL, Axes, convert_axes, points_from_depth, ray_grid, valid_depth_mask
+
+if TYPE_CHECKING:
+    from open3d.geometry import PointCloud
+
+__all__ = ["FrameProcessor", "FrameResult", "ProcessingConfig", "camera_for_frame", "relative_depth"]
+
+ASPECT_TOLERANCE: Final = 0.01
+"""Largest relative aspect-ratio difference for which a camera is rescaled to a frame."""
+DEFAULT_MIN_DISPARITY: Final = 1e-3
+"""Disparities below this fraction of a frame's largest disparity are treated as invalid (sky, infinity)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingConfig:
+    """What :class:`FrameProcessor` computes for each frame.
+
+    ``max_range`` and ``edge_threshold`` go to
+    :func:`~gateway.projection.valid_depth_mask` (``max_range`` is in metres for
+    metric models and in relative-depth units otherwise). ``axes`` is the frame
+    of the returned points and keypoints. ``min_disparity`` only applies to
+    relative models (see :func:`relative_depth`).
+    """
+
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    max_range: float | None = None
+    edge_threshold: float | None = 0.05
+    axes: Axes = "optical"
+    build_cloud: bool = True
+    voxel_size: float | None = None
+    remove_outliers: bool = False
+    min_disparity: float = DEFAULT_MIN_DISPARITY
+
+    def __post_init__(self) -> None:
+        if self.axes not in AXES_FROM_OPTICAL:
+            raise ConfigError(f"axes must be one of {', '.join(AXES_FROM_OPTICAL)}; got {self.axes!r}")
+        if self.max_range is not None and not self.max_range > 0:
+            raise ConfigError(f"max_range must be positive, got {self.max_range!r}")
+        if self.edge_threshold is not None and not self.edge_threshold > 0:
+            raise ConfigError(f"edge_threshold must be positive, got {self.edge_threshold!r}")
+        if self.voxel_size is not None and not self.voxel_size > 0:
+            raise ConfigError(f"voxel_size must be positive, got {self.voxel_size!r}")
+        if not 0 <= self.min_disparity < 1:
+            raise ConfigError(f"min_disparity must be in [0, 1), got {self.min_disparity!r}")
+
+
+@dataclass(slots=True)
+class FrameResult:
+    """Everything computed for one frame.
+
+    ``points`` (all valid pixels, row-major order) and ``colors`` (uint8 RGB,
+    one row per point) are in the configured axes; ``depth`` is the z-depth
+    used: metres for metric models, ``1 / disparity`` (NaN where invalid, not
+    metres) for relative ones. ``valid`` is the ``(H, W)`` mask the points came from.
+    """
+
+    message: KeypointsMessage
+    cloud: PointCloud | None
+    points: NDArray[np.float32]
+    colors: NDArray[np.uint8]
+    depth: NDArray[np.float32]
+    valid: NDArray[np.bool_] | None = None
+
+
+def camera_for_frame(camera: CameraMessage, width: int, height: int) -> CameraMessage:
+    """``camera`` for frames of ``width`` × ``height``: itself, or rescaled.
+
+    A frame with the camera's aspect ratio (within 1 %) but another size (the
+    encoder scaled the video) gets ``camera.scaled(width, height)``; any other
+    frame size raises ``ProtocolError(CAMERA_MISMATCH)``.
+    """
+    if (width, height) == (camera.width, camera.height):
+        return camera
+    if width < 1 or height < 1:
+        raise ProtocolError(CAMERA_MISMATCH, f"frame size {width}x{height} is not a valid image size")
+    frame_aspect = width / height
+    camera_aspect = camera.width / camera.height
+    if abs(frame_aspect / camera_aspect - 1) > ASPECT_TOLERANCE:
+        raise ProtocolError(
+            CAMERA_MISMATCH,
+            f"frame is {width}x{height} (aspect {frame_aspect:.4f}) but the camera message describes "
+            f"{camera.width}x{camera.height} (aspect {camera_aspect:.4f}); the aspect ratios differ by more "
+            f"than {ASPECT_TOLERANCE:.0%}, so the intrinsics cannot be rescaled: send a camera message "
+            f"for {width}x{height} frames",
+        )
+    return camera.scaled(width, height)
+
+
+def relative_depth(disparity: NDArray[np.float32], min_disparity: float = DEFAULT_MIN_DISPARITY) -> NDArray[np.float32]:
+    """Relative depth ``1 / disparity`` of a relative model's output, NaN where invalid.
+
+    Depth Anything V2 relative models output affine-invariant disparity, so
+    the result is depth up to an unknown scale (and distorted by the unknown
+    shift): never metres. Disparities that are not finite, not positive, or
+    below ``min_disparity`` × the frame's largest disparity (sky, far
+    background: depth more than ``1 / min_disparity`` times that of the
+    nearest pixel) are invalid.
+    """
+    disparity = np.asarray(disparity, dtype=np.float32)
+    finite = np.isfinite(disparity)
+    largest = float(np.max(disparity, where=finite, initial=0.0))
+    threshold = max(np.finfo(np.float32).tiny, largest * min_disparity)
+    out = np.full(disparity.shape, np.nan, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        np.divide(np.float32(1.0), disparity, out=out, where=finite & (disparity > threshold))
+    return out
+
+
+class FrameProcessor:
+    """Turns (RGB frame, depth) pairs into keypoints messages and clouds; one per session.
+
+    ``depth_kind`` says what the model outputs: ``metric`` (metres) or
+    ``relative`` (disparity). Not thread-safe: process one frame at a time.
+    """
+
+    def __init__(self, config: ProcessingConfig, depth_kind: Literal["metric", "relative"]) -> None:
+        if depth_kind not in ("metric", "relative"):
+            raise ConfigError(f"depth_kind must be 'metric' or 'relative', got {depth_kind!r}")
+        self.config = config
+        self.depth_kind = depth_kind
+        self._detector = KeypointDetector(config.keypoints)
+        self._make_point_cloud: Callable[..., PointCloud] | None = None
+        if config.build_cloud:
+            from gateway.pointcloud import make_point_cloud  # imports Open3D (~0.6 s): only when needed
+
+            self._make_point_cloud = make_point_cloud
+
+    def process(
+        self,
+        rgb: NDArray[np.uint8],
+        depth: NDArray[np.float32],
+        camera: CameraMessage,
+        *,
+        pts: int,
+        frame_index: int,
+        timing: dict[str, float] | None = None,
+    ) -> FrameResult:
+        """Process one frame; ``rgb`` is ``(H, W, 3)`` uint8 RGB, ``depth`` ``(H, W)`` model output.
+
+        Raises ``ProtocolError(CAMERA_MISMATCH)`` when the frame is not
+        ``camera.width`` × ``camera.height`` (see :func:`camera_for_frame`).
+        Adds ``projection``, ``keypoints`` and ``pointcloud`` milliseconds to
+        ``timing`` (which may already hold other stages) and puts a copy of it
+        in the message.
+        """
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"rgb must be a uint8 (H, W, 3) array, got {rgb.dtype} {rgb.shape}")
+        height, width = rgb.shape[:2]
+        if depth.shape != (height, width):
+            raise ValueError(f"depth shape {depth.shape} differs from the frame's ({height}, {width})")
+        if (width, height) != (camera.width, camera.height):
+            raise ProtocolError(
+                CAMERA_MISMATCH,
+                f"frame is {width}x{height} but the camera message describes {camera.width}x{camera.height}",
+            )
+        config = self.config
+        timing = {} if timing is None else timing
+
+        start = time.perf_counter()
+        rays = ray_grid(camera)
+        if self.depth_kind == "relative":
+            z = relative_depth(depth, config.min_disparity)
+        else:
+            z = np.asarray(depth, dtype=np.float32)
+        valid = valid_depth_mask(z, max_range=config.max_range, edge_threshold=config.edge_threshold)
+        if rays.valid is not None:
+            valid &= rays.valid
+        points = points_from_depth(z, rays, valid)
+        colors = _masked_rgb(rgb, valid)
+        points = convert_axes(points, config.axes)
+        after_projection = time.perf_counter()
+        timing["projection"] = (after_projection - start) * 1e3
+
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        keypoints = self._detector.detect(gray)
+        keypoint_points, kept = lift_keypoints(keypoints, z, rays, valid, window=config.keypoints.window)
+        keypoints = keypoints.subset(kept)
+        keypoint_points = convert_axes(keypoint_points, config.axes)
+        after_keypoints = time.perf_counter()
+        timing["keypoints"] = (after_keypoints - after_projection) * 1e3
+
+        cloud = None
+        if self._make_point_cloud is not None:
+            cloud = self._make_point_cloud(
+                points, colors, voxel_size=config.voxel_size, remove_outliers=config.remove_outliers
+            )
+        timing["pointcloud"] = (time.perf_counter() - after_keypoints) * 1e3
+
+        message = KeypointsMessage(
+            pts=pts,
+            points=keypoint_points,
+            pixels=keypoints.pixels,
+            scores=keypoints.scores,
+            depth_kind=self.depth_kind,
+            width=width,
+            height=height,
+            frame_index=frame_index,
+            axes=config.axes,
+            timing=dict(timing),
+            descriptor_type=keypoints.descriptor_type,
+            descriptors=keypoints.descriptors,
+        )
+        return FrameResult(message=message, cloud=cloud, points=points, colors=colors, depth=z, valid=valid)
+
+
+def _masked_rgb(rgb: NDArray[np.uint8], mask: NDArray[np.bool_]) -> NDArray[np.uint8]:
+    """``rgb[mask]`` as ``(N, 3)``, ~20× faster than NumPy's boolean indexing of a 3-channel image."""
+    rgb = np.ascontiguousarray(rgb)
+    pixels = rgb.reshape(-1).view(np.dtype((np.void, 3)))
+    return pixels[mask.reshape(-1)].view(np.uint8).reshape(-1, 3)
