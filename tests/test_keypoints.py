@@ -56,7 +56,7 @@ def test_detector_on_a_photo_spreads_at_most_max_keypoints_over_the_grid(photo_g
     ("method", "size", "dtype"),
     [
         ("orb", 32, np.uint8),
-        ("sift", 128, np.float32),
+        ("sift", 128, np.uint8),
         ("fast", None, None),
         ("gftt", None, None),
         ("grid", None, None),
