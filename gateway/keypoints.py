@@ -136,9 +136,7 @@ class KeypointDetector:
             self._detector = cv2.ORB_create(nfeatures=candidates)
             self._descriptor_type = "orb"
         elif config.method == "sift":
-            self._detector = cv2.SIFT_create(
-                nfeatures=candidates, descriptorType=cv2.CV_8U
-            )  # lossless: SIFT values are 0..255 integers, 4x smaller on the wire
+            self._detector = cv2.SIFT_create(nfeatures=candidates)
             self._descriptor_type = "sift"
         elif config.method == "fast":
             self._detector = cv2.FastFeatureDetector_create(threshold=20, nonmaxSuppression=True)
@@ -193,7 +191,8 @@ class KeypointDetector:
         return Keypoints(
             pixels=pixels[ids],
             scores=scores[ids],
-            descriptors=np.ascontiguousarray(descriptors[best_first]),
+            # SIFT's float values are whole numbers in 0..255: uint8 is lossless and 4x smaller on the wire.
+            descriptors=np.ascontiguousarray(descriptors[best_first], dtype=np.uint8),
             descriptor_type=self._descriptor_type,
         )
 
