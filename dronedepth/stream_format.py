@@ -1,0 +1,245 @@
+"""DDSF: the binary frame format of the gateway's ``/stream/<drone>`` WebSocket.
+
+Each WebSocket binary message is one processed frame: a fixed 48-byte
+little-endian header, then the (down-sampled) point cloud and the keypoints as
+packed arrays. ``docs/outputs.md`` documents it byte by byte for clients in
+other languages; this module needs only numpy, so viewers and robots can import
+it without the gateway's dependencies.
+
+Header (``<`` little-endian, no padding)::
+
+    offset size type     field
+         0    4 char[4]  magic "DDSF"
+         4    2 uint16   version (1)
+         6    2 uint16   header_size (48): where the body starts
+         8    4 uint32   frame_index (per drone session, 0-based)
+        12    4 uint32   flags (0; reserved)
+        16    8 int64    pts (90 kHz video clock ticks)
+        24    8 float64  stamp (capture time, seconds since the Unix epoch)
+        32    1 uint8    depth_kind (0 metric, 1 relative)
+        33    1 uint8    axes (0 optical, 1 opengl, 2 seed)
+        34    2 uint16   width  (frame size in pixels)
+        36    2 uint16   height
+        38    2 uint16   reserved (0)
+        40    4 uint32   cloud_count N
+        44    4 uint32   keypoint_count K
+
+Body, every array row-major::
+
+    float32[N][3] cloud xyz      (metres when metric)
+    uint8[N][3]   cloud rgb
+    0-3 zero bytes padding to a multiple of 4 (so the float arrays after it
+                  are 4-byte aligned: JavaScript's Float32Array requires it)
+    float32[K][3] keypoint xyz
+    float32[K][2] keypoint uv (pixel coordinates of the frame)
+    float32[K]    keypoint score
+
+Points are in the frame named by ``axes`` (the gateway's ``--axes``);
+:meth:`StreamFrame.to_optical` converts them to the REP-103 optical frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dronedepth.errors import ProtocolError
+from dronedepth.protocol import INVALID_MESSAGE, DepthKind
+
+__all__ = [
+    "AXES",
+    "DEPTH_KINDS",
+    "HEADER_SIZE",
+    "MAGIC",
+    "VERSION",
+    "StreamFrame",
+    "decode_frame",
+    "encode_frame",
+    "encoded_size",
+]
+
+MAGIC: Final = b"DDSF"
+VERSION: Final = 1
+_HEADER: Final = struct.Struct("<4sHHIIqdBBHHHII")
+HEADER_SIZE: Final = _HEADER.size  # 48
+
+DEPTH_KINDS: Final[tuple[DepthKind, ...]] = ("metric", "relative")
+"""``depth_kind`` codes: the index in this tuple."""
+AXES: Final[tuple[str, ...]] = ("optical", "opengl", "seed")
+"""``axes`` codes: the index in this tuple (the gateway's ``--axes`` values)."""
+_OPTICAL_SIGNS: Final[dict[str, NDArray[np.float32]]] = {
+    # Each frame differs from the optical one by axis sign flips only
+    # (gateway.projection.AXES_FROM_OPTICAL is diagonal), so converting back is
+    # multiplying by the same signs. A test pins the two tables together.
+    "optical": np.array([1.0, 1.0, 1.0], np.float32),
+    "opengl": np.array([1.0, -1.0, -1.0], np.float32),
+    "seed": np.array([1.0, -1.0, 1.0], np.float32),
+}
+MAX_POINTS: Final = 1 << 24
+"""Largest cloud or keypoint count a decoder accepts (a corrupt count must not allocate gigabytes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFrame:
+    """One frame of a drone's stream: a point cloud and keypoints.
+
+    Arrays from :func:`decode_frame` are read-only views of the received
+    message (no copy); ``np.array(frame.cloud_xyz)`` gives a writable copy.
+    """
+
+    frame_index: int
+    pts: int
+    stamp: float
+    depth_kind: DepthKind
+    axes: str
+    width: int
+    height: int
+    cloud_xyz: NDArray[np.float32]
+    cloud_rgb: NDArray[np.uint8]
+    keypoints_xyz: NDArray[np.float32]
+    keypoints_uv: NDArray[np.float32]
+    keypoints_score: NDArray[np.float32]
+
+    def __post_init__(self) -> None:
+        if self.depth_kind not in DEPTH_KINDS:
+            raise ProtocolError(
+                INVALID_MESSAGE, f"stream frame: depth_kind must be one of {DEPTH_KINDS}, got {self.depth_kind!r}"
+            )
+        if self.axes not in AXES:
+            raise ProtocolError(INVALID_MESSAGE, f"stream frame: axes must be one of {AXES}, got {self.axes!r}")
+        n, k = len(self.cloud_xyz), len(self.keypoints_xyz)
+        shapes = {
+            "cloud_xyz": (self.cloud_xyz.shape, (n, 3)),
+            "cloud_rgb": (self.cloud_rgb.shape, (n, 3)),
+            "keypoints_xyz": (self.keypoints_xyz.shape, (k, 3)),
+            "keypoints_uv": (self.keypoints_uv.shape, (k, 2)),
+            "keypoints_score": (self.keypoints_score.shape, (k,)),
+        }
+        for name, (got, want) in shapes.items():
+            if got != want:
+                raise ProtocolError(INVALID_MESSAGE, f"stream frame: {name} has shape {got}, expected {want}")
+
+    def to_optical(self, points: NDArray[np.float32]) -> NDArray[np.float32]:
+        """``points`` (in this frame's ``axes``) in the REP-103 optical frame: x right, y down, z forward."""
+        if self.axes == "optical":
+            return points
+        return np.multiply(points, _OPTICAL_SIGNS[self.axes], dtype=np.float32)
+
+
+def _padding(rgb_bytes: int) -> int:
+    return -rgb_bytes % 4
+
+
+def encoded_size(cloud_count: int, keypoint_count: int) -> int:
+    """Bytes of a message with this many cloud points and keypoints."""
+    return HEADER_SIZE + 12 * cloud_count + 3 * cloud_count + _padding(3 * cloud_count) + 24 * keypoint_count
+
+
+def encode_frame(frame: StreamFrame) -> bytes:
+    """Serialise ``frame`` (one allocation, one copy of each array)."""
+    n, k = len(frame.cloud_xyz), len(frame.keypoints_xyz)
+    if n > MAX_POINTS or k > MAX_POINTS:
+        raise ProtocolError(INVALID_MESSAGE, f"stream frame: {n} cloud points / {k} keypoints exceed {MAX_POINTS}")
+    if not (0 <= frame.width <= 0xFFFF and 0 <= frame.height <= 0xFFFF):
+        raise ProtocolError(INVALID_MESSAGE, f"stream frame: size {frame.width}x{frame.height} exceeds 65535")
+    buffer = bytearray(encoded_size(n, k))
+    _HEADER.pack_into(
+        buffer,
+        0,
+        MAGIC,
+        VERSION,
+        HEADER_SIZE,
+        frame.frame_index & 0xFFFFFFFF,
+        0,
+        frame.pts,
+        frame.stamp,
+        DEPTH_KINDS.index(frame.depth_kind),
+        AXES.index(frame.axes),
+        frame.width,
+        frame.height,
+        0,
+        n,
+        k,
+    )
+    offset = HEADER_SIZE
+    # np.frombuffer views into the bytearray: assigning converts dtype (and byte
+    # order, on a big-endian host) while copying straight into place.
+    for array, dtype, width in (
+        (frame.cloud_xyz, "<f4", 3),
+        (frame.cloud_rgb, "u1", 3),
+        (None, "u1", _padding(3 * n)),
+        (frame.keypoints_xyz, "<f4", 3),
+        (frame.keypoints_uv, "<f4", 2),
+        (frame.keypoints_score, "<f4", 1),
+    ):
+        rows = 1 if array is None else len(array)
+        count = rows * width
+        if array is not None and count:
+            view = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
+            view[:] = np.reshape(array, -1)
+        offset += count * np.dtype(dtype).itemsize
+    return bytes(buffer)
+
+
+def decode_frame(data: bytes | bytearray | memoryview) -> StreamFrame:
+    """Parse one message; raises :class:`ProtocolError` naming what is wrong."""
+    if len(data) < HEADER_SIZE:
+        raise ProtocolError(
+            INVALID_MESSAGE, f"stream frame: {len(data)} bytes is shorter than the {HEADER_SIZE}-byte header"
+        )
+    (magic, version, header_size, frame_index, _flags, pts, stamp, kind, axes, width, height, _reserved, n, k) = (
+        _HEADER.unpack_from(data, 0)
+    )
+    if magic != MAGIC:
+        raise ProtocolError(INVALID_MESSAGE, f"stream frame: bad magic {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise ProtocolError(
+            INVALID_MESSAGE, f"stream frame: version {version} is not supported (this decoder reads version {VERSION})"
+        )
+    if header_size < HEADER_SIZE:
+        raise ProtocolError(INVALID_MESSAGE, f"stream frame: header_size {header_size} < {HEADER_SIZE}")
+    if kind >= len(DEPTH_KINDS) or axes >= len(AXES):
+        raise ProtocolError(INVALID_MESSAGE, f"stream frame: unknown depth_kind code {kind} or axes code {axes}")
+    if n > MAX_POINTS or k > MAX_POINTS:
+        raise ProtocolError(INVALID_MESSAGE, f"stream frame: counts {n}/{k} exceed {MAX_POINTS}")
+    expected = encoded_size(n, k) - HEADER_SIZE + header_size
+    if len(data) != expected:
+        raise ProtocolError(
+            INVALID_MESSAGE,
+            f"stream frame: {len(data)} bytes, expected {expected} for {n} cloud points and {k} keypoints",
+        )
+    offset = header_size
+
+    def take(dtype: str, rows: int, width: int) -> NDArray[np.generic]:
+        nonlocal offset
+        array = np.frombuffer(data, dtype=dtype, count=rows * width, offset=offset)
+        offset += array.nbytes
+        # Native dtype for callers (a no-op view on little-endian hosts).
+        return array.astype(dtype[-2:] if dtype[0] == "<" else dtype, copy=False).reshape(
+            (rows, width) if width > 1 else (rows,)
+        )
+
+    cloud_xyz = take("<f4", n, 3)
+    cloud_rgb = take("u1", n, 3)
+    offset += _padding(3 * n)
+    keypoints_xyz = take("<f4", k, 3)
+    keypoints_uv = take("<f4", k, 2)
+    keypoints_score = take("<f4", k, 1)
+    return StreamFrame(
+        frame_index=frame_index,
+        pts=pts,
+        stamp=stamp,
+        depth_kind=DEPTH_KINDS[kind],
+        axes=AXES[axes],
+        width=width,
+        height=height,
+        cloud_xyz=cloud_xyz,  # type: ignore[arg-type]
+        cloud_rgb=cloud_rgb,  # type: ignore[arg-type]
+        keypoints_xyz=keypoints_xyz,  # type: ignore[arg-type]
+        keypoints_uv=keypoints_uv,  # type: ignore[arg-type]
+        keypoints_score=keypoints_score,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,426 @@
+"""ROS 2 messages of each processed frame, and a rosbag2 (MCAP) recorder of them.
+
+:class:`RosEncoder` turns a :class:`~gateway.sinks.FrameRecord` into CDR-
+serialised ``sensor_msgs`` messages with the pure-Python ``rosbags`` package (no
+ROS installation). :class:`BagSink` writes them, one rosbag2 per drone and
+session, and :class:`gateway.foxglove_live.FoxgloveSink` publishes the same
+bytes live. Topics, for a drone whose ROS name is ``<ns>`` (see :func:`ros_name`)::
+
+    /<ns>/camera_info       sensor_msgs/msg/CameraInfo
+    /<ns>/image/compressed  sensor_msgs/msg/CompressedImage   (jpeg)
+    /<ns>/depth             sensor_msgs/msg/Image 32FC1, metres (metric models only)
+    /<ns>/depth_relative    sensor_msgs/msg/Image 32FC1, NOT metres (relative models only)
+    /<ns>/points            sensor_msgs/msg/PointCloud2       x y z rgb
+    /<ns>/keypoints         sensor_msgs/msg/PointCloud2       x y z score u v
+
+All in frame ``<ns>/camera_optical_frame`` (REP-103: x right, y down, z
+forward) whatever the gateway's ``--axes``, stamped with the capture time.
+``docs/outputs.md`` has the details and the reasons.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from dronedepth.errors import ConfigError
+from dronedepth.protocol import CameraMessage
+from gateway.sinks import FrameRecord
+
+__all__ = [
+    "OPTICAL_FRAME",
+    "TOPIC_KINDS",
+    "BagSink",
+    "RosEncoder",
+    "RosMessage",
+    "camera_info_fields",
+    "ros_name",
+]
+
+log = logging.getLogger(__name__)
+
+OPTICAL_FRAME: Final = "camera_optical_frame"
+TOPIC_KINDS: Final = ("camera_info", "image", "depth", "points", "keypoints")
+"""One message of each kind per frame, written in this order."""
+
+POINT_CLOUD2: Final = "sensor_msgs/msg/PointCloud2"
+IMAGE: Final = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE: Final = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO: Final = "sensor_msgs/msg/CameraInfo"
+_TOPIC_TYPES: Final = {
+    "camera_info": CAMERA_INFO,
+    "image": COMPRESSED_IMAGE,
+    "depth": IMAGE,
+    "points": POINT_CLOUD2,
+    "keypoints": POINT_CLOUD2,
+}
+
+_FLOAT32: Final = 7  # sensor_msgs/msg/PointField.FLOAT32
+_CLOUD_FIELDS: Final = (("x", 0), ("y", 4), ("z", 8), ("rgb", 12))
+_KEYPOINT_FIELDS: Final = (("x", 0), ("y", 4), ("z", 8), ("score", 12), ("u", 16), ("v", 20))
+
+_ROS_INVALID: Final = re.compile(r"[^A-Za-z0-9_]+")
+
+
+@functools.lru_cache(maxsize=1024)
+def ros_name(drone_id: str) -> str:
+    """The drone's ROS namespace: ``drone_id`` made a valid ROS 2 name token.
+
+    ROS 2 names allow only letters, digits and single underscores, may not
+    start with a digit nor end with an underscore; the gateway's default ids
+    (``drone-1a2b3c4d``) break the first rule. '-' becomes '_', runs of '_'
+    collapse, a trailing '_' goes and a leading digit gets a ``d`` prefix, so
+    ``drone-1a2b`` → ``drone_1a2b`` and ``7`` → ``d7``. Valid names are unchanged.
+    """
+    name = re.sub(r"_{2,}", "_", _ROS_INVALID.sub("_", drone_id)).strip("_")
+    if not name:
+        name = "drone"
+    if name[0].isdigit():
+        name = "d" + name
+    return name
+
+
+def camera_info_fields(camera: CameraMessage) -> dict[str, Any]:
+    """``distortion_model``, ``d``, ``k``, ``r``, ``p`` of a ``sensor_msgs/CameraInfo`` for ``camera``.
+
+    OpenCV's coefficient order is ROS's: pinhole with 0, 4 or 5 coefficients →
+    ``plumb_bob`` (k1 k2 p1 p2 k3, zero-padded to 5), 8 → ``rational_polynomial``
+    (k1 k2 p1 p2 k3 k4 k5 k6), fisheye → ``equidistant`` (k1..k4, OpenCV's
+    fisheye model). ``p`` is K with a zero fourth column: the images are not
+    rectified, and this is what ROS drivers publish for a monocular camera
+    without a rectification (its ``new camera matrix`` equals K).
+    """
+    coefficients = list(camera.distortion)
+    if camera.model == "fisheye":
+        model = "equidistant"
+        coefficients = (coefficients + [0.0] * 4)[:4]
+    elif len(coefficients) == 8:
+        model = "rational_polynomial"
+    else:
+        model = "plumb_bob"
+        coefficients = (coefficients + [0.0] * 5)[:5]
+    k = camera.matrix
+    p = np.zeros((3, 4))
+    p[:, :3] = k
+    return {
+        "distortion_model": model,
+        "d": np.asarray(coefficients, dtype=np.float64),
+        "k": k.reshape(-1),
+        "r": np.eye(3).reshape(-1),
+        "p": p.reshape(-1),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class RosMessage:
+    """One serialised (CDR, little-endian) message of one topic."""
+
+    topic: str
+    msgtype: str
+    data: memoryview | bytes
+
+
+class RosEncoder:
+    """Serialises frames to ROS 2 messages; one instance can serve several sinks.
+
+    ``max_points`` thins the ``points`` cloud by a regular stride (None: every
+    valid pixel's point, 16 bytes each: ~5 MB per 640×480 frame).
+    ``jpeg_quality`` is OpenCV's 0-100. Thread-safe: it keeps no per-frame state.
+    """
+
+    def __init__(self, *, max_points: int | None = None, jpeg_quality: int = 90) -> None:
+        if max_points is not None and max_points < 1:
+            raise ConfigError(f"max_points must be positive, got {max_points}")
+        if not 0 <= jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be in 0..100, got {jpeg_quality}")
+        self.max_points = max_points
+        self.jpeg_quality = jpeg_quality
+        # Jazzy's definitions; these messages are unchanged from Humble to Kilted.
+        self.typestore = get_typestore(Stores.ROS2_JAZZY)
+        types = self.typestore.types
+        self._header = types["std_msgs/msg/Header"]
+        self._time = types["builtin_interfaces/msg/Time"]
+        self._point_cloud2 = types[POINT_CLOUD2]
+        self._image = types[IMAGE]
+        self._compressed = types[COMPRESSED_IMAGE]
+        self._camera_info = types[CAMERA_INFO]
+        self._roi = types["sensor_msgs/msg/RegionOfInterest"](
+            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+        )
+        field_type = types["sensor_msgs/msg/PointField"]
+        # Field layouts are the same for every frame: build them once.
+        self._cloud_fields = [field_type(name=n, offset=o, datatype=_FLOAT32, count=1) for n, o in _CLOUD_FIELDS]
+        self._keypoint_fields = [field_type(name=n, offset=o, datatype=_FLOAT32, count=1) for n, o in _KEYPOINT_FIELDS]
+        self._definitions: dict[str, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+        self._memo_key = object()
+
+    # ------------------------------------------------------------------ names
+
+    def topic(self, record: FrameRecord, kind: str) -> str:
+        ns = ros_name(record.drone_id)
+        if kind == "depth" and record.message.depth_kind != "metric":
+            return f"/{ns}/depth_relative"
+        if kind == "image":
+            return f"/{ns}/image/compressed"
+        return f"/{ns}/{kind}"
+
+    @staticmethod
+    def frame_id(drone_id: str) -> str:
+        return f"{ros_name(drone_id)}/{OPTICAL_FRAME}"
+
+    @staticmethod
+    def msgtype(kind: str) -> str:
+        return _TOPIC_TYPES[kind]
+
+    def definition(self, msgtype: str) -> tuple[str, str]:
+        """``(ros2msg text, RIHS01 hash)`` of ``msgtype``, for bag connections and Foxglove schemas."""
+        with self._lock:
+            found = self._definitions.get(msgtype)
+            if found is None:
+                text, _ = self.typestore.generate_msgdef(msgtype, ros_version=2)
+                found = self._definitions[msgtype] = (text, self.typestore.hash_rihs01(msgtype))
+            return found
+
+    # ------------------------------------------------------------------ messages
+
+    def encode(self, record: FrameRecord, kind: str) -> RosMessage:
+        """The ``kind`` message of ``record`` (one of :data:`TOPIC_KINDS`), serialised once per record."""
+        return record.memo((self._memo_key, kind), lambda: self._encode(record, kind))
+
+    def encode_all(self, record: FrameRecord) -> list[RosMessage]:
+        return [self.encode(record, kind) for kind in TOPIC_KINDS]
+
+    def _encode(self, record: FrameRecord, kind: str) -> RosMessage:
+        header = self._header(
+            stamp=self._time(sec=record.stamp_ns // 1_000_000_000, nanosec=record.stamp_ns % 1_000_000_000),
+            frame_id=self.frame_id(record.drone_id),
+        )
+        builder = getattr(self, f"_build_{kind}")
+        message = builder(record, header)
+        msgtype = _TOPIC_TYPES[kind]
+        return RosMessage(self.topic(record, kind), msgtype, self.typestore.serialize_cdr(message, msgtype))
+
+    def _build_points(self, record: FrameRecord, header: Any) -> Any:
+        points = record.points_optical()
+        colors = record.result.colors
+        if self.max_points is not None and len(points) > self.max_points:
+            step = -(-len(points) // self.max_points)
+            points, colors = points[::step], colors[::step]
+        n = len(points)
+        packed = np.empty((n, 4), np.float32)
+        packed[:, :3] = points
+        # rgb is a FLOAT32 field whose 4 bytes hold 0x00RRGGBB (PCL's convention):
+        # little-endian, byte 12 = B, 13 = G, 14 = R, 15 = 0. Write the bytes
+        # through a uint8 view instead of building uint32s.
+        raw = packed.view(np.uint8)
+        raw[:, 12] = colors[:, 2]
+        raw[:, 13] = colors[:, 1]
+        raw[:, 14] = colors[:, 0]
+        raw[:, 15] = 0
+        return self._cloud(header, raw.reshape(-1), n, 16, self._cloud_fields)
+
+    def _build_keypoints(self, record: FrameRecord, header: Any) -> Any:
+        message = record.message
+        packed = np.empty((len(message.points), 6), np.float32)
+        packed[:, 0:3] = record.keypoints_optical()
+        packed[:, 3] = message.scores
+        packed[:, 4:6] = message.pixels
+        return self._cloud(header, packed.view(np.uint8).reshape(-1), len(packed), 24, self._keypoint_fields)
+
+    def _cloud(self, header: Any, data: NDArray[np.uint8], n: int, step: int, fields: list[Any]) -> Any:
+        return self._point_cloud2(
+            header=header,
+            height=1,
+            width=n,
+            fields=fields,
+            is_bigendian=False,
+            point_step=step,
+            row_step=step * n,
+            data=data,
+            is_dense=True,  # only valid (finite) points are ever sent
+        )
+
+    def _build_depth(self, record: FrameRecord, header: Any) -> Any:
+        depth = np.ascontiguousarray(record.result.depth, dtype="<f4")
+        # REP-118: NaN marks "no measurement". The pipeline already uses NaN for
+        # relative depth; zeros or negatives from a metric model would read as
+        # real (if absurd) depths, so mark them too (a copy only when needed).
+        bad = ~(depth > 0) & ~np.isnan(depth)
+        if bad.any():
+            depth = depth.copy()
+            depth[bad] = np.nan
+        height, width = depth.shape
+        return self._image(
+            header=header,
+            height=height,
+            width=width,
+            encoding="32FC1",
+            is_bigendian=0,
+            step=4 * width,
+            data=depth.view(np.uint8).reshape(-1),
+        )
+
+    def _build_image(self, record: FrameRecord, header: Any) -> Any:
+        bgr = cv2.cvtColor(record.rgb, cv2.COLOR_RGB2BGR)
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if not ok:
+            raise ValueError(f"OpenCV could not JPEG-encode a {record.rgb.shape} frame")
+        return self._compressed(header=header, format="jpeg", data=jpeg.reshape(-1))
+
+    def _build_camera_info(self, record: FrameRecord, header: Any) -> Any:
+        camera = record.camera
+        height, width = record.rgb.shape[:2]
+        if (camera.width, camera.height) != (width, height):
+            camera = camera.scaled(width, height)
+        return self._camera_info(
+            header=header,
+            height=height,
+            width=width,
+            binning_x=0,
+            binning_y=0,
+            roi=self._roi,
+            **camera_info_fields(camera),
+        )
+
+
+class _DroneBag:
+    """One rosbag2 (MCAP storage) being written."""
+
+    def __init__(self, path: Path, encoder: RosEncoder, drone_id: str) -> None:
+        self.path = path
+        self.encoder = encoder
+        self.drone_id = drone_id
+        self.depth_kinds: set[str] = set()
+        self.frames = 0
+        self._writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()
+        self._connections: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._can_flush = _supports_flush(self._writer)
+        if not self._can_flush:
+            log.warning("this rosbags version hides its MCAP chunks: bag %s is only readable after a clean close", path)
+
+    def write(self, record: FrameRecord) -> None:
+        messages = self.encoder.encode_all(record)
+        with self._lock:
+            if self._writer is None:
+                raise ValueError(f"bag {self.path} is closed")
+            for message in messages:
+                connection = self._connections.get(message.topic)
+                if connection is None:
+                    text, rihs01 = self.encoder.definition(message.msgtype)
+                    connection = self._connections[message.topic] = self._writer.add_connection(
+                        message.topic, message.msgtype, msgdef=text, rihs01=rihs01
+                    )
+                # Log time = capture time, so `ros2 bag play` replays at the drone's pace.
+                self._writer.write(connection, record.stamp_ns, message.data)
+            self.depth_kinds.add(record.message.depth_kind)
+            self.frames += 1
+            if self._can_flush:
+                self._flush()
+
+    def _flush(self) -> None:
+        """End the MCAP chunk and push it to the OS, so a killed process leaves every written frame readable.
+
+        rosbags' MCAP writer keeps messages in an in-memory chunk until it
+        passes 1 MiB and writes the index only on close: a killed gateway would
+        lose the tail (or, for small messages, everything). One chunk per frame
+        costs a few hundred bytes of index.
+        """
+        storage = self._writer.storage  # type: ignore[union-attr]
+        if storage.chunk.bio.tell():
+            storage.close_chunk()
+        storage.bio.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            writer, self._writer = self._writer, None  # type: ignore[assignment]
+            if writer is None:
+                return
+            writer.set_custom_data("dronedepth.drone_id", self.drone_id)
+            writer.set_custom_data("dronedepth.depth_kind", ",".join(sorted(self.depth_kinds)) or "none")
+            writer.close()
+        log.info("bag %s closed: %d frames", self.path, self.frames)
+
+
+def _supports_flush(writer: Writer) -> bool:
+    storage = writer.storage
+    chunk = getattr(storage, "chunk", None)
+    return (
+        callable(getattr(storage, "close_chunk", None))
+        and hasattr(getattr(storage, "bio", None), "flush")
+        and hasattr(getattr(chunk, "bio", None), "tell")
+    )
+
+
+class BagSink:
+    """Records each drone's frames into ``<directory>/<drone_id>_<UTC time>/``, a rosbag2 with MCAP storage.
+
+    A bag starts with the drone's first frame and ends with
+    :meth:`close_drone` (a reconnecting drone gets a new bag) or
+    :meth:`close`. Every frame is flushed as it is written, so the bag of a
+    killed gateway is readable up to its last frame (see ``docs/outputs.md``).
+    """
+
+    def __init__(self, directory: Path | str, *, encoder: RosEncoder | None = None) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the bag directory {self.directory}: {exc.strerror or exc}") from exc
+        self.encoder = encoder or RosEncoder()
+        self._bags: dict[str, _DroneBag] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def bag_path(self, drone_id: str) -> Path | None:
+        """The bag being written for ``drone_id``, if any."""
+        with self._lock:
+            bag = self._bags.get(drone_id)
+            return bag.path if bag else None
+
+    def _new_path(self, drone_id: str) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = self.directory / f"{drone_id}_{stamp}"
+        suffix = 1
+        while path.exists():  # a drone reconnecting within the same second
+            suffix += 1
+            path = self.directory / f"{drone_id}_{stamp}_{suffix}"
+        return path
+
+    def write(self, record: FrameRecord) -> None:
+        with self._lock:
+            if self._closed:
+                raise ValueError("the bag sink is closed")
+            bag = self._bags.get(record.drone_id)
+            if bag is None:
+                path = self._new_path(record.drone_id)
+                bag = self._bags[record.drone_id] = _DroneBag(path, self.encoder, record.drone_id)
+                log.info("drone %s: recording rosbag2 %s", record.drone_id, path)
+        bag.write(record)
+
+    def close_drone(self, drone_id: str) -> None:
+        with self._lock:
+            bag = self._bags.pop(drone_id, None)
+        if bag is not None:
+            bag.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            bags, self._bags = list(self._bags.values()), {}
+        for bag in bags:
+            bag.close()

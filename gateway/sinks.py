@@ -1,0 +1,238 @@
+"""Where processed frames go besides the drone: recordings, bags, live viewers.
+
+A session hands every processed frame to one :class:`ResultSink` as a
+:class:`FrameRecord`, **from a worker thread** (sinks block: they encode and
+write files), and tells it when a drone leaves and when the gateway stops:
+
+    sink = SinkSet([RecorderSink(dir), BagSink(bag_dir), FoxgloveSink(port=8765), hub])
+    sink.write(FrameRecord.from_capture_time(drone_id, capture_time, camera, rgb, result))
+    sink.close_drone(drone_id)       # the drone left: finish its files
+    sink.close()                     # shutdown: flush and close everything
+
+:class:`SinkSet` fans out and isolates failures: one sink raising is logged
+and the others still get the frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dronedepth.errors import ConfigError
+from dronedepth.protocol import CameraMessage, KeypointsMessage
+from gateway.projection import AXES_FROM_OPTICAL
+
+if TYPE_CHECKING:
+    from gateway.recording import Recorder
+
+__all__ = [
+    "DRONE_ID_PATTERN",
+    "FrameData",
+    "FrameRecord",
+    "RecorderSink",
+    "ResultSink",
+    "SinkSet",
+    "to_optical",
+]
+
+log = logging.getLogger(__name__)
+
+DRONE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""Drone ids the sinks accept: they name files, ROS topics and URL paths."""
+_LOG_EVERY: Final = 100
+"""A sink failing on every frame is logged on its first failure and then every this many."""
+
+T = TypeVar("T")
+_MISSING: Final = object()
+
+
+class FrameData(Protocol):
+    """What sinks read of :class:`gateway.pipeline.FrameResult` (which satisfies it)."""
+
+    @property
+    def message(self) -> KeypointsMessage: ...
+    @property
+    def points(self) -> NDArray[np.float32]: ...
+    @property
+    def colors(self) -> NDArray[np.uint8]: ...
+    @property
+    def depth(self) -> NDArray[np.float32]: ...
+    @property
+    def cloud(self) -> Any:
+        """The Open3D cloud or None; only :class:`RecorderSink` (its PLY files) reads it."""
+
+
+def to_optical(points: NDArray[np.float32], axes: str) -> NDArray[np.float32]:
+    """Points given in ``axes`` (a :data:`gateway.projection.Axes`) back in the optical frame.
+
+    Every supported frame is a rotation or reflection of the optical one, so
+    the inverse is the transpose; for the diagonal ones (all of them today) it
+    is a sign flip, done without a matrix product. ``optical`` is returned as is.
+    """
+    if axes == "optical":
+        return points
+    try:
+        target_from_optical = AXES_FROM_OPTICAL[axes]
+    except KeyError:
+        raise ConfigError(f"unknown axes {axes!r}: expected one of {', '.join(AXES_FROM_OPTICAL)}") from None
+    if np.count_nonzero(target_from_optical - np.diag(np.diagonal(target_from_optical))) == 0:
+        return np.multiply(points, np.diagonal(target_from_optical).astype(np.float32), dtype=np.float32)
+    # row-vector form of optical = M.T @ target
+    return np.asarray(points @ target_from_optical.astype(np.float32), dtype=np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class FrameRecord:
+    """One processed frame with what sinks need to describe it.
+
+    ``stamp_ns`` is the capture time (nanoseconds since the Unix epoch);
+    ``camera`` is the intrinsics of *this* frame's size; ``rgb`` the frame
+    ``(H, W, 3)`` uint8. Arrays are shared, never modified by sinks.
+    """
+
+    drone_id: str
+    stamp_ns: int
+    camera: CameraMessage
+    rgb: NDArray[np.uint8]
+    result: FrameData
+    _memo: dict[object, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.drone_id, str) or not DRONE_ID_PATTERN.fullmatch(self.drone_id):
+            raise ConfigError(f"drone id {self.drone_id!r} must be 1-64 letters, digits, '_' or '-'")
+        if self.stamp_ns < 0:
+            raise ConfigError(f"stamp_ns must not be negative, got {self.stamp_ns}")
+
+    @classmethod
+    def from_capture_time(
+        cls, drone_id: str, capture_time: float, camera: CameraMessage, rgb: NDArray[np.uint8], result: FrameData
+    ) -> FrameRecord:
+        """A record stamped with ``capture_time`` in seconds since the epoch (``time.time()`` clock)."""
+        # Whole seconds and fraction apart: ``capture_time * 1e9`` exceeds float64's
+        # 53-bit integer range and would be off by up to ~100 ns.
+        seconds = math.floor(capture_time)
+        return cls(drone_id, seconds * 1_000_000_000 + round((capture_time - seconds) * 1e9), camera, rgb, result)
+
+    @property
+    def message(self) -> KeypointsMessage:
+        return self.result.message
+
+    def memo(self, key: object, build: Callable[[], T]) -> T:
+        """``build()`` once per record and key: sinks share encodings of the same frame.
+
+        Sinks of one :class:`SinkSet` run one after the other on one thread, so
+        no lock is needed.
+        """
+        value = self._memo.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._memo[key] = build()
+        return value  # type: ignore[no-any-return]
+
+    def points_optical(self) -> NDArray[np.float32]:
+        """The cloud's points in the optical frame, whatever the gateway's ``--axes``."""
+        return self.memo("points_optical", lambda: to_optical(self.result.points, self.message.axes))
+
+    def keypoints_optical(self) -> NDArray[np.float32]:
+        return self.memo("keypoints_optical", lambda: to_optical(self.message.points, self.message.axes))
+
+
+@runtime_checkable
+class ResultSink(Protocol):
+    """Receives processed frames; every method is called from a worker thread, never the event loop."""
+
+    def write(self, record: FrameRecord) -> None: ...
+
+    def close_drone(self, drone_id: str) -> None:
+        """The drone left: finish its files (a later frame of the same id starts new ones)."""
+
+    def close(self) -> None:
+        """Shutdown: flush and close everything. Idempotent."""
+
+
+class SinkSet:
+    """Fans every call out to several sinks; a sink raising is logged, the others go on."""
+
+    def __init__(self, sinks: Iterable[ResultSink] = ()) -> None:
+        self.sinks: tuple[ResultSink, ...] = tuple(sinks)
+        self._failures: dict[tuple[int, str], int] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self.sinks)
+
+    def _call(self, method: str, *args: Any) -> None:
+        for index, sink in enumerate(self.sinks):
+            try:
+                getattr(sink, method)(*args)
+            except Exception:
+                with self._lock:
+                    count = self._failures[index, method] = self._failures.get((index, method), 0) + 1
+                # Traceback once; then a count, so a broken sink cannot flood the log at frame rate.
+                if count == 1:
+                    log.exception("%s.%s failed", type(sink).__name__, method)
+                elif count % _LOG_EVERY == 0:
+                    log.error("%s.%s has failed %d times", type(sink).__name__, method, count)
+
+    def write(self, record: FrameRecord) -> None:
+        if not self._closed:
+            self._call("write", record)
+
+    def close_drone(self, drone_id: str) -> None:
+        self._call("close_drone", drone_id)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._call("close")
+
+    def failures(self, sink: ResultSink) -> int:
+        """How many calls to ``sink`` raised (for tests and metrics)."""
+        index = self.sinks.index(sink)
+        with self._lock:
+            return sum(n for (i, _), n in self._failures.items() if i == index)
+
+
+class RecorderSink:
+    """:class:`gateway.recording.Recorder` (keypoints JSONL + periodic PLY) per drone, as a sink."""
+
+    def __init__(self, directory: Path | str, cloud_every: int = 10) -> None:
+        self.directory = Path(directory)
+        self.cloud_every = cloud_every
+        self._recorders: dict[str, Recorder] = {}
+        self._lock = threading.Lock()
+
+    def _recorder(self, drone_id: str) -> Recorder:
+        from gateway.recording import Recorder  # imports Open3D: only when recording
+
+        with self._lock:
+            recorder = self._recorders.get(drone_id)
+            if recorder is None:
+                recorder = self._recorders[drone_id] = Recorder(self.directory, drone_id, cloud_every=self.cloud_every)
+            return recorder
+
+    def write(self, record: FrameRecord) -> None:
+        self._recorder(record.drone_id).write(record.result)  # type: ignore[arg-type]
+
+    def close_drone(self, drone_id: str) -> None:
+        with self._lock:
+            recorder = self._recorders.pop(drone_id, None)
+        if recorder is not None:
+            recorder.close()
+
+    def close(self) -> None:
+        with self._lock:
+            recorders, self._recorders = list(self._recorders.values()), {}
+        for recorder in recorders:
+            recorder.close()
