@@ -1,0 +1,170 @@
+"""The WebRTC video track that pulls frames from a :class:`~drone.sources.FrameSource`.
+
+Timing contract with the gateway: aiortc's receiver maps the first frame it
+receives to ``pts`` 0, so this track starts at ``pts`` 0 with time base
+1/90000 and derives every later ``pts`` from the source's capture clock
+(strictly increasing). It remembers each frame's capture time by ``pts`` so a
+``keypoints`` message, which echoes the ``pts``, can be matched to its frame.
+One track serves one peer connection: a reconnection makes a new track and so
+restarts at ``pts`` 0, as the new receiver does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Final
+
+import numpy as np
+from aiortc import VideoStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+from numpy.typing import NDArray
+
+from drone.sources import CapturedFrame, FrameSource
+from dronedepth.protocol import VIDEO_CLOCK_RATE
+
+__all__ = ["SourceTrack"]
+
+TIME_BASE: Final = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+_PTS_STEP: Final = 90
+"""pts are whole milliseconds (90 ticks): they survive the receiver's decoder time-base round trip exactly."""
+_MAX_REMEMBERED: Final = 4096
+"""Capture times kept for frames still waiting for a result (minutes of video at 15 fps)."""
+
+
+class SourceTrack(VideoStreamTrack):
+    """Sends ``source``'s frames at ``fps``, never blocking the event loop.
+
+    - ``executor`` runs the blocking :meth:`FrameSource.read` (use one thread,
+      since sources are not thread-safe);
+    - ``start`` (optional) holds the first frame back until it is set (the
+      client sets it once the ``camera`` message is sent);
+    - ``may_continue`` (optional) is asked before each frame; ``False`` ends
+      the track (a frame budget);
+    - ``on_frame(pts, frame)`` (optional) is called for each frame before it
+      goes to the encoder.
+
+    :attr:`ended` is set when the source ran out or ``may_continue`` said no
+    (after one repeat of the last frame, see :meth:`_finish`).
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        source: FrameSource,
+        *,
+        fps: float,
+        executor: Executor | None = None,
+        start: asyncio.Event | None = None,
+        may_continue: Callable[[], bool] | None = None,
+        on_frame: Callable[[int, CapturedFrame], None] | None = None,
+    ) -> None:
+        super().__init__()
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.source = source
+        self.period = 1.0 / fps
+        self.ended = asyncio.Event()
+        self.frames = 0
+        self._executor = executor
+        self._gate = start
+        self._may_continue = may_continue
+        self._on_frame = on_frame
+        self._due: float | None = None
+        self._origin: float | None = None
+        self._last_pts = -1
+        self._last_rgb: NDArray[np.uint8] | None = None
+        self._flushed = False
+        self._capture_times: dict[int, float] = {}
+
+    @property
+    def last_pts(self) -> int:
+        """The ``pts`` of the last frame sent; -1 before the first."""
+        return self._last_pts
+
+    def capture_time(self, pts: int) -> float | None:
+        """The capture time of the frame sent with ``pts``, forgetting it and every older frame.
+
+        A ``pts`` within half a step of a frame's matches it (a decoder may
+        round the time base). The gateway answers frames in order, skipping
+        some, so once a frame has a result no older frame will get one.
+        """
+        match = pts if pts in self._capture_times else None
+        if match is None:
+            match = next((p for p in self._capture_times if abs(p - pts) <= _PTS_STEP // 2), None)
+            if match is None:
+                return None
+        captured = self._capture_times[match]
+        for old in list(self._capture_times):
+            if old > match:
+                break
+            del self._capture_times[old]
+        return captured
+
+    def _read(self) -> tuple[CapturedFrame, VideoFrame] | None:
+        captured = self.source.read()
+        if captured is None:
+            return None
+        return captured, VideoFrame.from_ndarray(captured.rgb, format="rgb24")
+
+    def _finish(self) -> VideoFrame:
+        """After the last frame: one repeat of it, then the end.
+
+        aiortc's receiver releases a frame only when the next frame's first
+        packet arrives, so without the repeat the gateway would never see the
+        last frame. The repeat itself stays in the receiver's buffer.
+        """
+        if self._last_rgb is None or self._flushed:
+            self.ended.set()
+            self.stop()
+            raise MediaStreamError("the source has no more frames")
+        self._flushed = True
+        frame = VideoFrame.from_ndarray(self._last_rgb, format="rgb24")
+        frame.pts = self._last_pts + _PTS_STEP
+        frame.time_base = TIME_BASE
+        self._last_rgb = None
+        return frame
+
+    async def _pace(self) -> None:
+        """Sleep until the next frame is due at ``fps``."""
+        now = asyncio.get_running_loop().time()
+        if self._due is None:
+            self._due = now
+            return
+        self._due += self.period
+        if self._due > now:
+            await asyncio.sleep(self._due - now)
+        elif now - self._due > self.period:
+            self._due = now  # fell behind (slow source or encoder): do not burst to catch up
+
+    async def recv(self) -> VideoFrame:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._gate is not None:
+            await self._gate.wait()
+        await self._pace()
+        if self._flushed or (self._may_continue is not None and not self._may_continue()):
+            return self._finish()
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, self._read)
+        if result is None:
+            return self._finish()
+        captured, frame = result
+        if self._origin is None:
+            self._origin = captured.capture_time
+        ticks = _PTS_STEP * round((captured.capture_time - self._origin) * VIDEO_CLOCK_RATE / _PTS_STEP)
+        pts = 0 if self._last_pts < 0 else max(self._last_pts + _PTS_STEP, ticks)
+        self._last_pts = pts
+        self._last_rgb = captured.rgb
+        frame.pts = pts
+        frame.time_base = TIME_BASE
+        self._capture_times[pts] = captured.capture_time
+        if len(self._capture_times) > _MAX_REMEMBERED:
+            del self._capture_times[next(iter(self._capture_times))]
+        self.frames += 1
+        if self._on_frame is not None:
+            self._on_frame(pts, captured)
+        return frame

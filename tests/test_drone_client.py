@@ -1,0 +1,287 @@
+"""DroneClient over real WebRTC against a stand-in gateway (tests/drone_fixtures.py).
+
+Covers camera-first, pts matching and latency, the results file, a resolution
+change, reconnection after a restart on the same port and after a silent
+gateway, refused offers, and stop(). Timeouts are generous and no assertion
+depends on timing: two CPU cores are shared with other test runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from drone.client import DroneClient, DroneConfig, DroneSummary
+from drone.sources import SyntheticSource
+from dronedepth.errors import ConfigError, InferenceUnavailable, ProtocolError
+from dronedepth.protocol import INFERENCE_UNAVAILABLE, ErrorMessage, encode
+from tests.drone_fixtures import FakeGateway, free_port
+
+WAIT_S = 90.0
+
+
+@pytest.fixture
+async def gateway():
+    async with FakeGateway() as gw:
+        yield gw
+
+
+def config(gw: FakeGateway, **overrides) -> DroneConfig:
+    settings = {
+        "gateway": gw.url,
+        "token": gw.token,
+        "source": "synthetic",
+        "width": 320,
+        "height": 240,
+        "fps": 10.0,
+        "reconnect_delay": 0.1,
+        "reconnect_max_delay": 0.5,
+        "connect_timeout": 30.0,
+        "result_timeout": 30.0,
+    }
+    settings.update(overrides)
+    return DroneConfig(**settings)
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def run_for(client: DroneClient) -> DroneSummary:
+    return await asyncio.wait_for(client.run(), WAIT_S)
+
+
+def read_results(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# -- configuration -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"gateway": "ftp://x"}, "--gateway must be an http"),
+        ({"token": ""}, "token must be a non-empty"),
+        ({"token": "a b"}, "without whitespace"),
+        ({"drone_id": "no spaces!"}, r"drone id must match"),
+        ({"fps": 0}, "fps must be a positive number, got 0"),
+        ({"fps": 500}, "fps must be at most 120"),
+        ({"width": 0}, "width must be a positive integer, got 0"),
+        ({"max_frames": 1.5}, "max_frames must be a positive integer"),
+        ({"result_timeout": -1}, "result_timeout must be a positive number"),
+        ({"reconnect_delay": 5, "reconnect_max_delay": 1}, "reconnect_max_delay"),
+    ],
+)
+def test_config_names_the_bad_value(overrides, message):
+    settings = {"gateway": "http://127.0.0.1:8080", "token": "t", **overrides}
+    with pytest.raises(ConfigError, match=message):
+        DroneConfig(**settings)
+
+
+def test_config_accepts_a_bare_host_port():
+    assert DroneConfig(gateway="gw.local:8080", token="t").offer_url == "http://gw.local:8080/offer"
+    assert DroneConfig(gateway="https://gw/base/", token="t").offer_url == "https://gw/base/offer"
+
+
+# -- streaming -----------------------------------------------------------------------------------------------
+
+
+async def test_streams_camera_first_and_matches_every_result_to_its_frame(gateway, tmp_path):
+    results = tmp_path / "out" / "results.jsonl"
+    seen: list[tuple[int, float | None]] = []
+    client = DroneClient(
+        config(gateway, max_frames=8, results_path=results, drone_id="alpha", waypoints=True),
+        on_result=lambda message, latency, waypoints: seen.append((message.pts, latency)),
+    )
+    summary = await run_for(client)
+
+    assert summary.frames_sent == 8 and summary.state == "finished"
+    assert summary.sessions == 1 and summary.reconnects == 0 and summary.errors == 0
+    # camera first, at the sent size, with the synthetic source's own intrinsics
+    assert gateway.cameras[0].width == 320 and gateway.cameras[0].height == 240
+    assert client.camera == gateway.cameras[0]
+    assert gateway.drone_ids == ["alpha"] and client.drone_id == "alpha"
+    # the gateway's receiver saw pts from 0, and every frame including the last (flushed by the repeat)
+    received = gateway.received_pts[0]
+    assert received[0] == 0 and len(received) == 8 and received == sorted(received)
+    lines = read_results(results)
+    assert len(lines) == summary.results == len(seen) >= 1
+    assert lines[-1]["pts"] == received[-1], "the last frame gets its result"
+    assert summary.unmatched == 0
+    for line in lines:
+        assert line["type"] == "keypoints" and line["pts"] in received
+        assert line["latency_ms"] > 0 and line["received_at"] >= line["captured_at"]
+        assert line["drone_id"] == "alpha" and line["session"] == 1
+        assert len(line["points"]) == 9 and line["depth_kind"] == "metric"
+        assert line["waypoints"]["units"] == "m" and line["waypoints"]["obstacles"]
+    assert summary.latency_p50_ms is not None and summary.latency_p95_ms >= summary.latency_p50_ms
+
+
+class SwitchingSource(SyntheticSource):
+    """The synthetic scene whose output size halves after three frames, then doubles back after six."""
+
+    def read(self):
+        if self._index == 3:
+            self.set_output_size(160, 120)
+        elif self._index == 6:
+            self.set_output_size(320, 240)
+        return super().read()
+
+
+async def test_resolution_change_resends_the_scaled_camera(gateway):
+    source = SwitchingSource(320, 240, fps=10)
+    sizes_seen: set[tuple[int, int]] = set()
+    client = DroneClient(
+        config(gateway, max_frames=9),
+        source=source,
+        on_result=lambda message, latency, waypoints: sizes_seen.add((message.width, message.height)),
+    )
+    summary = await run_for(client)
+    assert summary.frames_sent == 9
+    assert [(c.width, c.height) for c in gateway.cameras] == [(320, 240), (160, 120), (320, 240)]
+    assert source.intrinsics is not None
+    assert gateway.cameras[1] == source.intrinsics.scaled(160, 120)
+    assert gateway.cameras[2] == source.intrinsics
+    assert sizes_seen == {(320, 240), (160, 120)}, "frames of both sizes got results"
+
+
+async def test_gateway_errors_and_bad_messages_are_counted_not_fatal(gateway):
+    gateway.greeting = [encode(ErrorMessage(INFERENCE_UNAVAILABLE, "triton is down")), "{not json"]
+    summary = await run_for(DroneClient(config(gateway, max_frames=3)))
+    assert summary.error_codes == {INFERENCE_UNAVAILABLE: 1, "bad_message": 1}
+    assert summary.errors == 2 and summary.frames_sent == 3
+
+
+async def test_stop_closes_cleanly_and_flushes_results(gateway, tmp_path):
+    results = tmp_path / "results.jsonl"
+    client = DroneClient(config(gateway, results_path=results))
+    task = asyncio.ensure_future(client.run())
+    await wait_until(lambda: client.summary().results >= 2, "two results")
+    client.stop()
+    summary = await asyncio.wait_for(task, WAIT_S)
+    assert summary.state == "stopped"
+    lines = read_results(results)
+    assert len(lines) == summary.results >= 2
+
+
+# -- reconnection --------------------------------------------------------------------------------------------
+
+
+async def test_reconnects_after_the_gateway_restarts_on_the_same_port(gateway, tmp_path):
+    results = tmp_path / "results.jsonl"
+    client = DroneClient(config(gateway, results_path=results))
+    task = asyncio.ensure_future(client.run())
+    try:
+        await wait_until(lambda: client.summary().results >= 2, "results before the restart")
+        await gateway.restart(down_s=0.5)
+        await wait_until(lambda: client.summary().sessions >= 2, "a second session")
+        after = client.summary().results
+        await wait_until(lambda: client.summary().results >= after + 2, "results after the restart")
+    finally:
+        client.stop()
+        summary = await asyncio.wait_for(task, WAIT_S)
+    assert summary.reconnects >= 1 and gateway.offers >= 2
+    assert summary.unmatched == 0, "pts restart at 0 with the new connection and still match"
+    second = [line for line in read_results(results) if line["session"] >= 2]
+    assert second and all(line["latency_ms"] > 0 for line in second)
+    assert gateway.received_pts[-1][0] == 0
+
+
+async def test_reconnects_when_the_gateway_goes_silent(gateway):
+    gateway.silent = True
+    client = DroneClient(config(gateway, result_timeout=1.0))
+    task = asyncio.ensure_future(client.run())
+    try:
+        await wait_until(lambda: gateway.offers >= 2, "a second offer")
+    finally:
+        client.stop()
+        summary = await asyncio.wait_for(task, WAIT_S)
+    assert summary.reconnects >= 1 and summary.results == 0
+
+
+async def test_no_reconnect_while_the_gateway_reports_its_depth_server_down(gateway):
+    gateway.silent = True
+    gateway.greeting = [encode(ErrorMessage(INFERENCE_UNAVAILABLE, "triton is down"))]
+    client = DroneClient(config(gateway, result_timeout=0.3))
+    task = asyncio.ensure_future(client.run())
+    try:
+        await wait_until(lambda: client.summary().errors >= 1, "the inference_unavailable error")
+        await asyncio.sleep(1.5)  # five result timeouts of silence
+        assert gateway.offers == 1 and client.summary().reconnects == 0
+        assert client.summary().state == "gateway waiting for its depth server"
+    finally:
+        client.stop()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+# -- refusals ------------------------------------------------------------------------------------------------
+
+
+async def test_a_refused_token_is_fatal_and_says_so(gateway):
+    client = DroneClient(config(gateway, token="wrong"))
+    with pytest.raises(ConfigError, match=r"refused the token \(HTTP 401.*DRONEDEPTH_TOKEN"):
+        await run_for(client)
+    assert gateway.offers == 1
+    assert client.summary().state == "failed"
+
+
+async def test_a_full_gateway_is_retried_then_given_up(gateway):
+    gateway.reject_status = 503
+    client = DroneClient(config(gateway, max_attempts=3, reconnect_delay=0.05, reconnect_max_delay=0.1))
+    with pytest.raises(InferenceUnavailable, match=r"gave up after 3 failed attempts.*HTTP 503"):
+        await run_for(client)
+    assert gateway.offers == 3
+    assert client.summary().reconnects == 2
+
+
+async def test_a_malformed_offer_reply_is_fatal(gateway):
+    gateway.reject_status = 400
+    with pytest.raises(ProtocolError, match="rejected the offer"):
+        await run_for(DroneClient(config(gateway)))
+
+
+async def test_an_unreachable_gateway_is_retried_with_backoff():
+    url = f"http://127.0.0.1:{free_port()}"
+    client = DroneClient(
+        DroneConfig(gateway=url, token="t", max_attempts=2, reconnect_delay=0.05, reconnect_max_delay=0.1)
+    )
+    with pytest.raises(InferenceUnavailable, match="is unreachable"):
+        await run_for(client)
+
+
+async def test_no_intrinsics_is_refused_before_connecting(gateway, tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((48, 64, 3), np.uint8))
+    with pytest.raises(ConfigError, match=r"no camera intrinsics for source .* \(64x48\)"):
+        await run_for(DroneClient(config(gateway, source=str(tmp_path), width=None, height=None)))
+    assert gateway.offers == 0
+
+
+async def test_stop_while_the_gateway_is_answering(gateway):
+    gateway.answer_delay = 300.0
+    client = DroneClient(config(gateway, connect_timeout=300.0))
+    task = asyncio.ensure_future(client.run())
+    await wait_until(lambda: gateway.offers >= 1, "the offer")
+    client.stop()
+    summary = await asyncio.wait_for(task, WAIT_S)
+    assert summary.state == "stopped" and summary.sessions == 0
+
+
+async def test_stop_before_run_returns_at_once(gateway):
+    client = DroneClient(config(gateway))
+    client.stop()
+    summary = await run_for(client)
+    assert summary.frames_sent == 0 and summary.state == "stopped" and gateway.offers == 0

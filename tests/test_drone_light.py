@@ -1,0 +1,75 @@
+"""The drone side stays light for an onboard computer: no torch, Open3D, Triton client or gateway code."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import drone
+
+HEAVY = ("torch", "open3d", "tritonclient", "gateway", "onnxruntime", "transformers", "export")
+DRONE_DIR = Path(drone.__file__).parent
+
+PROBE = f"""
+import json, sys
+import drone, drone.cli, drone.client, drone.intrinsics, drone.results, drone.signaling
+import drone.sources, drone.track, drone.waypoints
+from dronedepth.cli import build_parser
+build_parser(load=["drone"])
+heavy = {HEAVY!r}
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+"""
+
+
+def test_importing_the_drone_package_loads_no_heavy_module():
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_drone_sources_import_only_light_packages():
+    allowed = {"aiortc", "aiohttp", "av", "cv2", "numpy", "yaml", "drone", "dronedepth"}
+    stdlib = set(sys.stdlib_module_names)
+    for path in sorted(DRONE_DIR.glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                assert top in allowed | stdlib, f"{path.name} imports {name}"
+                if top == "dronedepth":
+                    assert name in ("dronedepth.protocol", "dronedepth.errors"), (
+                        f"{path.name} imports {name}: the drone uses only the protocol and errors"
+                    )
+
+
+def test_public_api_is_pinned():
+    assert sorted(drone.__all__) == [
+        "CameraSource",
+        "CapturedFrame",
+        "DroneClient",
+        "DroneConfig",
+        "DroneSummary",
+        "FrameSource",
+        "FreeDirection",
+        "ImageFolderSource",
+        "Obstacle",
+        "ResultCallback",
+        "SourceTrack",
+        "SyntheticSource",
+        "VideoFileSource",
+        "Waypoints",
+        "camera_for_frames",
+        "intrinsics_from_values",
+        "load_intrinsics",
+        "open_source",
+        "plan_waypoints",
+    ]
+    for name in drone.__all__:
+        assert hasattr(drone, name)
