@@ -1,0 +1,62 @@
+"""The served graph: camera frame in, depth at the frame's resolution out.
+
+``IMAGE`` uint8 ``[B, H, W, 3]`` RGB -> official preprocessing (lower-bound
+resize to multiples of 14 with cv2's bicubic kernel, /255, ImageNet
+normalisation) -> network -> bilinear (align_corners=True) back to H×W ->
+``DEPTH`` float32 ``[B, H, W]``. Every size is computed from the input shape
+inside the graph, so any H, W (≥ 14) and batch work.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dronedepth.contract import DEFAULT_INPUT_SIZE, PATCH_SIZE
+from export.architecture import DepthAnythingV2
+from export.resample import as_size, cubic_matrix, lower_bound_size, resize_cubic
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_input_size(input_size: int) -> int:
+    """``input_size`` must be a positive multiple of the patch size (14)."""
+    if input_size < PATCH_SIZE or input_size % PATCH_SIZE:
+        nearest = max(PATCH_SIZE, round(input_size / PATCH_SIZE) * PATCH_SIZE)
+        raise ValueError(f"input size {input_size} is not a multiple of {PATCH_SIZE}: try {nearest}")
+    return input_size
+
+
+class DepthGraph(nn.Module):
+    """uint8 NHWC RGB frames -> float32 NHW depth (the whole Triton model)."""
+
+    def __init__(self, model: DepthAnythingV2, input_size: int = DEFAULT_INPUT_SIZE, half: bool = False) -> None:
+        super().__init__()
+        self.model = model.set_traceable(True)
+        self.input_size = check_input_size(input_size)
+        self.half = half
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, image: Tensor) -> Tensor:
+        """uint8 ``[B, H, W, 3]`` -> normalised float32 ``[B, 3, h, w]`` (h, w multiples of 14)."""
+        height, width = as_size(image.shape[1]), as_size(image.shape[2])
+        x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        new_h, new_w = lower_bound_size(height, width, self.input_size, PATCH_SIZE)
+        # cv2.resize's step is in/out (no scale factor is given to it).
+        rows = cubic_matrix(height, new_h, height.to(torch.float32) / new_h.to(torch.float32))
+        cols = cubic_matrix(width, new_w, width.to(torch.float32) / new_w.to(torch.float32))
+        x = resize_cubic(x, rows, cols)
+        return (x - self.mean) / self.std
+
+    def forward(self, image: Tensor) -> Tensor:
+        x = self.preprocess(image)
+        if self.half:
+            x = x.half()
+        depth = self.model(x).float()
+        depth = F.interpolate(
+            depth.unsqueeze(1), size=(image.shape[1], image.shape[2]), mode="bilinear", align_corners=True
+        )
+        return depth.squeeze(1)
