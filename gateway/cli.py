@@ -1,0 +1,215 @@
+"""``dronedepth gateway``: receive drone video over WebRTC, get depth from Triton, send back 3D keypoints.
+
+Only the standard library is imported at module level so ``dronedepth gateway
+--help`` stays fast; aiortc, tritonclient and Open3D load when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dronedepth.contract import GATEWAY_PORT, MODEL_NAME
+from dronedepth.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.inference import DepthClient
+
+__all__ = ["add_arguments", "build", "run"]
+
+log = logging.getLogger("gateway")
+
+_KEYPOINT_METHODS = ("orb", "sift", "fast", "gftt", "grid")
+_AXES = ("optical", "opengl", "seed")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "The token drones must present (Authorization: Bearer TOKEN) comes from --token-file or the "
+        "DRONEDEPTH_TOKEN environment variable. SIGTERM or Ctrl-C closes every drone session and exits."
+    )
+    source = parser.add_argument_group("depth server").add_mutually_exclusive_group(required=True)
+    source.add_argument("--triton-url", metavar="HOST:PORT", help="Triton's gRPC endpoint, e.g. localhost:8001")
+    source.add_argument(
+        "--onnx-model", metavar="FILE", type=Path, help="run an exported model.onnx in-process instead (no Triton)"
+    )
+    model = parser.add_argument_group("depth server options")
+    model.add_argument("--model", default=MODEL_NAME, help="model name on Triton (default: %(default)s)")
+    model.add_argument(
+        "--inference-timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="seconds before a depth request counts as failed (default: %(default)s)",
+    )
+
+    net = parser.add_argument_group("signalling and security")
+    net.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    net.add_argument(
+        "--port", type=int, default=GATEWAY_PORT, help="HTTP port; 0 picks a free one (default: %(default)s)"
+    )
+    net.add_argument("--token-file", metavar="FILE", help="file whose first line is the bearer token")
+    net.add_argument(
+        "--insecure-no-auth", action="store_true", help="accept drones without a token (only on a trusted network)"
+    )
+    net.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN/TURN server (stun:HOST:PORT, turn:USER:PASS@HOST:PORT); repeatable; none by default",
+    )
+
+    proc = parser.add_argument_group("processing")
+    proc.add_argument("--keypoints", choices=_KEYPOINT_METHODS, default="orb", help="detector (default: %(default)s)")
+    proc.add_argument(
+        "--max-keypoints", type=_positive_int, default=200, metavar="N", help="per frame (default: %(default)s)"
+    )
+    proc.add_argument(
+        "--axes",
+        choices=_AXES,
+        default="optical",
+        help="frame of the returned points: optical (x right, y down, z forward), opengl (y up, z back), "
+        "seed (y up, z forward, left-handed) (default: %(default)s)",
+    )
+    proc.add_argument("--max-range", type=_positive_float, metavar="M", help="ignore depth beyond this (metres)")
+    proc.add_argument("--voxel-size", type=_positive_float, metavar="M", help="voxel-downsample recorded clouds")
+    proc.add_argument("--remove-outliers", action="store_true", help="statistical outlier removal on recorded clouds")
+
+    rec = parser.add_argument_group("recording")
+    rec.add_argument("--record", type=Path, metavar="DIR", help="record every drone's results under DIR")
+    rec.add_argument(
+        "--record-every", type=_positive_int, default=10, metavar="N", help="point cloud every N results (default: 10)"
+    )
+
+    lim = parser.add_argument_group("limits")
+    lim.add_argument("--max-drones", type=_positive_int, default=8, metavar="N", help="default: %(default)s")
+    lim.add_argument(
+        "--max-frame-pixels",
+        type=_positive_int,
+        default=1920 * 1080,
+        metavar="N",
+        help="larger frames are dropped (default: %(default)s = 1920x1080)",
+    )
+    lim.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        default=15.0,
+        metavar="S",
+        help="close a session after this long without video (default: %(default)s)",
+    )
+    lim.add_argument("--workers", type=_positive_int, metavar="N", help="processing threads (default: one per core)")
+
+
+def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
+    """The gateway's config and depth client from parsed arguments; raises ConfigError."""
+    from gateway.config import GatewayConfig, read_token
+    from gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
+    from gateway.keypoints import KeypointConfig
+    from gateway.pipeline import ProcessingConfig
+
+    token = read_token(args.token_file)
+    if token is None and not args.insecure_no_auth:
+        raise ConfigError(
+            "no token: give --token-file FILE or set DRONEDEPTH_TOKEN "
+            "(or --insecure-no-auth to accept any client on a trusted network)"
+        )
+    if token is not None and args.insecure_no_auth:
+        log.warning("--insecure-no-auth is ignored: a token is configured")
+    try:
+        processing = ProcessingConfig(
+            keypoints=KeypointConfig(method=args.keypoints, max_keypoints=args.max_keypoints),
+            max_range=args.max_range,
+            axes=args.axes,
+            # The recorder makes the clouds it writes from points and colours; a cloud per frame is
+            # only worth it when recorded clouds should be voxel-filtered or cleaned of outliers.
+            build_cloud=args.record is not None and (args.voxel_size is not None or args.remove_outliers),
+            voxel_size=args.voxel_size,
+            remove_outliers=args.remove_outliers,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    config = GatewayConfig(
+        token=token,
+        allow_no_auth=args.insecure_no_auth,
+        host=args.host,
+        port=args.port,
+        processing=processing,
+        max_drones=args.max_drones,
+        max_frame_pixels=args.max_frame_pixels,
+        inference_timeout=args.inference_timeout,
+        ice_servers=tuple(args.ice_server),
+        idle_timeout=args.idle_timeout,
+        record_dir=args.record,
+        record_every=args.record_every,
+        workers=args.workers,
+    )
+    client: DepthClient
+    if args.onnx_model is not None:
+        client = OnnxRuntimeDepthClient(args.onnx_model)
+    else:
+        client = TritonDepthClient(args.triton_url, args.model, args.inference_timeout)
+    return config, client
+
+
+async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event | None = None) -> None:
+    """Run a gateway until ``stop`` is set or SIGTERM/SIGINT arrives, then shut it down."""
+    from gateway.server import Gateway
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting without waiting", signal.Signals(signum).name)
+            raise SystemExit(130)
+        log.info("%s received: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    installed = []
+    for sig in signals:
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or not POSIX
+            pass
+    gateway = Gateway(config, client)
+    try:
+        await gateway.start()
+        if config.token is None:
+            log.warning("authentication is OFF (--insecure-no-auth): anyone reaching port %d can connect", gateway.port)
+        await stop.wait()
+    finally:
+        await gateway.stop()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "verbose", False):
+        # aioice logs every ICE candidate pair at INFO: keep one line per session event.
+        for name in ("aioice", "aiortc"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    config, client = build(args)
+    asyncio.run(serve(config, client))
+    return 0

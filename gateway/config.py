@@ -1,0 +1,129 @@
+"""The gateway's settings: one validated dataclass, built by ``gateway/cli.py`` or by hand."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dronedepth.contract import GATEWAY_PORT
+from dronedepth.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aiortc import RTCIceServer
+
+    from gateway.pipeline import ProcessingConfig
+
+__all__ = ["DEFAULT_MAX_FRAME_PIXELS", "GatewayConfig", "parse_ice_server", "read_token"]
+
+DEFAULT_MAX_FRAME_PIXELS = 1920 * 1080
+TOKEN_ENV = "DRONEDEPTH_TOKEN"
+_ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything :class:`gateway.server.Gateway` needs besides its depth client.
+
+    ``token`` is the bearer token drones present on ``POST /offer``; ``None``
+    disables authentication and is only accepted with ``allow_no_auth=True``.
+    ``port=0`` binds a free port (read it back from ``Gateway.port``).
+    """
+
+    token: str | None
+    host: str = "0.0.0.0"
+    port: int = GATEWAY_PORT
+    allow_no_auth: bool = False
+    processing: ProcessingConfig | None = None
+    """Projection, keypoint and point-cloud settings; ``None``: the pipeline's defaults."""
+    max_drones: int = 8
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    max_body_bytes: int = 64 * 1024
+    """Largest ``POST /offer`` body; larger ones get 413."""
+    inference_timeout: float = 5.0
+    ice_servers: tuple[str, ...] = ()
+    """STUN/TURN URLs; none by default so the gateway works offline (host candidates only)."""
+    idle_timeout: float = 15.0
+    """A session with no video frame for this long (seconds) is closed."""
+    record_dir: Path | None = None
+    record_every: int = 10
+    """With ``record_dir``: write a point cloud every this many processed frames."""
+    workers: int | None = None
+    """Threads for frame conversion and processing; ``None``: one per CPU core, at least 2, at most 8."""
+    shutdown_timeout: float = 5.0
+    data_channel_buffer_bytes: int = 1024 * 1024
+    """Results are dropped, not queued, while more than this waits to be sent to a drone."""
+
+    def __post_init__(self) -> None:
+        if self.token is None:
+            if not self.allow_no_auth:
+                raise ConfigError(
+                    "no token: give --token-file FILE or set DRONEDEPTH_TOKEN "
+                    "(or pass --insecure-no-auth to accept any client)"
+                )
+        elif not self.token or any(c.isspace() for c in self.token):
+            raise ConfigError("the token must be a non-empty string without whitespace")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        positive = {
+            "max_drones": self.max_drones,
+            "max_frame_pixels": self.max_frame_pixels,
+            "max_body_bytes": self.max_body_bytes,
+            "inference_timeout": self.inference_timeout,
+            "idle_timeout": self.idle_timeout,
+            "record_every": self.record_every,
+            "shutdown_timeout": self.shutdown_timeout,
+            "data_channel_buffer_bytes": self.data_channel_buffer_bytes,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        for url in self.ice_servers:
+            parse_ice_server(url)
+
+    @property
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return max(2, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2))
+
+    def rtc_ice_servers(self) -> list[RTCIceServer]:
+        return [parse_ice_server(url) for url in self.ice_servers]
+
+
+def parse_ice_server(url: str) -> RTCIceServer:
+    """``stun:HOST[:PORT]`` or ``turn:[USER:PASSWORD@]HOST[:PORT][?transport=udp|tcp]`` → RTCIceServer."""
+    from aiortc import RTCIceServer
+
+    if not url.startswith(_ICE_SCHEMES):
+        raise ConfigError(f"ICE server {url!r} must start with one of {', '.join(_ICE_SCHEMES)}")
+    scheme, rest = url.split(":", 1)
+    if "@" in rest:
+        credentials, host = rest.rsplit("@", 1)
+        username, _, password = credentials.partition(":")
+        if not scheme.startswith("turn") or not username or not password:
+            raise ConfigError("ICE server credentials must be given as turn:USER:PASSWORD@HOST[:PORT]")
+        return RTCIceServer(urls=f"{scheme}:{host}", username=username, credential=password)
+    if not rest:
+        raise ConfigError(f"ICE server {url!r} has no host")
+    return RTCIceServer(urls=url)
+
+
+def read_token(token_file: str | os.PathLike[str] | None, environ: dict[str, str] | None = None) -> str | None:
+    """The token from ``token_file`` (first line, stripped) or ``$DRONEDEPTH_TOKEN``, else ``None``."""
+    if token_file is not None:
+        path = Path(token_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file {str(path)!r}: {exc.strerror}") from exc
+        token = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not token:
+            raise ConfigError(f"the token file {str(path)!r} is empty")
+        return token
+    env = os.environ if environ is None else environ
+    token = env.get(TOKEN_ENV, "").strip()
+    return token or None

@@ -1,0 +1,299 @@
+"""The gateway: an HTTP signalling server plus one :class:`DroneSession` per drone.
+
+    gateway = Gateway(GatewayConfig(token="s3cret", port=0), TritonDepthClient("localhost:8001"))
+    await gateway.start()          # listening on gateway.port
+    ...
+    await gateway.stop()           # closes peers, flushes recordings
+
+:class:`Gateway` owns what the sessions share: the thread pool for frame
+conversion and processing, the :class:`~gateway.inference.DepthService`
+around the depth client, the metrics and the session table with its limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from dronedepth import protocol
+from dronedepth.errors import ConfigError, DroneDepthError, ProtocolError
+from gateway.config import GatewayConfig
+from gateway.inference import DepthClient, DepthService
+from gateway.metrics import Counter, GatewayMetrics, Gauge
+from gateway.pipeline import FrameProcessor, ProcessingConfig
+from gateway.session import DroneSession, SessionContext
+from gateway.signaling import create_app
+
+if TYPE_CHECKING:
+    from gateway.recording import Recorder
+    from gateway.sinks import ResultSink
+
+__all__ = ["Gateway", "GatewayBusy", "GatewayFull"]
+
+log = logging.getLogger(__name__)
+
+
+class GatewayFull(DroneDepthError):
+    """The gateway already serves its maximum number of drones."""
+
+
+class GatewayBusy(DroneDepthError):
+    """An offer for the same drone id is being handled right now."""
+
+
+class Gateway:
+    """Receive drone video over WebRTC, get depth, send back 3D keypoints.
+
+    ``depth_client`` is any :class:`~gateway.inference.DepthClient`; the
+    gateway closes it in :meth:`stop`. ``sink`` (a :class:`gateway.sinks.ResultSink`)
+    also gets every processed frame, from a worker thread; the gateway closes it
+    in :meth:`stop`. Usable as ``async with``.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        depth_client: DepthClient,
+        *,
+        metrics: GatewayMetrics | None = None,
+        sink: ResultSink | None = None,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.metrics = metrics or GatewayMetrics()
+        # No success for a whole timeout period while the server is busy: tell the drones it is an outage.
+        self.depth = DepthService(
+            depth_client,
+            timeout=config.inference_timeout,
+            outage_after=config.inference_timeout,
+            on_error=self._on_inference_error,
+        )
+        self.sessions: dict[str, DroneSession] = {}
+        self._pending: set[str] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._port: int | None = None
+        self._stopping = False
+        self._started_at = 0.0
+        self.metrics.registry.collectors.append(self._collect)
+        self.metrics.inference_available.set_function(lambda: 1.0 if self.depth.available else 0.0)
+        self.metrics.uptime.set_function(lambda: time.monotonic() - self._started_at if self._started_at else 0.0)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with ``port=0``)."""
+        if self._port is None:
+            raise RuntimeError("the gateway is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def app(self) -> web.Application:
+        """The aiohttp application (signalling and operations routes); add more routes before :meth:`start`."""
+        if self._app is None:
+            self._app = create_app(self)
+        return self._app
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            raise RuntimeError("the gateway is not started")
+        return self._executor
+
+    async def start(self) -> None:
+        """Bind the HTTP server; the depth server may come up later (``/ready`` tells)."""
+        if self._runner is not None:
+            raise RuntimeError("the gateway is already started")
+        if self.config.record_dir is not None:
+            import gateway.recording  # noqa: F401  (import now, not in the event loop of the first frame)
+        self._executor = ThreadPoolExecutor(self.config.worker_count, thread_name_prefix="gateway-worker")
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.config.shutdown_timeout)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        try:
+            await self._site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = self._site = None
+            raise ConfigError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}; choose another --port"
+            ) from exc
+        addresses = self._runner.addresses
+        self._port = int(addresses[0][1]) if addresses else self.config.port
+        self._started_at = time.monotonic()
+        ready = await self.depth.ready()
+        log.info(
+            "gateway listening on %s:%d (auth %s, max %d drones, %d workers); depth server %s",
+            self.config.host,
+            self._port,
+            "on" if self.config.token is not None else "OFF",
+            self.config.max_drones,
+            self.config.worker_count,
+            f"ready ({self.depth.client}, {self.depth.depth_kind} depth)"
+            if ready
+            else f"NOT ready ({self.depth.client}); frames are dropped until it is",
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting drones, close every session (flushing recordings), release the depth client."""
+        if self._stopping:
+            return
+        self._stopping = True
+        timeout = self.config.shutdown_timeout
+        if self._site is not None:
+            await self._site.stop()
+        sessions = list(self.sessions.values())
+        if sessions:
+            log.info("closing %d drone session(s)", len(sessions))
+            closing = [asyncio.create_task(s.close("gateway stopping")) for s in sessions]
+            _, pending = await asyncio.wait(closing, timeout=2 * timeout)
+            if pending:
+                log.warning("%d session(s) did not close within %.0f s; abandoning them", len(pending), 2 * timeout)
+                for task in pending:
+                    task.cancel()
+        if self._runner is not None:
+            try:
+                await asyncio.wait_for(self._runner.cleanup(), timeout)
+            except TimeoutError:
+                log.warning("HTTP server did not stop within %.0f s", timeout)
+            self._runner = None
+        await self.depth.close()
+        if self.sink is not None:
+            try:
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(self._executor, self.sink.close), timeout
+                )
+            except Exception as exc:
+                log.error("closing the result sink failed: %r", exc)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("gateway stopped")
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ sessions
+
+    def new_drone_id(self) -> str:
+        while True:
+            drone_id = f"drone-{secrets.token_hex(4)}"
+            if drone_id not in self.sessions and drone_id not in self._pending:
+                return drone_id
+
+    async def open_session(self, offer: protocol.SessionDescription, drone_id: str, *, remote: str = "?") -> str:
+        """Answer ``offer`` with a new session for ``drone_id``; returns the answer SDP.
+
+        A drone that offers again under its id replaces its old session.
+        Raises :class:`GatewayFull`, :class:`GatewayBusy` or
+        :class:`~dronedepth.errors.ProtocolError` (the offer cannot be applied);
+        nothing is left behind when it raises.
+        """
+        if self._stopping:
+            raise GatewayFull("the gateway is shutting down")
+        if drone_id in self._pending:
+            raise GatewayBusy(f"an offer for drone {drone_id!r} is already being answered")
+        self._pending.add(drone_id)
+        try:
+            old = self.sessions.get(drone_id)
+            if old is not None:
+                log.info("drone %s offers again: replacing its session", drone_id)
+                await old.close("replaced by a new offer")
+            if len(self.sessions) + len(self._pending) - 1 >= self.config.max_drones:
+                raise GatewayFull(f"the gateway serves its maximum of {self.config.max_drones} drones")
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=self.config.rtc_ice_servers()))
+            self.metrics.peer_connections.inc()
+            session = DroneSession(drone_id, pc, self._context(), remote=remote)
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+                answer = await pc.createAnswer()
+                await pc.setLocalDescription(answer)
+            except Exception as exc:
+                await session.close("offer refused")
+                raise ProtocolError(protocol.INVALID_MESSAGE, f"the offer cannot be applied: {exc}") from exc
+            if self._stopping:
+                await session.close("gateway stopping")
+                raise GatewayFull("the gateway is shutting down")
+            self.sessions[drone_id] = session
+            self.metrics.sessions_active.set(len(self.sessions))
+            session.start()
+            log.info(
+                "drone %s: offer accepted from %s (%d/%d drones)",
+                drone_id,
+                remote,
+                len(self.sessions),
+                self.config.max_drones,
+            )
+            return pc.localDescription.sdp
+        finally:
+            self._pending.discard(drone_id)
+
+    def _context(self) -> SessionContext:
+        return SessionContext(
+            config=self.config,
+            depth=self.depth,
+            executor=self.executor,
+            metrics=self.metrics,
+            make_processor=self._make_processor,
+            make_recorder=self._make_recorder if self.config.record_dir is not None else None,
+            on_closed=self._session_closed,
+            sink=self.sink,
+        )
+
+    def _make_processor(self, depth_kind: str) -> FrameProcessor:
+        # Recorder builds the clouds it writes from points and colours: no cloud per frame by default.
+        config = self.config.processing or ProcessingConfig(build_cloud=False)
+        return FrameProcessor(config, depth_kind)  # type: ignore[arg-type]
+
+    def _make_recorder(self, drone_id: str) -> Recorder:
+        from gateway.recording import Recorder
+
+        assert self.config.record_dir is not None
+        return Recorder(self.config.record_dir, drone_id, cloud_every=self.config.record_every)
+
+    def _session_closed(self, session: DroneSession) -> None:
+        if self.sessions.get(session.drone_id) is session:
+            del self.sessions[session.drone_id]
+        self.metrics.sessions_active.set(len(self.sessions))
+
+    def _on_inference_error(self, reason: str) -> None:
+        if reason != "backoff":
+            self.metrics.triton_errors.inc(reason=reason)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _collect(self) -> list[Any]:
+        """Per-drone series of the live sessions (they go away with the session)."""
+        frames = Counter(
+            "dronedepth_drone_frames_total", "Frames of each connected drone, by outcome.", ["drone", "outcome"]
+        )
+        latency = Gauge(
+            "dronedepth_drone_last_latency_seconds",
+            "Receive-to-send time of each connected drone's latest result.",
+            ["drone"],
+        )
+        for drone_id, session in sorted(self.sessions.items()):
+            frames.inc(session.frames_received, drone=drone_id, outcome="received")
+            frames.inc(session.frames_processed, drone=drone_id, outcome="processed")
+            frames.inc(sum(session.dropped.values()), drone=drone_id, outcome="dropped")
+            if "total" in session.last_timing:
+                latency.set(session.last_timing["total"] / 1e3, drone=drone_id)
+        return [frames, latency]

@@ -1,0 +1,596 @@
+"""One drone's session: its peer connection, camera, frames and results.
+
+Per drone, three tasks run on the event loop and none of them does CPU work:
+
+- the **drain** task pulls decoded frames from the video track as fast as they
+  come (aiortc queues them without bound) into a one-frame slot, so the
+  newest frame wins and the frames it replaces are counted as ``superseded``;
+- the **process** task takes the newest frame, converts it to RGB and runs the
+  :class:`~gateway.pipeline.FrameProcessor` in the shared thread pool, awaits
+  depth from the shared :class:`~gateway.inference.DepthService` in between
+  (so frames of several drones are in flight together and Triton's dynamic
+  batcher can merge them), and sends one ``keypoints`` message per frame;
+- the **watchdog** closes the session when no frame has arrived for
+  ``idle_timeout`` seconds.
+
+Every problem with what the drone sends gets an ``error`` message and the
+session goes on. Conditions that repeat every frame (no camera yet, frame too
+large, camera mismatch, inference outage) are reported once until they change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from dronedepth import protocol
+from dronedepth.errors import InferenceError, InferenceUnavailable, ProtocolError
+from dronedepth.protocol import CameraMessage, ErrorMessage, KeypointsMessage
+from gateway.config import GatewayConfig
+from gateway.inference import DepthService, InferenceTimeout
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import FrameProcessor, FrameResult, camera_for_frame
+
+if TYPE_CHECKING:
+    import av
+
+    from gateway.recording import Recorder
+    from gateway.sinks import ResultSink
+
+__all__ = ["DroneSession", "LatestFrame", "SessionContext"]
+
+log = logging.getLogger(__name__)
+
+NO_CAMERA_GRACE_S = 1.0
+"""Seconds after the data channel opens before frames without a camera get the ``no_camera`` error."""
+
+# Drop reasons (the ``reason`` label of dronedepth_frames_dropped_total).
+SUPERSEDED = "superseded"
+NO_CAMERA = "no_camera"
+FRAME_TOO_LARGE = "frame_too_large"
+CAMERA_MISMATCH = "camera_mismatch"
+INFERENCE_UNAVAILABLE = "inference_unavailable"
+INFERENCE_OVERLOADED = "inference_overloaded"
+INFERENCE_TIMEOUT = "inference_timeout"
+INFERENCE_ERROR = "inference_error"
+PROCESSING_ERROR = "processing_error"
+SEND_BACKLOG = "send_backlog"
+SEND_FAILED = "send_failed"
+SESSION_CLOSED = "session_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    frame: av.VideoFrame
+    index: int
+    """0-based index of the frame among those this session decoded."""
+    received_at: float
+    """``time.monotonic()`` when the drain task took it from the track."""
+    received_wall: float
+    """The same instant on the ``time.time()`` clock."""
+
+
+def _finish_frame(
+    processor: FrameProcessor,
+    rgb: Any,
+    depth: Any,
+    camera: CameraMessage,
+    item: _Received,
+    timing: dict[str, float],
+    inferred: float,
+) -> tuple[FrameResult, str]:
+    """Worker-thread part of a frame after inference: process, complete the timing, encode."""
+    result = processor.process(rgb, depth, camera, pts=int(item.frame.pts or 0), frame_index=item.index, timing=timing)
+    done = time.monotonic()
+    timing = {**result.message.timing, **timing}
+    timing["processing"] = (done - inferred) * 1e3
+    timing["total"] = (done - item.received_at) * 1e3
+    message = dataclasses.replace(result.message, timing=timing)
+    return dataclasses.replace(result, message=message), protocol.encode(message)
+
+
+class LatestFrame:
+    """A slot holding only the newest item: ``put`` replaces, ``get`` waits for one."""
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._event = asyncio.Event()
+
+    def put(self, item: Any) -> bool:
+        """Store ``item``; True when it replaced one that was never taken."""
+        replaced = self._item is not None
+        self._item = item
+        self._event.set()
+        return replaced
+
+    async def get(self) -> Any:
+        while self._item is None:
+            self._event.clear()
+            await self._event.wait()
+        item, self._item = self._item, None
+        return item
+
+    def clear(self) -> bool:
+        had = self._item is not None
+        self._item = None
+        return had
+
+
+@dataclass
+class SessionContext:
+    """What every session shares, owned by :class:`gateway.server.Gateway`."""
+
+    config: GatewayConfig
+    depth: DepthService
+    executor: Executor
+    metrics: GatewayMetrics
+    make_processor: Callable[[str], FrameProcessor]
+    """``depth_kind`` → a new FrameProcessor."""
+    make_recorder: Callable[[str], Recorder] | None = None
+    """``drone_id`` → a new Recorder (called in the executor), or None when not recording."""
+    on_closed: Callable[[DroneSession], None] | None = None
+    sink: ResultSink | None = None
+    """Also gets every processed frame (called in the executor)."""
+
+
+class DroneSession:
+    """The gateway's side of one drone connection.
+
+    Create it with the peer connection *before* applying the drone's offer (so
+    the ``track`` and ``datachannel`` events are caught), then call
+    :meth:`start`. :meth:`close` is idempotent and releases everything.
+    """
+
+    def __init__(self, drone_id: str, pc: RTCPeerConnection, context: SessionContext, *, remote: str = "?") -> None:
+        self.drone_id = drone_id
+        self.pc = pc
+        self.remote = remote
+        self._ctx = context
+        self._config = context.config
+        self._metrics = context.metrics
+        self.camera: CameraMessage | None = None
+        self.channel: RTCDataChannel | None = None
+        self._channel_opened_at: float | None = None
+        self.created_at = time.monotonic()
+        self._last_frame_at = self.created_at
+        self._slot = LatestFrame()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._video_track: MediaStreamTrack | None = None
+        self._processor: FrameProcessor | None = None
+        self._processor_kind: str | None = None
+        self._frame_cameras: dict[tuple[int, int], CameraMessage] = {}
+        self._recorder: Recorder | None = None
+        self._recording_failed = False
+        self._closing = False
+        self._closed = asyncio.Event()
+        self.close_reason: str | None = None
+        # Conditions reported once until they change.
+        self._told_no_camera = False
+        self._told_too_large: tuple[int, int] | None = None
+        self._told_mismatch = False
+        self._told_inference_error = False
+        self._told_internal = False
+        self._told_send_failed = False
+        self._degraded = False
+        self._outage_drops = 0
+        # Counts.
+        self.frames_received = 0
+        self.frames_processed = 0
+        self.dropped: Counter[str] = Counter()
+        self.messages_received = 0
+        self.errors_sent: Counter[str] = Counter()
+        self.last_timing: dict[str, float] = {}
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_connection_state)
+
+    def __repr__(self) -> str:
+        return f"DroneSession({self.drone_id!r}, state={self.pc.connectionState})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the processing and watchdog tasks (the drain starts with the video track)."""
+        self._spawn(self._process_loop(), "process")
+        self._spawn(self._watchdog(), "watchdog")
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"drone-{self.drone_id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("drone %s: task %s failed: %r", self.drone_id, task.get_name(), exc, exc_info=exc)
+            self.schedule_close("internal error")
+
+    def schedule_close(self, reason: str) -> None:
+        """Close from a callback (a task is spawned; the gateway tracks it through ``on_closed``)."""
+        if not self._closing:
+            task = asyncio.get_running_loop().create_task(self.close(reason), name=f"drone-{self.drone_id}-close")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def close(self, reason: str = "closed") -> None:
+        """Stop the tasks, close the peer connection, flush the recording, log a summary."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self.close_reason = reason
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current and t.get_name() != f"drone-{self.drone_id}-close"]
+        for task in tasks:
+            task.cancel()
+        timeout = self._config.shutdown_timeout
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout)
+        except TimeoutError:
+            log.warning("drone %s: tasks did not stop within %.0f s", self.drone_id, timeout)
+        if self._slot.clear():
+            self._drop(SESSION_CLOSED)
+        try:
+            await asyncio.wait_for(self.pc.close(), timeout)
+        except Exception as exc:
+            log.warning("drone %s: closing the peer connection: %r", self.drone_id, exc)
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            try:
+                loop = asyncio.get_running_loop()
+                await asyncio.wait_for(loop.run_in_executor(self._ctx.executor, recorder.close), timeout)
+            except Exception as exc:
+                log.error("drone %s: flushing the recording failed: %r", self.drone_id, exc)
+        if self._ctx.sink is not None:
+            try:
+                loop = asyncio.get_running_loop()
+                await asyncio.wait_for(
+                    loop.run_in_executor(self._ctx.executor, self._ctx.sink.close_drone, self.drone_id), timeout
+                )
+            except Exception as exc:
+                log.error("drone %s: closing its result sink failed: %r", self.drone_id, exc)
+        self._processor = None
+        self._frame_cameras.clear()
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
+        log.info(
+            "drone %s disconnected (%s) after %.0f s: %d frames received, %d processed, dropped: %s",
+            self.drone_id,
+            reason,
+            time.monotonic() - self.created_at,
+            self.frames_received,
+            self.frames_processed,
+            dropped,
+        )
+        self._metrics.sessions_closed.inc(reason=reason.split(":")[0])
+        self._closed.set()
+        if self._ctx.on_closed is not None:
+            self._ctx.on_closed(self)
+
+    # ------------------------------------------------------------------ aiortc events
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("drone %s: connection %s", self.drone_id, state)
+        if state == "connected":
+            log.info("drone %s connected from %s", self.drone_id, self.remote)
+        elif state in ("failed", "closed"):
+            self.schedule_close(f"connection {state}")
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and self._video_track is None:
+            self._video_track = track
+            self._spawn(self._drain(track), "drain")
+        else:
+            # aiortc queues every decoded frame of every track: consume the ones we do not use.
+            log.info("drone %s: ignoring an extra %s track", self.drone_id, track.kind)
+            self._spawn(self._discard(track), f"discard-{track.kind}")
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != protocol.DATA_CHANNEL_LABEL or self.channel is not None:
+            log.info("drone %s: ignoring data channel %r", self.drone_id, channel.label)
+            return
+        self.channel = channel
+        self._channel_opened_at = time.monotonic()
+        channel.on("message", self._on_message)
+
+    # ------------------------------------------------------------------ data channel
+
+    def _on_message(self, data: str | bytes) -> None:
+        self.messages_received += 1
+        self._metrics.messages_received.inc()
+        size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+        if size > protocol.MAX_MESSAGE_BYTES:
+            self.send_error(
+                protocol.MESSAGE_TOO_LARGE,
+                f"message of {size} bytes exceeds the limit of {protocol.MAX_MESSAGE_BYTES} bytes",
+            )
+            return
+        try:
+            message = protocol.decode(data, accept=(CameraMessage.type,))
+        except ProtocolError as exc:
+            self.send_error(exc.code, exc.message)
+            return
+        assert isinstance(message, CameraMessage)
+        self.set_camera(message)
+
+    def set_camera(self, camera: CameraMessage) -> None:
+        """Use ``camera`` for the frames that follow."""
+        if camera == self.camera:
+            return
+        self.camera = camera
+        self._frame_cameras.clear()
+        self._told_mismatch = False
+        distortion = f", distortion {list(camera.distortion)}" if camera.has_distortion else ""
+        log.info(
+            "drone %s: camera %dx%d %s fx=%.1f fy=%.1f cx=%.1f cy=%.1f%s",
+            self.drone_id,
+            camera.width,
+            camera.height,
+            camera.model,
+            camera.fx,
+            camera.fy,
+            camera.cx,
+            camera.cy,
+            distortion,
+        )
+
+    def _send(self, text: str) -> bool:
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return False
+        try:
+            channel.send(text)
+        except ValueError as exc:  # larger than the drone's SCTP max-message-size
+            if not self._told_send_failed:
+                self._told_send_failed = True
+                log.warning("drone %s: cannot send a %d-byte message: %s", self.drone_id, len(text), exc)
+            return False
+        except Exception as exc:  # the channel closed underneath us
+            log.debug("drone %s: cannot send: %r", self.drone_id, exc)
+            return False
+        return True
+
+    def send_error(self, code: str, message: str) -> bool:
+        """Send an ``error`` message; False when the data channel is not open."""
+        sent = self._send(protocol.encode(ErrorMessage(code=code, message=message)))
+        if sent:
+            self.errors_sent[code] += 1
+            self._metrics.errors_sent.inc(code=code)
+        log.debug("drone %s: error %s: %s (sent: %s)", self.drone_id, code, message, sent)
+        return sent
+
+    # ------------------------------------------------------------------ frames
+
+    async def _discard(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                await track.recv()
+        except MediaStreamError:
+            return
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                self._last_frame_at = now
+                item = _Received(frame=frame, index=self.frames_received, received_at=now, received_wall=time.time())
+                self.frames_received += 1
+                self._metrics.frames_received.inc()
+                if self._slot.put(item):
+                    self._drop(SUPERSEDED)
+        except MediaStreamError:
+            log.debug("drone %s: video track ended", self.drone_id)
+
+    async def _watchdog(self) -> None:
+        idle = self._config.idle_timeout
+        while True:
+            await asyncio.sleep(min(1.0, idle / 4))
+            quiet = time.monotonic() - self._last_frame_at
+            if quiet > idle:
+                await self.close(f"idle: no video for {quiet:.0f} s")
+                return
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+        self._metrics.frames_dropped.inc(reason=reason)
+
+    async def _process_loop(self) -> None:
+        while True:
+            item: _Received = await self._slot.get()
+            try:
+                await self._process(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Fail this frame, not the session.
+                self._drop(PROCESSING_ERROR)
+                if not self._told_internal:
+                    log.exception("drone %s: frame %d failed", self.drone_id, item.index)
+                    self._told_internal = self.send_error(
+                        protocol.INTERNAL, f"frame {item.index} could not be processed: {exc}"
+                    )
+
+    def _frame_camera(self, width: int, height: int) -> CameraMessage | None:
+        """The camera for a frame of this size, or None (reported once) when it does not fit."""
+        assert self.camera is not None
+        key = (width, height)
+        cached = self._frame_cameras.get(key)
+        if cached is not None:
+            return cached
+        try:
+            camera = camera_for_frame(self.camera, width, height)
+        except ProtocolError as exc:
+            self._drop(CAMERA_MISMATCH)
+            if not self._told_mismatch:
+                self._told_mismatch = self.send_error(exc.code, exc.message)
+            return None
+        if len(self._frame_cameras) > 8:
+            self._frame_cameras.clear()
+        self._frame_cameras[key] = camera
+        return camera
+
+    def _processor_for(self, depth_kind: str) -> FrameProcessor:
+        if self._processor is None or self._processor_kind != depth_kind:
+            self._processor = self._ctx.make_processor(depth_kind)
+            self._processor_kind = depth_kind
+        return self._processor
+
+    async def _process(self, item: _Received) -> None:
+        frame = item.frame
+        width, height = frame.width, frame.height
+        if self.camera is None:
+            self._drop(NO_CAMERA)
+            # Video flows before the data channel opens, so the first frames of every session come
+            # before its camera message: only tell a drone whose camera is late once its channel is open.
+            opened = self._channel_opened_at
+            if not self._told_no_camera and opened is not None and time.monotonic() - opened >= NO_CAMERA_GRACE_S:
+                self._told_no_camera = self.send_error(
+                    protocol.NO_CAMERA,
+                    "frames are not processed until a 'camera' message gives the intrinsics",
+                )
+            return
+        if width * height > self._config.max_frame_pixels:
+            self._drop(FRAME_TOO_LARGE)
+            if self._told_too_large != (width, height) and self.send_error(
+                protocol.FRAME_TOO_LARGE,
+                f"frame of {width}x{height} = {width * height} pixels exceeds the limit of "
+                f"{self._config.max_frame_pixels} pixels; frames this large are dropped",
+            ):
+                self._told_too_large = (width, height)
+            return
+        camera = self._frame_camera(width, height)
+        if camera is None:
+            return
+
+        loop = asyncio.get_running_loop()
+        executor = self._ctx.executor
+        started = time.monotonic()
+        rgb = await loop.run_in_executor(executor, functools.partial(frame.to_ndarray, format="rgb24"))
+        converted = time.monotonic()
+        try:
+            depth = await self._ctx.depth.infer(rgb)
+        except InferenceUnavailable as exc:
+            if self._ctx.depth.available:  # a busy server rejected this one frame: no outage to report
+                self._drop(INFERENCE_TIMEOUT if isinstance(exc, InferenceTimeout) else INFERENCE_OVERLOADED)
+                return
+            self._drop(INFERENCE_UNAVAILABLE)
+            if not self._degraded:
+                self._degraded = True
+                self._outage_drops = self.dropped[INFERENCE_UNAVAILABLE] - 1
+                log.info("drone %s: depth unavailable, dropping its frames until it is back", self.drone_id)
+                self.send_error(
+                    protocol.INFERENCE_UNAVAILABLE,
+                    f"depth inference is unavailable, frames are dropped until it is back: {exc}",
+                )
+            return
+        except InferenceError as exc:
+            self._drop(INFERENCE_ERROR)
+            if not self._told_inference_error:
+                self._told_inference_error = self.send_error(protocol.INTERNAL, f"depth inference failed: {exc}")
+            return
+        inferred = time.monotonic()
+        self._told_inference_error = False
+        if self._degraded:
+            self._degraded = False
+            lost = self.dropped[INFERENCE_UNAVAILABLE] - self._outage_drops
+            log.info("drone %s: depth is back, results resume (%d frames dropped meanwhile)", self.drone_id, lost)
+            self.send_error(
+                protocol.INFERENCE_RESUMED, f"depth inference is back; results resume ({lost} frames dropped)"
+            )
+
+        timing = {
+            "queue": (started - item.received_at) * 1e3,
+            "convert": (converted - started) * 1e3,
+            "inference": (inferred - converted) * 1e3,
+        }
+        processor = self._processor_for(self._ctx.depth.depth_kind)
+        work = functools.partial(_finish_frame, processor, rgb, depth, camera, item, timing, inferred)
+        result, text = await loop.run_in_executor(executor, work)
+        message = result.message
+        self._told_internal = False
+        self._deliver(message, text)
+        for stage, ms in message.timing.items():
+            self._metrics.stage_seconds.observe(ms / 1e3, stage=stage)
+        if self._config.record_dir is not None and not self._recording_failed:
+            await self._record(result)
+        if self._ctx.sink is not None:
+            await self._to_sink(item, camera, rgb, result)
+
+    def _deliver(self, message: KeypointsMessage, text: str) -> None:
+        channel = self.channel
+        if channel is not None and channel.bufferedAmount > self._config.data_channel_buffer_bytes:
+            self._drop(SEND_BACKLOG)
+            return
+        if not self._send(text):
+            self._drop(SESSION_CLOSED if self._closing else SEND_FAILED)
+            return
+        self.frames_processed += 1
+        self.last_timing = dict(message.timing)
+        self._metrics.frames_processed.inc()
+        if self.frames_processed == 1:
+            log.info(
+                "drone %s: first keypoints: %d points from a %dx%d frame, depth %s, %.0f ms",
+                self.drone_id,
+                len(message.points),
+                message.width,
+                message.height,
+                message.depth_kind,
+                message.timing.get("total", 0.0),
+            )
+
+    async def _record(self, result: FrameResult) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self._recorder is None:
+                assert self._ctx.make_recorder is not None
+                self._recorder = await loop.run_in_executor(self._ctx.executor, self._ctx.make_recorder, self.drone_id)
+            await loop.run_in_executor(self._ctx.executor, self._recorder.write, result)
+        except Exception:
+            self._recording_failed = True
+            log.exception("drone %s: recording failed; this session is no longer recorded", self.drone_id)
+
+    async def _to_sink(self, item: _Received, camera: CameraMessage, rgb: Any, result: FrameResult) -> None:
+        from gateway.sinks import FrameRecord
+
+        assert self._ctx.sink is not None
+        record = FrameRecord.from_capture_time(self.drone_id, item.received_wall, camera, rgb, result)
+        # SinkSet isolates and logs its sinks' failures; a bare sink's are logged here.
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._ctx.executor, self._ctx.sink.write, record)
+        except Exception:
+            log.exception("drone %s: result sink failed", self.drone_id)
+
+    # ------------------------------------------------------------------ metrics
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts and state, for /metrics and tests."""
+        return {
+            "drone_id": self.drone_id,
+            "state": self.pc.connectionState,
+            "camera": self.camera is not None,
+            "frames_received": self.frames_received,
+            "frames_processed": self.frames_processed,
+            "dropped": dict(self.dropped),
+            "errors_sent": dict(self.errors_sent),
+            "last_timing": dict(self.last_timing),
+        }

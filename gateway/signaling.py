@@ -1,0 +1,200 @@
+"""HTTP endpoints of the gateway (aiohttp): signalling and operations.
+
+- ``POST /offer``: a drone's SDP offer (JSON ``{"sdp", "type": "offer"}``,
+  ``Authorization: Bearer <token>``) → the answer (JSON ``{"sdp", "type":
+  "answer", "drone_id"}``). Refusals are JSON ``{"error": CODE, "message":
+  TEXT}`` with 400, 401, 409, 413 or 503, and create no peer connection.
+- ``GET /health``: liveness (always 200 while the process serves HTTP).
+- ``GET /ready``: 200 when the depth server answers and the model is ready, else 503.
+- ``GET /metrics``: Prometheus text exposition.
+
+``docs/protocol.md`` describes the same in prose. The token is compared in
+constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from typing import TYPE_CHECKING, Any, Final
+
+from aiohttp import web
+
+from dronedepth import protocol
+from dronedepth.errors import ProtocolError
+from gateway.metrics import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+
+__all__ = ["DRONE_ID_HEADER", "DRONE_ID_PATTERN", "check_offer_sdp", "create_app", "drone_id_from"]
+
+log = logging.getLogger(__name__)
+
+DRONE_ID_HEADER: Final = "X-Drone-Id"
+DRONE_ID_QUERY: Final = "drone"
+DRONE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# ``error`` codes of refused signalling requests (HTTP status in brackets).
+UNAUTHORIZED: Final = "unauthorized"  # 401
+INVALID_DRONE_ID: Final = "invalid_drone_id"  # 400
+INVALID_SDP: Final = "invalid_sdp"  # 400
+BODY_TOO_LARGE: Final = "body_too_large"  # 413
+GATEWAY_FULL: Final = "gateway_full"  # 503
+DRONE_BUSY: Final = "drone_busy"  # 409
+
+_GATEWAY: Final = web.AppKey("gateway", object)
+_RETRY_AFTER_S: Final = "5"
+
+
+def _json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    """The aiohttp application serving ``gateway``."""
+    app = web.Application(client_max_size=gateway.config.max_body_bytes)
+    app[_GATEWAY] = gateway
+    app.router.add_post("/offer", _offer)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/ready", _ready)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+def _gateway(request: web.Request) -> Gateway:
+    return request.app[_GATEWAY]  # type: ignore[return-value]
+
+
+def _authorized(request: web.Request, token: str | None) -> str | None:
+    """None when the request may go on, else why not (without echoing what was sent)."""
+    if token is None:
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if not header:
+        return "missing Authorization header"
+    if scheme.lower() != "bearer" or not given.strip():
+        return "the Authorization header must be 'Bearer <token>'"
+    if not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
+        return "wrong token"
+    return None
+
+
+def drone_id_from(request: web.Request) -> str | None:
+    """The drone id asked for in the ``X-Drone-Id`` header or ``?drone=``; None if neither.
+
+    Raises :class:`ProtocolError` (code ``invalid_drone_id``) when malformed or when both differ.
+    """
+    header = request.headers.get(DRONE_ID_HEADER)
+    query = request.query.get(DRONE_ID_QUERY)
+    if header is not None and query is not None and header != query:
+        raise ProtocolError(INVALID_DRONE_ID, f"the {DRONE_ID_HEADER} header and ?{DRONE_ID_QUERY}= differ")
+    drone_id = header if header is not None else query
+    if drone_id is not None and not DRONE_ID_PATTERN.fullmatch(drone_id):
+        raise ProtocolError(INVALID_DRONE_ID, "a drone id is 1 to 64 characters among A-Z, a-z, 0-9, '_' and '-'")
+    return drone_id
+
+
+def check_offer_sdp(sdp: str) -> None:
+    """Refuse an offer the gateway cannot use, before any peer connection exists.
+
+    It must parse, carry ICE credentials, and have a video section with a codec
+    aiortc decodes plus an ``application`` section (the data channel).
+    """
+    from aiortc import sdp as aiortc_sdp
+    from aiortc.codecs import CODECS
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    try:
+        description = aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise ProtocolError(INVALID_SDP, f"the SDP offer cannot be parsed: {exc!r}") from exc
+    kinds = [m.kind for m in description.media]
+    if "video" not in kinds:
+        raise ProtocolError(INVALID_SDP, "the offer has no video section: add the camera track before the offer")
+    if "application" not in kinds:
+        raise ProtocolError(
+            INVALID_SDP,
+            f"the offer has no data channel: create the '{protocol.DATA_CHANNEL_LABEL}' channel before the offer",
+        )
+    for media in description.media:
+        if not media.ice.usernameFragment or not media.ice.password:
+            raise ProtocolError(INVALID_SDP, f"the {media.kind} section lacks ICE credentials (ice-ufrag/ice-pwd)")
+        if not media.dtls or not media.dtls.fingerprints:
+            raise ProtocolError(INVALID_SDP, f"the {media.kind} section lacks a DTLS fingerprint")
+    supported = {codec.mimeType.lower() for codec in CODECS["video"] if isinstance(codec, RTCRtpCodecParameters)}
+    for media in description.media:
+        if media.kind == "video" and not {c.mimeType.lower() for c in media.rtp.codecs} & supported:
+            offered = ", ".join(sorted({c.mimeType for c in media.rtp.codecs})) or "none"
+            raise ProtocolError(INVALID_SDP, f"no common video codec: offered {offered}, supported VP8/H264")
+
+
+async def _offer(request: web.Request) -> web.Response:
+    gateway = _gateway(request)
+    metrics = gateway.metrics
+    remote = request.remote or "?"
+
+    def refuse(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+        metrics.offers.inc(outcome=code)
+        log.warning("refused an offer from %s: %s (%d %s)", remote, message, status, code)
+        return _json_error(status, code, message, headers)
+
+    problem = _authorized(request, gateway.config.token)
+    if problem is not None:
+        return refuse(401, UNAUTHORIZED, problem, {"WWW-Authenticate": 'Bearer realm="dronedepth"'})
+    limit = gateway.config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return refuse(413, BODY_TOO_LARGE, f"the body of {request.content_length} bytes exceeds {limit} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return refuse(413, BODY_TOO_LARGE, f"the body exceeds {limit} bytes")
+    try:
+        offer = protocol.SessionDescription.from_json(body)
+        if offer.type != "offer":
+            raise ProtocolError(protocol.INVALID_MESSAGE, f"'type' must be 'offer', got {offer.type!r}")
+        check_offer_sdp(offer.sdp)
+        drone_id = drone_id_from(request) or gateway.new_drone_id()
+    except ProtocolError as exc:
+        status = 413 if exc.code == protocol.MESSAGE_TOO_LARGE else 400
+        return refuse(status, exc.code, exc.message)
+
+    from gateway.server import GatewayBusy, GatewayFull
+
+    try:
+        answer_sdp = await gateway.open_session(offer, drone_id, remote=remote)
+    except GatewayFull as exc:
+        return refuse(503, GATEWAY_FULL, str(exc), {"Retry-After": _RETRY_AFTER_S})
+    except GatewayBusy as exc:
+        return refuse(409, DRONE_BUSY, str(exc))
+    except ProtocolError as exc:
+        return refuse(400, INVALID_SDP, exc.message)
+    metrics.offers.inc(outcome="accepted")
+    payload: dict[str, Any] = {"sdp": answer_sdp, "type": "answer", "drone_id": drone_id}
+    return web.json_response(payload, headers={DRONE_ID_HEADER: drone_id})
+
+
+async def _health(request: web.Request) -> web.Response:
+    gateway = _gateway(request)
+    return web.json_response({"status": "ok", "sessions": len(gateway.sessions)})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    gateway = _gateway(request)
+    ready = await gateway.depth.ready()
+    body: dict[str, Any] = {
+        "status": "ready" if ready else "unavailable",
+        "depth_server": str(gateway.depth.client),
+        "sessions": len(gateway.sessions),
+        "max_drones": gateway.config.max_drones,
+    }
+    if ready:
+        body["depth_kind"] = gateway.depth.depth_kind
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = _gateway(request).metrics.render()
+    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})

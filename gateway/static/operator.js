@@ -1,0 +1,223 @@
+/* Operator page: polls /api/drones every second and keeps one card per connected drone. */
+(function () {
+  "use strict";
+
+  const POLL_MS = 1000;
+  const HIDDEN_POLL_MS = 5000;
+  const token = DD.takeToken();
+  const grid = document.getElementById("grid");
+  const empty = document.getElementById("empty");
+  const template = document.getElementById("drone-card");
+  const cards = new Map(); // drone id -> {el, seq, url, loading}
+  let timer = null;
+  let inFlight = false;
+
+  const stateClass = { connected: "ok", new: "warn", connecting: "warn", disconnected: "bad", failed: "bad", closed: "bad" };
+
+  function signOut() {
+    DD.forgetToken();
+    window.location.replace("/");
+  }
+
+  function droneLink(event) {
+    event.preventDefault();
+    window.location.href = DD.withToken("/drone", token);
+  }
+
+  document.getElementById("sign-out").addEventListener("click", signOut);
+  document.getElementById("open-drone").addEventListener("click", droneLink);
+  document.getElementById("empty-drone-link").addEventListener("click", droneLink);
+
+  function setText(root, selector, text) {
+    const el = root.querySelector(selector);
+    if (el.textContent !== text) el.textContent = text;
+    return el;
+  }
+
+  function setGateway(gateway, ok) {
+    const dot = document.getElementById("depth-dot");
+    const text = document.getElementById("depth-text");
+    if (!ok) {
+      dot.className = "dot bad";
+      text.textContent = "Gateway unreachable, retrying…";
+      return;
+    }
+    if (gateway.depth_available) {
+      dot.className = "dot ok";
+      text.textContent = "Depth ready" + (gateway.depth_kind ? " · " + gateway.depth_kind : "");
+    } else {
+      dot.className = "dot bad";
+      text.textContent = "Depth server unavailable";
+    }
+    document.getElementById("drone-count").textContent = String(gateway.sessions);
+    document.getElementById("drone-max").textContent = String(gateway.max_drones);
+  }
+
+  function newCard(id) {
+    const el = template.content.firstElementChild.cloneNode(true);
+    el.dataset.droneId = id;
+    el.querySelector(".drone-id").textContent = id;
+    el.querySelector(".drone-id").title = id;
+    const card = { el, seq: null, url: null, loading: false };
+    const img = el.querySelector(".preview-img");
+    img.alt = "Depth preview of " + id;
+    img.addEventListener("load", () => {
+      img.hidden = false;
+      el.querySelector(".preview-empty").hidden = true;
+    });
+    return card;
+  }
+
+  function setValue(root, selector, text, unit, sub) {
+    const dd = root.querySelector(selector);
+    const parts = [text];
+    if (unit && text !== "—") {
+      const small = document.createElement("small");
+      small.textContent = unit;
+      parts.push(small);
+    }
+    if (sub) {
+      const span = document.createElement("span");
+      span.className = "sub";
+      span.textContent = sub;
+      parts.push(span);
+    }
+    dd.replaceChildren(...parts);
+    return dd;
+  }
+
+  function ms(value) {
+    return value === null || value === undefined ? "—" : DD.number(value, value < 10 ? 1 : 0);
+  }
+
+  function updateCard(card, id, d, previewsOn) {
+    const el = card.el;
+    const pill = setText(el, ".state", d.state);
+    pill.className = "pill state " + (stateClass[d.state] || "");
+
+    const rate = d.result_rate === null ? "—" : DD.number(d.result_rate, 1);
+    setValue(el, ".rate", rate, null, null);
+    setValue(el, ".p50", ms(d.latency_ms.p50), "ms", null);
+    setValue(el, ".p95", ms(d.latency_ms.p95), "ms", null);
+    setValue(el, ".received", DD.number(d.frames.received), null, null);
+    setValue(el, ".processed", DD.number(d.frames.processed), null, null);
+    const reasons = Object.entries(d.dropped || {}).sort((a, b) => b[1] - a[1]);
+    const why = reasons.map(([reason, n]) => DD.number(n) + " " + reason.replace(/_/g, " ")).join(", ");
+    const dropped = setValue(el, ".dropped", DD.number(d.frames.dropped), null, why || null);
+    dropped.title = "superseded: a newer frame arrived before this one was processed (newest frame wins)";
+
+    const kind = el.querySelector(".kind");
+    if (d.depth_kind) {
+      kind.hidden = false;
+      kind.textContent = d.depth_kind === "relative" ? "relative depth" : "metric";
+      kind.className = "badge kind " + d.depth_kind;
+      kind.title = d.depth_kind === "relative" ? "Relative depth: scaled by an unknown factor, not metres" : "Depth in metres";
+    } else {
+      kind.hidden = true;
+    }
+
+    const camera = d.camera
+      ? d.camera.width + "×" + d.camera.height + " · fx " + DD.number(d.camera.fx) + " px"
+      : "no camera message yet";
+    const frame = d.frame && d.camera && (d.frame.width !== d.camera.width || d.frame.height !== d.camera.height)
+      ? " · frames " + d.frame.width + "×" + d.frame.height
+      : "";
+    setText(el, ".camera", camera + frame);
+    const since = setText(el, ".since", "connected " + DD.duration(d.connected_s));
+    since.title = "since " + new Date(d.connected_since).toLocaleString() + " from " + d.remote;
+
+    const age = el.querySelector(".age");
+    const empty = el.querySelector(".preview-empty");
+    if (!previewsOn) {
+      empty.textContent = "Previews are off on this gateway";
+    } else if (d.preview) {
+      age.hidden = d.preview.age_s < 3;
+      age.textContent = "preview " + DD.duration(d.preview.age_s) + " old";
+      if (d.preview.seq !== card.seq && !card.loading) loadPreview(card, id, d.preview.seq);
+    } else {
+      empty.textContent = d.camera ? "Waiting for depth…" : "Waiting for the camera message…";
+    }
+  }
+
+  async function loadPreview(card, id, seq) {
+    card.loading = true;
+    try {
+      const reply = await fetch("/api/drones/" + encodeURIComponent(id) + "/preview.jpg", {
+        headers: DD.authHeaders(token),
+        cache: "no-store",
+      });
+      if (!reply.ok) return;
+      const blob = await reply.blob();
+      if (!cards.has(id)) return;
+      const url = URL.createObjectURL(blob);
+      const img = card.el.querySelector(".preview-img");
+      const old = card.url;
+      img.src = url;
+      card.url = url;
+      card.seq = seq;
+      if (old) window.setTimeout(() => URL.revokeObjectURL(old), 2000);
+    } catch (e) {
+      /* retried on the next poll */
+    } finally {
+      card.loading = false;
+    }
+  }
+
+  function render(data) {
+    setGateway(data.gateway, true);
+    const ids = Object.keys(data.drones);
+    for (const [id, card] of cards) {
+      if (!(id in data.drones)) {
+        card.el.remove();
+        if (card.url) URL.revokeObjectURL(card.url);
+        cards.delete(id);
+      }
+    }
+    for (const id of ids) {
+      let card = cards.get(id);
+      if (!card) {
+        card = newCard(id);
+        cards.set(id, card);
+        grid.appendChild(card.el);
+      }
+      updateCard(card, id, data.drones[id], data.gateway.previews);
+    }
+    empty.hidden = ids.length > 0;
+    document.getElementById("updated").textContent = "Updated " + DD.clock();
+  }
+
+  async function poll() {
+    if (inFlight) return;
+    inFlight = true;
+    try {
+      const reply = await fetch("/api/drones", { headers: DD.authHeaders(token), cache: "no-store" });
+      if (reply.status === 401) {
+        DD.forgetToken();
+        window.location.replace("/");
+        return;
+      }
+      if (!reply.ok) throw new Error("HTTP " + reply.status);
+      render(await reply.json());
+    } catch (e) {
+      setGateway(null, false);
+    } finally {
+      inFlight = false;
+      schedule();
+    }
+  }
+
+  function schedule() {
+    window.clearTimeout(timer);
+    timer = window.setTimeout(poll, document.hidden ? HIDDEN_POLL_MS : POLL_MS);
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) {
+      window.clearTimeout(timer);
+      poll();
+    }
+  });
+
+  window.dronedepth = { cards };
+  poll();
+})();

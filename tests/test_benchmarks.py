@@ -1,0 +1,250 @@
+"""The benchmark scripts: their statistics and tables, and a real quick run so they never rot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import cli
+from benchmarks.harness import BenchConfig, TritonStats
+from benchmarks.report import fmt, markdown_report, markdown_table
+from benchmarks.stats import parse_prometheus, percentile, prometheus_total, summarize, trend
+from benchmarks.stream import Fleet, ResultSample
+from dronedepth.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 100])
+def test_percentile_matches_numpy_linear(q: float) -> None:
+    values = np.random.default_rng(3).exponential(50.0, 37)
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_percentile_refuses_nothing_and_bad_ranks() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match=r"within 0\.\.100"):
+        percentile([1.0], 101)
+
+
+def test_summarize() -> None:
+    assert summarize([]) is None
+    s = summarize([4.0, 1.0, 3.0, 2.0])
+    assert s is not None
+    assert (s.n, s.mean, s.p50, s.min, s.max) == (4, 2.5, 2.5, 1.0, 4.0)
+    assert s.to_dict()["p95"] == pytest.approx(3.85)
+
+
+def test_trend_measures_growth_in_ms_per_minute() -> None:
+    times = [i * 0.5 for i in range(121)]  # a minute, two samples a second
+    growing = trend(times, [100.0 + 20.0 * t / 60.0 for t in times])
+    assert growing is not None
+    assert growing.slope_ms_per_min == pytest.approx(20.0)
+    assert growing.first_p50 < growing.last_p50
+    flat = trend(times, [100.0 + (5.0 if i % 2 else -5.0) for i in range(121)])
+    assert flat is not None
+    assert abs(flat.slope_ms_per_min) < 0.5
+    assert flat.flat() and flat.to_dict()["flat"] is True
+    assert not trend(times, [100.0 * (1 + t / 10) for t in times]).flat()  # type: ignore[union-attr]
+    assert trend([0.0, 1.0], [1.0, 2.0]) is None
+    with pytest.raises(ValueError, match="3 times but 2 values"):
+        trend([0.0, 1.0, 2.0], [1.0, 2.0])
+
+
+def test_trend_sorts_by_time() -> None:
+    shuffled = trend([2.0, 0.0, 1.0], [30.0, 10.0, 20.0])
+    assert shuffled is not None
+    assert shuffled.slope_ms_per_min == pytest.approx(600.0)
+    assert (shuffled.first_p50, shuffled.last_p50) == (10.0, 30.0)
+
+
+def test_prometheus_text_is_parsed_and_totalled() -> None:
+    text = "\n".join(
+        [
+            "# HELP dronedepth_frames_dropped_total Frames not processed, by reason.",
+            "# TYPE dronedepth_frames_dropped_total counter",
+            'dronedepth_frames_dropped_total{reason="superseded"} 40',
+            'dronedepth_frames_dropped_total{reason="send_backlog"} 2',
+            'dronedepth_drone_frames_total{drone="a",outcome="received"} 7',
+            'dronedepth_drone_frames_total{drone="b",outcome="received"} 5',
+            "dronedepth_frames_received_total 12 1700000000000",
+            "not a sample line",
+        ]
+    )
+    samples = parse_prometheus(text)
+    assert samples[("dronedepth_frames_received_total", ())] == 12.0
+    assert prometheus_total(samples, "dronedepth_frames_dropped_total", by="reason") == {
+        "superseded": 40.0,
+        "send_backlog": 2.0,
+    }
+    assert prometheus_total(samples, "dronedepth_drone_frames_total") == {"": 12.0}
+    assert prometheus_total(samples, "missing") == {}
+
+
+def test_triton_statistics_delta_is_per_request() -> None:
+    before = {"requests": 10, "request_ns": 10_000_000, "failures": 0, "inferences": 10, "executions": 10}
+    after = {"requests": 30, "request_ns": 210_000_000, "failures": 1, "inferences": 30, "executions": 20}
+    for i, part in enumerate(TritonStats.PARTS):
+        before[f"{part}_ns"] = 0
+        after[f"{part}_ns"] = (i + 1) * 20_000_000
+    delta = TritonStats.delta(before, after)
+    assert delta["requests"] == 20 and delta["failures"] == 1
+    assert delta["server_request_ms"] == pytest.approx(10.0)
+    assert delta["queue_ms"] == pytest.approx(1.0) and delta["compute_output_ms"] == pytest.approx(4.0)
+    assert delta["frames_per_execution"] == pytest.approx(2.0)
+    assert TritonStats.delta(after, after) == {"requests": 0.0, "failures": 0.0}
+
+
+def test_fleet_counts_only_frames_after_the_warm_up() -> None:
+    fleet = Fleet(started=1000.0, duration_s=10.0, warmup_s=2.0)
+    fleet.sent["d1"] = [1000.0 + i / 10 for i in range(101)]  # 10 fps for 10 s
+    fleet.results = [
+        ResultSample("d1", i, 1000.0 + i / 10, 1000.3 + i / 10, 300.0, {}) for i in range(0, 101, 2)
+    ]  # every other frame answered: 5 results/s
+    measured = fleet.measured()
+    assert measured[0].captured == pytest.approx(1002.0) and measured[-1].captured == pytest.approx(1010.0)
+    assert fleet.result_rate("d1") == pytest.approx(41 / 8)
+    assert fleet.aggregate_rate() == pytest.approx(41 / 8)
+    assert fleet.frames_in_window("d1") == 81
+    assert fleet.result_rate("nobody") is None
+
+
+# ----------------------------------------------------------------------------------------- tables
+
+
+def test_markdown_table_and_cells() -> None:
+    table = markdown_table(["a", "b"], [[1, "x|y"], [2.5, None]], "lr")
+    assert table.splitlines() == ["| a | b |", "| --- | ---: |", "| 1 | x\\|y |", "| 2.5 | None |"]
+    with pytest.raises(ValueError, match="as many columns"):
+        markdown_table(["a", "b"], [[1]])
+    assert (fmt(None), fmt(float("nan")), fmt(1.234), fmt(1.234, 2), fmt(7)) == ("-", "-", "1.2", "1.23", "7")
+
+
+def test_report_of_a_skipped_gpu_section_says_why() -> None:
+    doc = {
+        "quick": True,
+        "config": {"duration_s": 8.0, "frames": 6, "sections": ["gpu"]},
+        "machine": {
+            "cpu": "Test CPU",
+            "cores_usable": 2,
+            "cores_total": 2,
+            "memory_gib": 4.0,
+            "os": "Linux",
+            "python": "3.11",
+        },
+        "versions": {"onnxruntime": "1.0", "torch": None},
+        "frames": "4 photos",
+        "warmup_note": "none needed",
+        "created": "today",
+        "elapsed_s": 1.0,
+        "sections": {"gpu": {"skipped": True, "reason": "no NVIDIA GPU on this machine (nvidia-smi not found)"}},
+        "skipped": {"baseline": "failed: boom"},
+    }
+    text = markdown_report(doc)
+    assert "Quick mode" in text and "Test CPU, 2 usable cores" in text
+    assert "onnxruntime 1.0" in text and "torch" not in text
+    assert "**Skipped:** no NVIDIA GPU on this machine (nvidia-smi not found)." in text
+    assert "## baseline\n\nSkipped: failed: boom" in text
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_quick_defaults_and_explicit_flags_win(tmp_path: Path) -> None:
+    quick = cli.config_from_args(_parse("--quick", "--out", str(tmp_path)))
+    assert (quick.input_size, quick.duration_s, quick.drones, quick.quick) == (154, 8.0, (1, 2), True)
+    assert quick.sections == cli.SECTIONS
+    full = cli.config_from_args(_parse("--only", "stages,scaling", "--input-size", "196", "--duration", "20"))
+    assert (full.input_size, full.duration_s, full.drones, full.sections) == (
+        196,
+        20.0,
+        (1, 2, 4, 8),
+        ("stages", "scaling"),
+    )
+    assert full.wants("scaling") and not full.wants("gpu")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--only", "stages,warp"], "choose from stages"),
+        (["--drones", "1,0"], "positive drone counts"),
+    ],
+)
+def test_bad_flags_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse(*argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"input_size": 150}, "multiple of 14, got 150"),
+        ({"duration_s": 4.0, "warmup_s": 5.0}, "longer than the warm-up"),
+        ({"fps": 0.0}, "--fps must be within"),
+        ({"sections": ("stages", "nope")}, "stages,nope"),
+    ],
+)
+def test_config_names_the_bad_value(kwargs: dict[str, object], message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        BenchConfig(out=tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_gpu_mode_skips_with_a_reason_without_a_gpu() -> None:
+    from benchmarks.gpu import detect_gpu
+
+    available, why, info = detect_gpu()
+    if available:
+        pytest.skip("this machine has a GPU")
+    assert why.startswith("no NVIDIA GPU") and "ONNX Runtime providers" in why
+    assert info["cuda_driver_gpus"] == 0
+
+
+# ----------------------------------------------------------------------------------------- a real run
+
+
+@pytest.mark.slow
+def test_quick_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
+    """The real thing, as small as it gets: export, embedded Triton, one drone, projection."""
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "dronedepth", "bench", "--quick", "--only", "stages,projection"]
+    command += ["--duration", "6", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    doc = json.loads((out / "benchmark.json").read_text())
+    assert doc["quick"] is True and not doc["skipped"]
+    assert set(doc["sections"]) == {"stages", "projection"}
+    assert doc["machine"]["cores_usable"] >= 1 and doc["machine"]["cpu"]
+    assert doc["model"]["encoder"] == "vits" and doc["model"]["random_init"] is True
+    assert doc["model"]["input_size"] == 154 and doc["model"]["precision"] == "fp32"
+    for package in ("onnxruntime", "torch", "aiortc", "numpy", "tritonserver"):
+        assert doc["versions"][package], package
+    rows = {row["stage"].strip(): row for row in doc["sections"]["stages"]["rows"]}
+    assert rows["glass-to-result (drone)"]["n"] > 0
+    assert rows["Triton request (gateway's gRPC client)"]["p50"] > 0
+    assert rows["Triton compute_infer (model: Python backend + ONNX Runtime)"]["mean"] > 0
+    assert doc["sections"]["projection"]["projection"]
+
+    report = (out / "benchmark.md").read_text()
+    assert "Quick mode" in report and "## 1. Per-stage latency" in report and "## 4. Projection" in report
+    assert (out / "stages.png").stat().st_size > 1000

@@ -1,0 +1,275 @@
+"""The gateway end to end with real aiortc drones over HTTP and WebRTC on this machine (fake depth)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import json
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dronedepth import protocol
+from dronedepth.errors import DroneDepthError
+from dronedepth.protocol import KeypointsMessage
+from gateway.server import Gateway
+from tests.gateway_fixtures import (
+    FakeDepthClient,
+    TestDrone,
+    camera_for,
+    check_projection,
+    drones,
+    gateway_config,
+    photo,
+    running_gateway,
+    session_tasks,
+    wait_until,
+)
+
+FRAME_TICKS = protocol.VIDEO_CLOCK_RATE // 10  # pts step of a 10 fps test drone
+
+
+async def test_three_drones_get_keypoints_that_project_onto_their_pixels() -> None:
+    client = FakeDepthClient(delay=0.2)
+    rgb = photo()
+    cameras = [camera_for(focal=f) for f in (250.0, 300.0, 420.0)]
+    async with running_gateway(client) as gateway, drones(3, rgb) as fleet:
+        await asyncio.gather(*(d.connect(gateway.url, camera=c) for d, c in zip(fleet, cameras, strict=True)))
+        await asyncio.gather(*(d.wait_for(lambda d: len(d.keypoints) >= 3, what="3 results") for d in fleet))
+        for drone, camera in zip(fleet, cameras, strict=True):
+            previous = -1
+            for message in drone.keypoints:
+                check_projection(message, camera)
+                decoded = protocol.decode(json.dumps(message))
+                assert isinstance(decoded, KeypointsMessage)
+                assert (message["width"], message["height"]) == (320, 240)
+                assert message["depth_kind"] == "metric" and message["axes"] == "optical"
+                # pts as the gateway received them: the drone's own 90 kHz pts, starting at 0.
+                assert message["pts"] % FRAME_TICKS == 0 and message["pts"] > previous
+                assert message["pts"] == message["frame_index"] * FRAME_TICKS
+                previous = message["pts"]
+                timing = message["timing"]
+                for stage in ("queue", "convert", "inference", "projection", "keypoints", "total"):
+                    assert timing[stage] >= 0
+                assert timing["total"] >= timing["inference"]
+                assert len(message["points"]) > 20
+            assert drone.errors == []
+        # Frames of different drones were in Triton's hands together (what dynamic batching needs).
+        assert client.max_in_flight >= 2
+        assert len(gateway.sessions) == 3
+        assert gateway.metrics.frames_processed.value() >= 9
+
+
+async def test_bad_messages_get_errors_and_the_previous_camera_stays() -> None:
+    rgb = photo()
+    good = camera_for(focal=300.0)
+    async with running_gateway() as gateway, drones(1, rgb) as (drone,):
+        await drone.connect(gateway.url, camera=good)
+        await drone.wait_for(lambda d: len(d.keypoints) >= 1, what="first result")
+        drone.send("{nope")
+        drone.send(json.dumps({"type": "hello"}))
+        drone.send(json.dumps({**good.to_dict(), "fx": -5}))
+        drone.send(json.dumps({**good.to_dict(), "distortion": [0.1, 0.2, 0.3]}))
+        drone.send(json.dumps({"type": "camera", "pad": "x" * (protocol.MAX_MESSAGE_BYTES + 10)}))
+        expected = ["invalid_json", "unknown_type", "invalid_camera", "invalid_camera", "message_too_large"]
+        await drone.wait_for(lambda d: len(d.errors) >= 5, what="five errors")
+        assert drone.error_codes() == expected
+        assert "fx=-5" in drone.errors[2]["message"] or "focal" in drone.errors[2]["message"]
+        seen = len(drone.keypoints)
+        await drone.wait_for(lambda d: len(d.keypoints) >= seen + 2, what="results after the bad messages")
+        for message in drone.keypoints:
+            check_projection(message, good)
+        # A new valid camera applies to the frames that follow.
+        wide = camera_for(focal=150.0)
+        drone.send(protocol.encode(wide))
+        await drone.wait_for(
+            lambda d: any(_projects(m, wide) for m in d.keypoints[seen + 2 :]), what="results with the new camera"
+        )
+        assert drone.error_codes() == expected
+        assert gateway.sessions[drone.drone_id].camera == wide
+
+
+def _projects(message: dict, camera: protocol.CameraMessage) -> bool:
+    try:
+        check_projection(message, camera)
+    except AssertionError:
+        return False
+    return True
+
+
+async def test_frames_before_camera_get_a_single_no_camera_error() -> None:
+    async with running_gateway() as gateway, drones(1, photo()) as (drone,):
+        await drone.connect(gateway.url)
+        session = gateway.sessions[drone.drone_id]
+        await wait_until(lambda: session.frames_received >= 8, what="8 frames")
+        await drone.wait_for(lambda d: len(d.errors) >= 1, what="the no_camera error")
+        assert drone.error_codes() == ["no_camera"] and drone.keypoints == []
+        assert session.dropped["no_camera"] >= 1
+        drone.send(protocol.encode(camera_for()))
+        await drone.wait_for(lambda d: len(d.keypoints) >= 2, what="results once the camera is known")
+        assert drone.error_codes() == ["no_camera"]
+
+
+async def test_frames_over_the_pixel_limit_are_dropped_with_one_error() -> None:
+    async with running_gateway(max_frame_pixels=320 * 240 - 1) as gateway, drones(1, photo()) as (drone,):
+        await drone.connect(gateway.url, camera=camera_for())
+        session = gateway.sessions[drone.drone_id]
+        await wait_until(lambda: session.dropped["frame_too_large"] >= 5, what="5 dropped frames")
+        assert drone.error_codes() == ["frame_too_large"] and drone.keypoints == []
+        assert gateway.metrics.frames_dropped.value(reason="frame_too_large") >= 5
+
+
+async def test_slow_inference_keeps_only_the_newest_frame() -> None:
+    client = FakeDepthClient(delay=0.5)
+    async with running_gateway(client) as gateway, drones(1, photo()) as (drone,):
+        await drone.connect(gateway.url, camera=camera_for())
+        await drone.wait_for(lambda d: len(d.keypoints) >= 4, what="4 results")
+        session = gateway.sessions[drone.drone_id]
+        assert session.dropped["superseded"] >= 4
+        assert gateway.metrics.frames_dropped.value(reason="superseded") == session.dropped["superseded"]
+        # Results skip the frames that arrived while inference ran, instead of falling behind.
+        indices = [m["frame_index"] for m in drone.keypoints]
+        gaps = [b - a for a, b in itertools.pairwise(indices)]
+        assert all(gap >= 1 for gap in gaps) and sum(gap >= 2 for gap in gaps) >= len(gaps) / 2
+        received = session.frames_received
+        processed = session.frames_processed
+        pending = 1 if session._slot._item is not None else 0
+        in_progress = received - processed - sum(session.dropped.values()) - pending
+        assert in_progress in (0, 1)  # every frame is accounted for
+
+
+async def test_disconnects_leave_nothing_behind() -> None:
+    rgb = photo()
+    async with running_gateway() as gateway:
+        refs = []
+        for _ in range(3):
+            drone = TestDrone(rgb)
+            await drone.connect(gateway.url, camera=camera_for())
+            await drone.wait_for(lambda d: len(d.keypoints) >= 1, what="a result")
+            refs.append(weakref.ref(gateway.sessions[drone.drone_id]))
+            await drone.close()
+            await wait_until(lambda: not gateway.sessions, what="the session to close")
+        assert gateway.metrics.sessions_active.value() == 0
+        assert gateway.metrics.sessions_closed.value(reason="connection closed") == 3
+        await wait_until(lambda: not session_tasks(), what="session tasks to end")
+        gc.collect()
+        assert [r() for r in refs] == [None, None, None]
+
+
+async def test_a_quiet_drone_is_closed_after_the_idle_timeout() -> None:
+    async with running_gateway(idle_timeout=1.0) as gateway, drones(1, photo()) as (drone,):
+        await drone.connect(gateway.url, camera=camera_for())
+        await drone.wait_for(lambda d: len(d.keypoints) >= 1, what="a result")
+        assert drone.track is not None
+        drone.track.pause()
+        await wait_until(lambda: not gateway.sessions, what="the idle session to close")
+        assert gateway.metrics.sessions_closed.value(reason="idle") == 1
+
+
+async def test_stop_closes_sessions_and_flushes_recordings(tmp_path: Path) -> None:
+    async with running_gateway(record_dir=tmp_path, record_every=2) as gateway, drones(2, photo()) as fleet:
+        await asyncio.gather(*(d.connect(gateway.url, camera=camera_for()) for d in fleet))
+        await asyncio.gather(*(d.wait_for(lambda d: len(d.keypoints) >= 3, what="3 results") for d in fleet))
+        await asyncio.wait_for(gateway.stop(), 30)
+        assert gateway.sessions == {}
+        assert not session_tasks()
+        for drone in fleet:
+            folder = tmp_path / str(drone.drone_id)
+            lines = (folder / "keypoints.jsonl").read_text().splitlines()
+            assert len(lines) >= 3
+            recorded = [protocol.decode(line) for line in lines]
+            assert all(isinstance(m, KeypointsMessage) for m in recorded)
+            sent = {m["pts"] for m in drone.keypoints}
+            assert {m.pts for m in recorded} >= sent  # everything sent was recorded
+            assert list(folder.glob("cloud_*.ply"))
+            first = recorded[0]
+            assert isinstance(first, KeypointsMessage)
+            assert np.isfinite(first.points).all()
+        # The context's exit stops the gateway again: stop() is idempotent.
+
+
+def test_public_surface_is_pinned() -> None:
+    import gateway
+
+    assert gateway.__all__ == [
+        "DepthClient",
+        "DepthService",
+        "DroneSession",
+        "Gateway",
+        "GatewayConfig",
+        "GatewayMetrics",
+        "OnnxRuntimeDepthClient",
+        "TritonDepthClient",
+    ]
+    for name in gateway.__all__:
+        assert getattr(gateway, name).__name__ == name
+
+
+def test_numeric_modules_do_not_pull_in_webrtc_or_triton() -> None:
+    code = (
+        "import sys, gateway, gateway.projection, gateway.config, gateway.metrics\n"
+        "heavy = [m for m in ('aiortc', 'tritonclient', 'aiohttp') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+async def test_a_busy_port_is_a_clear_error() -> None:
+    async with running_gateway() as first:
+        with pytest.raises(DroneDepthError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            async with running_gateway(port=first.port):
+                pass
+
+
+async def test_a_result_sink_gets_every_frame_and_the_goodbyes() -> None:
+    from gateway.sinks import FrameRecord
+
+    class ListSink:
+        def __init__(self) -> None:
+            self.records: list[FrameRecord] = []
+            self.closed_drones: list[str] = []
+            self.closed = 0
+
+        def write(self, record: FrameRecord) -> None:
+            self.records.append(record)
+
+        def close_drone(self, drone_id: str) -> None:
+            self.closed_drones.append(drone_id)
+
+        def close(self) -> None:
+            self.closed += 1
+
+    sink = ListSink()
+    camera = camera_for()
+    async with running_gateway(sink=sink) as gateway, drones(1, photo()) as (drone,):
+        await drone.connect(gateway.url, camera=camera)
+        await drone.wait_for(lambda d: len(d.keypoints) >= 2, what="2 results")
+        await drone.close()
+        await wait_until(lambda: not gateway.sessions, what="the session to close")
+    assert sink.closed_drones == [drone.drone_id] and sink.closed == 1
+    assert len(sink.records) >= 2
+    record = sink.records[0]
+    assert record.drone_id == drone.drone_id and record.camera == camera
+    assert record.rgb.shape == (240, 320, 3) and record.stamp_ns > 0
+    assert record.message.pts == drone.keypoints[0]["pts"]
+
+
+async def test_routes_can_be_added_to_the_app_before_start() -> None:
+    from aiohttp import ClientSession, web
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    gateway = Gateway(gateway_config(), FakeDepthClient())
+    gateway.app.router.add_get("/hello", hello)
+    await gateway.start()
+    try:
+        async with ClientSession() as http, http.get(f"{gateway.url}/hello") as reply:
+            assert await reply.text() == "hello"
+    finally:
+        await gateway.stop()

@@ -1,0 +1,98 @@
+"""docs/protocol.md names every code, field and limit the code uses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dronedepth import protocol
+from gateway import signaling
+from gateway.metrics import GatewayMetrics
+from gateway.session import DroneSession
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+ERROR_CODES = [
+    value
+    for name, value in vars(protocol).items()
+    if name.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z_]+", value) and name != "DATA_CHANNEL_LABEL"
+]
+
+
+@pytest.fixture(scope="module")
+def doc() -> str:
+    return DOC.read_text(encoding="utf-8")
+
+
+def test_every_error_code_is_in_the_table(doc: str) -> None:
+    assert len(ERROR_CODES) >= 11
+    for code in ERROR_CODES:
+        assert re.search(rf"^\| `{code}` \|", doc, re.MULTILINE), code
+
+
+def test_every_signalling_refusal_is_documented(doc: str) -> None:
+    for code in (
+        signaling.UNAUTHORIZED,
+        signaling.INVALID_DRONE_ID,
+        signaling.INVALID_SDP,
+        signaling.BODY_TOO_LARGE,
+        signaling.GATEWAY_FULL,
+        signaling.DRONE_BUSY,
+    ):
+        assert f"`{code}`" in doc, code
+    assert signaling.DRONE_ID_PATTERN.pattern in doc
+    assert signaling.DRONE_ID_HEADER in doc
+
+
+def test_limits_and_names_match_the_code(doc: str) -> None:
+    assert f"`{protocol.DATA_CHANNEL_LABEL}`" in doc
+    assert f"{protocol.MAX_MESSAGE_BYTES:,}".replace(",", " ") + " bytes" in doc
+    assert f"{protocol.SessionDescription.MAX_SDP_CHARS:,}".replace(",", " ") + " characters" in doc
+    assert f"{protocol.VIDEO_CLOCK_RATE // 1000} kHz" in doc
+
+
+def _in_a_table_row(doc: str, field: str) -> bool:
+    return re.search(rf"^\| [^|\n]*`{field}`[^|\n]*\|", doc, re.MULTILINE) is not None
+
+
+def test_every_message_field_is_documented(doc: str) -> None:
+    camera = protocol.CameraMessage(640, 480, 500.0, 500.0, 320.0, 240.0, distortion=(0.1, 0.0, 0.0, 0.0))
+    keypoints = protocol.KeypointsMessage(
+        pts=0,
+        points=np.zeros((1, 3), np.float32),
+        pixels=np.zeros((1, 2), np.float32),
+        scores=np.zeros(1, np.float32),
+        depth_kind="metric",
+        width=4,
+        height=4,
+        descriptor_type="orb",
+        descriptors=np.zeros((1, 32), np.uint8),
+    )
+    error = protocol.ErrorMessage("x", "y")
+    for message in (camera, keypoints, error):
+        for field in message.to_dict():
+            assert _in_a_table_row(doc, field), (message.type, field)
+
+
+def test_documented_json_examples_decode(doc: str) -> None:
+    examples = re.findall(r"```json\n(.*?)```", doc, re.DOTALL)
+    decoded = []
+    for text in examples:
+        if '"type": "' in text and '"error": ' not in text:
+            text = text.replace('"descriptors": "eNue7CsMFb2qPKwpL/NCU6L17UJIa5oR..."', '"descriptors": ""')
+            decoded.append(protocol.decode(text.replace('"descriptor_type": "orb", ', "")))
+    assert {type(m) for m in decoded} == {protocol.CameraMessage, protocol.KeypointsMessage, protocol.ErrorMessage}
+
+
+def test_metrics_and_drop_reasons_are_documented(doc: str) -> None:
+    text = GatewayMetrics().render()
+    for name in re.findall(r"^# TYPE (\S+)", text, re.MULTILINE):
+        assert f"`{name}" in doc, name
+    import gateway.session as session_module
+
+    reasons = [v for k, v in vars(session_module).items() if k.isupper() and isinstance(v, str)]
+    for reason in reasons:
+        assert f"`{reason}`" in doc, reason
+    assert DroneSession  # the module the reasons come from

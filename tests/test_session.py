@@ -1,0 +1,268 @@
+"""DroneSession without a network: a fake data channel and a fake video track drive the real session code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+
+import gateway.session
+from dronedepth import protocol
+from gateway.inference import DepthService
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import FrameProcessor, ProcessingConfig
+from gateway.session import DroneSession, LatestFrame, SessionContext
+from tests.gateway_fixtures import FakeDepthClient, camera_for, check_projection, gateway_config, photo
+
+
+class FakeChannel:
+    label = protocol.DATA_CHANNEL_LABEL
+    readyState = "open"
+    bufferedAmount = 0
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self._handlers: dict[str, Any] = {}
+
+    def on(self, event: str, handler: Any) -> None:
+        self._handlers[event] = handler
+
+    def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    def receive(self, data: str | bytes) -> None:
+        self._handlers["message"](data)
+
+    def codes(self) -> list[str]:
+        return [m["code"] for m in self.sent if m["type"] == "error"]
+
+    def keypoints(self) -> list[dict[str, Any]]:
+        return [m for m in self.sent if m["type"] == "keypoints"]
+
+    async def wait_for(self, predicate: Any, timeout: float = 30) -> None:
+        """Poll ``predicate`` (it may watch the session's counters, which send nothing)."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.01)
+
+
+class FakeTrack:
+    """A video track fed by the test; ``end()`` ends it like aiortc does."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[av.VideoFrame | None] = asyncio.Queue()
+
+    def push(self, rgb: np.ndarray, pts: int) -> None:
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = pts
+        self.queue.put_nowait(frame)
+
+    def end(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def recv(self) -> av.VideoFrame:
+        frame = await self.queue.get()
+        if frame is None:
+            raise MediaStreamError
+        return frame
+
+
+@pytest.fixture
+async def parts() -> AsyncIterator[dict[str, Any]]:
+    executor = ThreadPoolExecutor(2)
+    client = FakeDepthClient()
+    metrics = GatewayMetrics()
+    closed: list[DroneSession] = []
+    context = SessionContext(
+        config=gateway_config(max_frame_pixels=320 * 240, idle_timeout=60),
+        depth=DepthService(client, min_backoff=0.05, max_backoff=0.1),
+        executor=executor,
+        metrics=metrics,
+        make_processor=lambda kind: FrameProcessor(ProcessingConfig(build_cloud=False), kind),  # type: ignore[arg-type]
+        on_closed=closed.append,
+    )
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    session = DroneSession("unit", pc, context)
+    channel = FakeChannel()
+    session._on_datachannel(channel)  # type: ignore[arg-type]
+    yield {"session": session, "channel": channel, "client": client, "metrics": metrics, "closed": closed}
+    await session.close("test over")
+    executor.shutdown()
+
+
+# ---------------------------------------------------------------- LatestFrame
+
+
+async def test_latest_frame_keeps_only_the_newest() -> None:
+    slot = LatestFrame()
+    assert slot.put(1) is False
+    assert slot.put(2) is True  # replaced 1, never taken
+    assert await slot.get() == 2
+    getter = asyncio.ensure_future(slot.get())
+    await asyncio.sleep(0)
+    assert not getter.done()
+    slot.put(3)
+    assert await asyncio.wait_for(getter, 5) == 3
+    assert slot.clear() is False
+
+
+# ---------------------------------------------------------------- messages
+
+
+async def test_camera_message_sets_the_camera(parts: dict[str, Any]) -> None:
+    session, channel = parts["session"], parts["channel"]
+    camera = camera_for()
+    channel.receive(protocol.encode(camera))
+    assert session.camera == camera and channel.sent == []
+    channel.receive(protocol.encode(camera).encode())  # binary messages are accepted too
+    assert session.camera == camera and channel.sent == []
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "text"),
+    [
+        ("{not json", protocol.INVALID_JSON, "not valid JSON"),
+        ("[1, 2]", protocol.INVALID_MESSAGE, "JSON object"),
+        ('{"type": "telemetry"}', protocol.UNKNOWN_TYPE, "'telemetry'"),
+        ('{"type": "keypoints", "pts": 0}', protocol.UNKNOWN_TYPE, "expected one of: camera"),
+        (
+            '{"type": "camera", "width": 320, "height": 240, "fx": -1, "fy": 300, "cx": 160, "cy": 120}',
+            protocol.INVALID_CAMERA,
+            "focal lengths must be positive",
+        ),
+        (
+            '{"type": "camera", "width": 320, "height": 240, "fx": 300, "fy": 300, "cx": 900, "cy": 120}',
+            protocol.INVALID_CAMERA,
+            "principal point",
+        ),
+        ('{"type": "camera", "width": "320"}', protocol.INVALID_CAMERA, "'width' must be an integer"),
+        ("x" * (protocol.MAX_MESSAGE_BYTES + 1), protocol.MESSAGE_TOO_LARGE, "exceeds the limit"),
+        ('{"type": "camera", "pad": "' + "é" * 40_000 + '"}', protocol.MESSAGE_TOO_LARGE, "bytes"),
+    ],
+)
+async def test_bad_messages_get_an_error_and_keep_the_camera(
+    parts: dict[str, Any], data: str, code: str, text: str
+) -> None:
+    session, channel = parts["session"], parts["channel"]
+    good = camera_for()
+    channel.receive(protocol.encode(good))
+    channel.receive(data)
+    assert channel.codes() == [code]
+    assert text in channel.sent[0]["message"]
+    assert session.camera == good
+    assert parts["metrics"].errors_sent.value(code=code) == 1
+
+
+# ---------------------------------------------------------------- frames
+
+
+async def test_frames_before_camera_get_one_no_camera_error_then_results(
+    parts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, channel = parts["session"], parts["channel"]
+    monkeypatch.setattr(gateway.session, "NO_CAMERA_GRACE_S", 0.1)
+    track = FakeTrack()
+    session._on_track(track)  # type: ignore[arg-type]
+    session.start()
+    rgb = photo()
+    for i in range(4):
+        track.push(rgb, pts=i * 3000)
+        await asyncio.sleep(0.05)
+    await channel.wait_for(lambda: session.dropped["no_camera"] + session.dropped["superseded"] >= 4)
+    assert channel.codes() == [protocol.NO_CAMERA]
+    camera = camera_for()
+    channel.receive(protocol.encode(camera))
+    track.push(rgb, pts=4 * 3000)
+    await channel.wait_for(lambda: len(channel.keypoints()) == 1)
+    message = channel.keypoints()[0]
+    assert message["pts"] == 12000 and message["frame_index"] == 4
+    assert message["depth_kind"] == "metric" and message["axes"] == "optical"
+    assert {"queue", "convert", "inference", "projection", "keypoints", "total"} <= set(message["timing"])
+    check_projection(message, camera)
+    assert channel.codes() == [protocol.NO_CAMERA]
+
+
+async def test_oversized_and_mismatched_frames_are_reported_once(parts: dict[str, Any]) -> None:
+    session, channel = parts["session"], parts["channel"]
+    track = FakeTrack()
+    session._on_track(track)  # type: ignore[arg-type]
+    session.start()
+    channel.receive(protocol.encode(camera_for(320, 240)))
+    big = photo(640, 480)
+    for i in range(3):
+        track.push(big, pts=i)
+        await channel.wait_for(lambda i=i: sum(session.dropped.values()) >= i + 1)
+    assert channel.codes() == [protocol.FRAME_TOO_LARGE]
+    square = photo(200, 200)  # aspect differs from the 4:3 camera: intrinsics cannot be rescaled
+    for i in range(3):
+        track.push(square, pts=10 + i)
+        await channel.wait_for(lambda i=i: session.dropped["camera_mismatch"] >= i + 1)
+    assert channel.codes() == [protocol.FRAME_TOO_LARGE, protocol.CAMERA_MISMATCH]
+    assert session.dropped["frame_too_large"] == 3
+    # A frame at half the camera's size keeps the aspect: the camera is rescaled, results come.
+    track.push(photo(160, 120), pts=20)
+    await channel.wait_for(lambda: len(channel.keypoints()) == 1)
+    check_projection(channel.keypoints()[0], camera_for(320, 240).scaled(160, 120))
+
+
+async def test_outage_is_reported_once_and_resumption_announced(parts: dict[str, Any]) -> None:
+    session, channel, client = parts["session"], parts["channel"], parts["client"]
+    track = FakeTrack()
+    session._on_track(track)  # type: ignore[arg-type]
+    session.start()
+    channel.receive(protocol.encode(camera_for()))
+    rgb = photo()
+    client.available = False
+    for i in range(4):
+        track.push(rgb, pts=i)
+        await channel.wait_for(lambda i=i: session.dropped["inference_unavailable"] >= i + 1)
+    assert channel.codes() == [protocol.INFERENCE_UNAVAILABLE]
+    client.available = True
+    await asyncio.sleep(0.15)  # past the backoff
+    track.push(rgb, pts=99)
+    await channel.wait_for(lambda: len(channel.keypoints()) == 1)
+    assert channel.codes() == [protocol.INFERENCE_UNAVAILABLE, protocol.INFERENCE_RESUMED]
+    assert channel.keypoints()[0]["pts"] == 99
+
+
+async def test_close_is_idempotent_and_reports_once(parts: dict[str, Any]) -> None:
+    session, closed = parts["session"], parts["closed"]
+    track = FakeTrack()
+    session._on_track(track)  # type: ignore[arg-type]
+    session.start()
+    await asyncio.gather(session.close("first"), session.close("second"))
+    await session.close("third")
+    assert closed == [session] and session.close_reason == "first"
+    assert session.pc.connectionState == "closed"
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("drone-unit") and not t.done()]
+
+
+async def test_rejections_by_a_busy_server_drop_frames_without_an_error(parts: dict[str, Any]) -> None:
+    from gateway.inference import InferenceOverloaded
+
+    session, channel, client = parts["session"], parts["channel"], parts["client"]
+    track = FakeTrack()
+    session._on_track(track)  # type: ignore[arg-type]
+    session.start()
+    channel.receive(protocol.encode(camera_for()))
+    rgb = photo()
+    track.push(rgb, pts=0)
+    await channel.wait_for(lambda: len(channel.keypoints()) == 1)
+
+    async def busy(rgb: np.ndarray) -> np.ndarray:
+        raise InferenceOverloaded("queue full")
+
+    client.infer = busy
+    track.push(rgb, pts=1)
+    await channel.wait_for(lambda: session.dropped["inference_overloaded"] == 1)
+    assert channel.codes() == []

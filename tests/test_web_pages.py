@@ -1,0 +1,385 @@
+"""The gateway's web pages (``gateway/web.py``, ``gateway/static``).
+
+Fast tests drive the HTTP endpoints with a real gateway, a real aiortc drone
+and an in-process depth client; the slow one runs both pages in a real
+headless Chromium whose fake camera plays a video made from the test photos,
+against the real gateway and a real embedded Triton, and saves screenshots
+under ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import json
+import logging
+import re
+import threading
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import cv2
+import numpy as np
+import pytest
+from aiohttp import ClientSession, web
+from multidict import CIMultiDict
+from numpy.typing import NDArray
+
+import gateway.server
+from dronedepth.contract import MODEL_NAME
+from dronedepth.protocol import KeypointsMessage
+from gateway.inference import TritonDepthClient
+from gateway.server import Gateway
+from gateway.signaling import create_app
+from gateway.sinks import FrameRecord
+from gateway.web import STATIC_DIR, PreviewHub, add_web_routes, encode_preview, find_preview_hub
+from tests import serving_fixtures
+from tests.browser_fixtures import ARTIFACTS, BROWSER_TIMEOUT_MS, chromium, photo_paths, web_gateway, write_y4m
+from tests.gateway_fixtures import TOKEN, FakeDepthClient, TestDrone, camera_for, gateway_config, photo, wait_until
+
+triton_repository = serving_fixtures.triton_repository
+triton_server = serving_fixtures.triton_server
+
+log = logging.getLogger(__name__)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+# ---------------------------------------------------------------------- PreviewHub alone
+
+
+@dataclass(frozen=True)
+class _Result:
+    message: KeypointsMessage
+    depth: NDArray[np.float32]
+    points: NDArray[np.float32]
+    colors: NDArray[np.uint8]
+    cloud: Any = None
+
+
+def _record(drone_id: str = "d1", total_ms: float = 50.0, width: int = 640, height: int = 480) -> FrameRecord:
+    n = 5
+    message = KeypointsMessage(
+        pts=0,
+        points=np.ones((n, 3), np.float32),
+        pixels=np.zeros((n, 2), np.float32),
+        scores=np.ones(n, np.float32),
+        depth_kind="metric",
+        width=width,
+        height=height,
+        timing={"total": total_ms},
+    )
+    ramp = np.linspace(1.0, 5.0, width, dtype=np.float32)
+    depth = np.tile(ramp, (height, 1))
+    result = _Result(message, depth, np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8))
+    return FrameRecord.from_capture_time(
+        drone_id, time.time(), camera_for(width, height), np.zeros((1, 1, 3), np.uint8), result
+    )
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_preview_is_a_downscaled_colour_jpeg():
+    depth = np.tile(np.linspace(1.0, 9.0, 1280, dtype=np.float32), (720, 1))
+    depth[:10] = np.nan
+    jpeg, width, height = encode_preview(depth, "metric", max_width=320)
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert (width, height) == (320, 180) == (image.shape[1], image.shape[0])
+    left, right = image[100, 5].astype(int), image[100, -5].astype(int)
+    assert np.abs(left - right).sum() > 100, "near and far get different colours"
+    small, w, h = encode_preview(np.ones((48, 64), np.float32), "relative", max_width=320)
+    assert (w, h) == (64, 48) and small[:2] == b"\xff\xd8"
+
+
+def test_hub_encodes_at_most_max_fps_per_drone_and_keeps_statistics():
+    clock = _Clock()
+    hub = PreviewHub(max_fps=3.0, clock=clock)
+    for i in range(10):  # a burst at one instant: one encode
+        hub.write(_record(total_ms=10.0 * (i + 1)))
+    assert hub.previews_encoded == 1
+    clock.now += 0.2
+    hub.write(_record())
+    assert hub.previews_encoded == 1, "not again within 1/max_fps"
+    clock.now += 0.2
+    hub.write(_record())
+    assert hub.previews_encoded == 2
+    jpeg, seq = hub.preview("d1")
+    assert seq == 2 and jpeg[:2] == b"\xff\xd8"
+    hub.write(_record("d2"))
+    assert hub.previews_encoded == 3, "each drone has its own budget"
+
+    stats = hub.stats("d1")
+    assert stats is not None
+    assert stats["depth_kind"] == "metric" and stats["frame"] == {"width": 640, "height": 480}
+    assert stats["keypoints"] == 5 and stats["results"] == 12
+    assert stats["latency_ms"]["samples"] == 12
+    assert stats["latency_ms"]["p50"] == pytest.approx(float(np.percentile([*range(10, 101, 10), 50, 50], 50)))
+    assert stats["latency_ms"]["p95"] == pytest.approx(float(np.percentile([*range(10, 101, 10), 50, 50], 95)))
+    assert stats["preview"]["seq"] == 2 and stats["preview"]["width"] == 320
+    assert stats["result_rate"] == pytest.approx(12 / 1.0), "a young drone's rate is over at least one second"
+    clock.now += 30.0
+    later = hub.stats("d1")
+    assert later["result_rate"] == 0 and later["latency_ms"]["p50"] is None, "old results age out"
+
+    hub.close_drone("d1")
+    assert hub.stats("d1") is None and hub.preview("d1") is None
+    hub.write(_record("d1"))  # a frame that was still in a worker thread when its session closed
+    hub.retain({"d2"})
+    assert hub.stats("d1") is None and hub.stats("d2") is not None
+    hub.close()
+    hub.write(_record("d3"))
+    assert hub.stats("d3") is None, "a closed hub ignores frames"
+
+
+def test_hub_settings_are_validated_and_found_in_a_sink_set():
+    from gateway.sinks import SinkSet
+
+    with pytest.raises(ValueError, match="max_fps"):
+        PreviewHub(max_fps=0)
+    with pytest.raises(ValueError, match="max_width"):
+        PreviewHub(max_width=4)
+    hub = PreviewHub()
+    assert find_preview_hub(hub) is hub
+    assert find_preview_hub(SinkSet([hub])) is hub
+    assert find_preview_hub(SinkSet()) is None and find_preview_hub(None) is None
+
+
+# ---------------------------------------------------------------------- HTTP, with a real aiortc drone
+
+
+async def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, CIMultiDict[str], bytes]:
+    async with ClientSession() as http, http.get(url, headers=headers or {}, allow_redirects=False) as reply:
+        return reply.status, CIMultiDict(reply.headers), await reply.read()
+
+
+@pytest.mark.parametrize("path", ["/", "/drone"])
+async def test_pages_ask_for_the_token_and_check_it(path):
+    async with web_gateway() as (gw, _):
+        status, headers, body = await _get(gw.url + path)
+        text = body.decode()
+        assert status == 200 and 'name="token"' in text and 'type="password"' in text
+        assert "/api/drones" not in text and "operator.js" not in text and "drone.js" not in text
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert headers["Referrer-Policy"] == "no-referrer" and headers["Cache-Control"] == "no-store"
+
+        status, _, body = await _get(gw.url + path + "?token=wrong")
+        assert status == 401 and "not accepted" in body.decode() and 'name="token"' in body.decode()
+
+        status, headers, body = await _get(gw.url + path + f"?token={TOKEN}")
+        page = "operator.js" if path == "/" else "drone.js"
+        assert status == 200 and page in body.decode() and headers["Content-Type"].startswith("text/html")
+        status, _, body = await _get(gw.url + path, AUTH)
+        assert status == 200 and page in body.decode(), "a header works too (curl)"
+
+
+async def test_pages_are_open_when_the_gateway_has_no_token():
+    async with web_gateway(token=None, allow_no_auth=True) as (gw, _):
+        status, _, body = await _get(gw.url + "/")
+        assert status == 200 and "operator.js" in body.decode()
+        status, _, _ = await _get(gw.url + "/api/drones")
+        assert status == 200
+
+
+async def test_assets_are_served_locally_with_etags():
+    async with web_gateway() as (gw, _):
+        for name, kind in [("style.css", "text/css"), ("operator.js", "text/javascript"), ("icon.svg", "image/svg")]:
+            status, headers, body = await _get(f"{gw.url}/assets/{name}")
+            assert status == 200 and headers["Content-Type"].startswith(kind) and body
+            status, _, _ = await _get(f"{gw.url}/assets/{name}", {"If-None-Match": headers["ETag"]})
+            assert status == 304
+        for bad in ["/assets/missing.js", "/assets/..%2Fweb.py", "/assets/login.html"]:
+            status, _, _ = await _get(gw.url + bad)
+            assert status == 404, bad
+    # Offline: nothing refers to another host (no CDN, no web fonts).
+    external = re.compile(
+        r"""(?:(?:src|href|action)\s*=\s*["']|url\(\s*["']?|@import\s+["']?|fetch\(\s*["'])(?:https?:)?//"""
+    )
+    for file in STATIC_DIR.iterdir():
+        assert not external.search(file.read_text(encoding="utf-8")), file.name
+
+
+def test_every_static_file_is_package_data():
+    """A wheel (the Docker image) carries only the patterns of pyproject's package-data."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["*"]
+    for file in STATIC_DIR.iterdir():
+        assert any(fnmatch.fnmatch(file.name, pattern) for pattern in patterns), file.name
+
+
+async def test_api_requires_the_bearer_header():
+    async with web_gateway() as (gw, _):
+        for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]:
+            status, reply_headers, body = await _get(gw.url + "/api/drones", headers)
+            assert status == 401 and json.loads(body)["error"] == "unauthorized"
+            assert reply_headers["WWW-Authenticate"].startswith("Bearer")
+        status, _, _ = await _get(f"{gw.url}/api/drones?token={TOKEN}")
+        assert status == 401, "the API takes no ?token=: it would end up in logs and histories"
+        status, _, _ = await _get(gw.url + "/api/drones/x/preview.jpg")
+        assert status == 401
+
+
+async def test_api_reports_a_connected_drone_and_serves_its_preview():
+    rgb = photo(320, 240)
+    worker_threads: set[str] = set()
+
+    class RecordingHub(PreviewHub):
+        def write(self, record: FrameRecord) -> None:
+            worker_threads.add(threading.current_thread().name)
+            super().write(record)
+
+    hub = RecordingHub()
+    async with web_gateway(hub=hub) as (gw, _):
+        drone = TestDrone(rgb, fps=10)
+        try:
+            await drone.connect(gw.url, drone_id="scout-1", camera=camera_for(320, 240))
+            session = gw.sessions["scout-1"]
+            await wait_until(lambda: session.frames_processed >= 3 and hub.preview("scout-1"), what="results")
+            assert drone.track is not None
+            drone.track.pause()  # no newer preview from here on: the ETag check below is exact
+            await asyncio.sleep(0.5)
+            status, headers, body = await _get(gw.url + "/api/drones", AUTH)
+            assert status == 200 and headers["Cache-Control"] == "no-store"
+            data = json.loads(body)
+            assert data["gateway"]["depth_available"] is True and data["gateway"]["previews"] is True
+            assert data["gateway"]["sessions"] == 1 and data["gateway"]["max_drones"] == 8
+            entry = data["drones"]["scout-1"]
+            assert entry["state"] == "connected" and entry["remote"]
+            assert entry["camera"]["width"] == 320 and entry["camera"]["fx"] == 300.0
+            assert entry["frame"] == {"width": 320, "height": 240}
+            assert entry["frames"]["received"] >= entry["frames"]["processed"] >= 3
+            assert entry["frames"]["dropped"] == sum(entry["dropped"].values())
+            assert entry["result_rate"] > 0 and entry["depth_kind"] == "metric" and entry["keypoints"] > 0
+            assert entry["latency_ms"]["p50"] > 0 and entry["latency_ms"]["p95"] >= entry["latency_ms"]["p50"]
+            assert entry["connected_s"] >= 0 and entry["connected_since"].endswith("+00:00")
+            assert entry["preview"]["seq"] >= 1 and entry["preview"]["width"] == 320
+            assert worker_threads and all(name.startswith("gateway-worker") for name in worker_threads)
+            assert threading.main_thread().name not in worker_threads, "never encoded in the event loop's thread"
+
+            status, headers, body = await _get(gw.url + "/api/drones/scout-1/preview.jpg", AUTH)
+            assert status == 200 and headers["Content-Type"] == "image/jpeg"
+            image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+            assert (image.shape[1], image.shape[0]) == (320, 240)
+            etag = {**AUTH, "If-None-Match": headers["ETag"]}
+            status, _, _ = await _get(gw.url + "/api/drones/scout-1/preview.jpg", etag)
+            assert status == 304
+        finally:
+            await drone.close()
+        await wait_until(lambda: "scout-1" not in gw.sessions, what="the session to close")
+        status, _, body = await _get(gw.url + "/api/drones", AUTH)
+        assert json.loads(body)["drones"] == {}
+        status, _, body = await _get(gw.url + "/api/drones/scout-1/preview.jpg", AUTH)
+        assert status == 404 and json.loads(body)["error"] == "no_preview", "forgotten when the drone leaves"
+        status, _, body = await _get(gw.url + "/api/drones/bad%20id/preview.jpg", AUTH)
+        assert status == 400 and json.loads(body)["error"] == "invalid_drone_id"
+
+
+async def test_without_a_hub_drones_are_listed_without_previews():
+    rgb = photo(320, 240)
+
+    def with_pages(gw: Gateway) -> web.Application:
+        app = create_app(gw)
+        add_web_routes(app, gw)
+        add_web_routes(app, gw)  # idempotent
+        return app
+
+    gw = Gateway(gateway_config(), FakeDepthClient())
+    with mock.patch.object(gateway.server, "create_app", with_pages):
+        await gw.start()
+    drone = TestDrone(rgb, fps=10)
+    try:
+        await drone.connect(gw.url, drone_id="plain", camera=camera_for(320, 240))
+        await wait_until(lambda: gw.sessions["plain"].frames_processed >= 1, what="a result")
+        status, _, body = await _get(gw.url + "/api/drones", AUTH)
+        entry = json.loads(body)["drones"]["plain"]
+        assert status == 200 and json.loads(body)["gateway"]["previews"] is False
+        assert entry["preview"] is None and entry["result_rate"] is None and entry["latency_ms"]["last"] > 0
+        status, _, body = await _get(gw.url + "/api/drones/plain/preview.jpg", AUTH)
+        assert status == 404 and json.loads(body)["error"] == "previews_off"
+    finally:
+        await drone.close()
+        await gw.stop()
+
+
+# ---------------------------------------------------------------------- real Chromium, real Triton
+
+
+@pytest.mark.slow
+async def test_browser_drone_streams_and_the_operator_page_shows_it(triton_server, tmp_path):
+    video = write_y4m(tmp_path / "camera.y4m", photo_paths(), width=640, height=480, frames=200, fps=15)
+    ARTIFACTS.mkdir(exist_ok=True)
+    client = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30)
+    async with web_gateway(client, idle_timeout=60.0) as (gw, hub), chromium(video) as browser:
+        context = await browser.new_context(viewport={"width": 1280, "height": 860})
+        context.set_default_timeout(BROWSER_TIMEOUT_MS)
+        page_errors: list[str] = []
+        context.on("weberror", lambda error: page_errors.append(str(error.error)))
+        drone_page = await context.new_page()
+        console: list[str] = []
+        drone_page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        try:
+            await drone_page.goto(f"{gw.url}/drone?token={TOKEN}")
+            assert "token" not in drone_page.url, "the token leaves the address bar at once"
+            await drone_page.fill("#drone-id-input", "browser-1")
+            await drone_page.select_option("#fov-preset", "70")
+            await drone_page.click("#start")
+            await drone_page.wait_for_function(
+                "() => window.dronedepth.stats.keypointsDrawn > 0 && window.dronedepth.stats.resultsReceived >= 2"
+            )
+            await drone_page.wait_for_function(
+                """() => { const c = document.getElementById('overlay');
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   for (let i = 3; i < d.length; i += 4) if (d[i] > 0) return true; return false; }"""
+            )
+        except Exception:
+            log.error("drone page console:\n%s", "\n".join(console))
+            await drone_page.screenshot(path=str(ARTIFACTS / "web-drone-failed.png"))
+            raise
+        stats = await drone_page.evaluate("() => window.dronedepth.stats")
+        assert stats["droneId"] == "browser-1" and stats["state"] == "streaming"
+        assert (stats["camera"]["width"], stats["camera"]["height"]) == (640, 480), "the track's real size"
+        assert stats["camera"]["fx"] == pytest.approx(320 / np.tan(np.radians(35)), rel=1e-6)
+        assert stats["depthKind"] in ("metric", "relative") and stats["lastKeypoints"] >= 0
+        assert [e for e in stats["errors"] if e["code"] != "inference_resumed"] == []
+        session = gw.sessions["browser-1"]
+        assert session.frames_received > 0 and session.frames_processed >= 2
+        assert gw.metrics.frames_received.value() >= session.frames_received
+        assert session.camera is not None and (session.camera.width, session.camera.height) == (640, 480)
+        with contextlib.suppress(Exception):  # best effort, for a livelier screenshot: not a check
+            await drone_page.wait_for_function("() => window.dronedepth.stats.lastKeypoints >= 5", timeout=5000)
+        await drone_page.screenshot(path=str(ARTIFACTS / "web-drone.png"))
+
+        operator = await context.new_page()
+        await operator.goto(f"{gw.url}/?token={TOKEN}")
+        assert "token" not in operator.url
+        card = '[data-drone-id="browser-1"]'
+        await operator.wait_for_function(
+            f"""() => {{ const img = document.querySelector('{card} .preview-img');
+                return img && img.complete && img.naturalWidth > 0 && !img.hidden; }}"""
+        )
+        await operator.wait_for_function(f"() => document.querySelector('{card} .p50').textContent !== '—'")
+        assert "browser-1" in await operator.inner_text("#grid")
+        width = await operator.evaluate(f"() => document.querySelector('{card} .preview-img').naturalWidth")
+        assert 0 < width <= 320
+        await operator.screenshot(path=str(ARTIFACTS / "web-operator.png"))
+        await operator.set_viewport_size({"width": 820, "height": 1180})  # a tablet, portrait
+        await asyncio.sleep(0.3)
+        await operator.screenshot(path=str(ARTIFACTS / "web-operator-tablet.png"))
+
+        await drone_page.click("#stop")
+        await wait_until(lambda: "browser-1" not in gw.sessions, what="the session to close after Stop")
+        login = await context.new_page()
+        await login.goto(gw.url + "/")
+        await login.screenshot(path=str(ARTIFACTS / "web-login.png"))
+        await context.close()
+    assert hub.previews_encoded >= 1
+    assert page_errors == [], "no uncaught JavaScript errors on any page"
