@@ -63,13 +63,17 @@ class TritonModelConfig:
     instances: int = 1
     device: Device = "cpu"
     max_queue_size: int = 16
-    queue_timeout_us: int = 500_000  # a frame older than this is useless to a flying drone
+    queue_timeout_us: int | None = None
+    """Queued requests older than this are rejected. ``None``: 0.5 s on GPU (a frame older than that is
+    useless to a flying drone), 5 s on CPU (where one ViT-S frame alone takes about 0.5 s)."""
     max_queue_delay_us: int = 2_000
     warmup_hw: tuple[int, int] | None = (480, 640)
     ort_tensorrt: OrtTensorRT | None = None
     extra_parameters: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.queue_timeout_us is None:
+            object.__setattr__(self, "queue_timeout_us", 500_000 if self.device == "gpu" else 5_000_000)
         if not _NAME.fullmatch(self.name):
             raise ConfigError(f"bad model name {self.name!r}: use letters, digits, '_', '-' or '.'")
         if self.platform not in MODEL_FILES:
@@ -80,7 +84,7 @@ class TritonModelConfig:
             raise ConfigError(f"--max-batch-size must be ≥ 1, got {self.max_batch_size}")
         if self.instances < 1:
             raise ConfigError(f"--instances must be ≥ 1, got {self.instances}")
-        if self.max_queue_size < 1 or self.queue_timeout_us < 1:
+        if self.max_queue_size < 1 or self.queue_timeout_us < 1:  # type: ignore[operator]
             raise ConfigError("the queue needs a positive max size and timeout")
         if self.platform == "tensorrt_plan" and self.device != "gpu":
             raise ConfigError("a TensorRT plan runs on GPU only: use --device gpu with --trt")
