@@ -121,8 +121,17 @@ def export_model(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     else:
         log.info("exporting Depth Anything V2 from %s (a few minutes on a CPU)", label)
         command = [
-            sys.executable, "-m", "dronedepth", "export", *weights, "--out", str(repository),
-            "--input-size", str(args.input_size), "--max-batch-size", "4",
+            sys.executable,
+            "-m",
+            "dronedepth",
+            "export",
+            *weights,
+            "--out",
+            str(repository),
+            "--input-size",
+            str(args.input_size),
+            "--max-batch-size",
+            "4",
         ]
         if subprocess.run(command, check=False).returncode != 0:
             raise DroneDepthError(f"the export failed (command: {' '.join(command)})")
@@ -170,7 +179,10 @@ async def stream(args: argparse.Namespace, triton_url: str, out: Path, facts: di
     latest = LatestFrames()
     sink = SinkSet([latest, RecorderSink(out / "recordings", cloud_every=4), BagSink(out / "bags")])
     config = GatewayConfig(
-        token=token, host="127.0.0.1", port=0, max_drones=max(args.drones, 1),
+        token=token,
+        host="127.0.0.1",
+        port=0,
+        max_drones=max(args.drones, 1),
         processing=ProcessingConfig(keypoints=KeypointConfig(method=args.keypoints), build_cloud=False),
     )
     gateway = Gateway(config, TritonDepthClient(triton_url, MODEL_NAME), sink=sink)
@@ -180,12 +192,22 @@ async def stream(args: argparse.Namespace, triton_url: str, out: Path, facts: di
         clients = {}
         for drone_id, source, camera in _drone_plans(args):
             (out / drone_id).mkdir(parents=True, exist_ok=True)
-            clients[drone_id] = DroneClient(DroneConfig(
-                gateway=gateway.url, token=token, source=source, camera=camera, fps=args.fps,
-                width=args.width, max_frames=args.frames, drone_id=drone_id,
-                results_path=out / drone_id / "results.jsonl", waypoints=True,
-                result_timeout=60.0, drain_timeout=30.0,
-            ))
+            clients[drone_id] = DroneClient(
+                DroneConfig(
+                    gateway=gateway.url,
+                    token=token,
+                    source=source,
+                    camera=camera,
+                    fps=args.fps,
+                    width=args.width,
+                    max_frames=args.frames,
+                    drone_id=drone_id,
+                    results_path=out / drone_id / "results.jsonl",
+                    waypoints=True,
+                    result_timeout=60.0,
+                    drain_timeout=30.0,
+                )
+            )
         log.info("streaming %d drone(s), %d frames each at %.0f fps", len(clients), args.frames, args.fps)
         done = await asyncio.gather(*(c.run() for c in clients.values()), return_exceptions=True)
         for (drone_id, client), outcome in zip(clients.items(), done, strict=True):

@@ -52,9 +52,14 @@ def depth_preview(
     panel = np.concatenate([rgb, coloured], axis=1)
     lines = [label] + ([note] if note else [])
     scale = max(panel.shape[1] / 1600, 0.5)
+    # One plain white text on a dark band: OpenCV 5 draws bold text with other glyph widths, so outlines smear.
+    line_height = int(32 * scale) + 6
     for i, line in enumerate(lines):
-        origin = (10, int((i + 1) * 34 * scale) + 4)
-        cv2.putText(panel, line, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        (text_width, _), _ = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = i * line_height
+        band = panel[top : top + line_height, : text_width + 16]
+        band[:] = band // 3
+        origin = (8, top + line_height - int(8 * scale) - 2)
         cv2.putText(panel, line, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return panel
 
