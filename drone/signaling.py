@@ -13,7 +13,6 @@ HTTP outcomes become the project's errors, split by what the client should do:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -21,11 +20,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from dronedepth.errors import ConfigError, InferenceUnavailable, ProtocolError
-from dronedepth.protocol import INVALID_MESSAGE, SessionDescription
+from dronedepth.protocol import DRONE_ID_HEADER, DRONE_ID_PATTERN, INVALID_MESSAGE, SessionDescription
 
 __all__ = ["DRONE_ID_PATTERN", "Answer", "offer_url", "post_offer"]
 
-DRONE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _BODY_EXCERPT: Final = 300
 
 
@@ -74,7 +72,7 @@ async def post_offer(
     """Send ``offer`` to ``url`` (see :func:`offer_url`) and return the answer; errors as in the module doc."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     if drone_id is not None:
-        headers["X-Drone-Id"] = drone_id
+        headers[DRONE_ID_HEADER] = drone_id
     try:
         async with http.post(
             url, data=offer.to_json(), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)

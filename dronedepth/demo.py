@@ -171,21 +171,21 @@ async def stream(args: argparse.Namespace, triton_url: str, out: Path, facts: di
     from gateway.inference import TritonDepthClient
     from gateway.keypoints import KeypointConfig
     from gateway.pipeline import ProcessingConfig
-    from gateway.rosbag import BagSink
     from gateway.server import Gateway
-    from gateway.sinks import RecorderSink, SinkSet
 
     token = secrets.token_urlsafe(24)
     latest = LatestFrames()
-    sink = SinkSet([latest, RecorderSink(out / "recordings", cloud_every=4), BagSink(out / "bags")])
     config = GatewayConfig(
         token=token,
         host="127.0.0.1",
         port=0,
         max_drones=max(args.drones, 1),
+        record_dir=out / "recordings",
+        record_every=4,
+        record_bag_dir=out / "bags",
         processing=ProcessingConfig(keypoints=KeypointConfig(method=args.keypoints), build_cloud=False),
     )
-    gateway = Gateway(config, TritonDepthClient(triton_url, MODEL_NAME), sink=sink)
+    gateway = Gateway(config, TritonDepthClient(triton_url, MODEL_NAME), sink=latest)
     await gateway.start()
     summaries: dict[str, Any] = {}
     try:

@@ -7,6 +7,8 @@
     ├── ServingError           the embedded Triton server could not start or stopped
     ├── InferenceError         a depth request failed (Triton down, timeout, bad reply)
     │   └── InferenceUnavailable   the server is unreachable or overloaded: try later
+    │       ├── InferenceTimeout       one request took longer than the timeout
+    │       └── InferenceOverloaded    the server is up but rejected the request (queue full)
     └── ProtocolError          a wire message is malformed or has bad values
 
 Lower-level errors (grpc, tritonclient, onnxruntime, aiortc) are converted at
@@ -41,6 +43,14 @@ class InferenceError(DroneDepthError):
 
 class InferenceUnavailable(InferenceError):
     """The inference server is unreachable or overloaded; retrying later may work."""
+
+
+class InferenceTimeout(InferenceUnavailable):
+    """A depth request took longer than the configured timeout (server slow or overloaded)."""
+
+
+class InferenceOverloaded(InferenceUnavailable):
+    """The server is up but rejected the request: its queue is full or the request waited too long in it."""
 
 
 class ProtocolError(DroneDepthError):

@@ -1,10 +1,12 @@
 """The dronedepth wire protocol, defined once and imported by both ends.
 
 Signalling is one HTTP request, ``POST /offer`` with :class:`SessionDescription`
-as JSON and ``Authorization: Bearer <token>``; the answer comes back in the
-reply. After that the drone sends video on a WebRTC video track and talks on a
-data channel labelled :data:`DATA_CHANNEL_LABEL` carrying JSON text messages,
-each with a ``type`` field:
+as JSON, ``Authorization: Bearer <token>`` and optionally the drone's id in
+:data:`DRONE_ID_HEADER`; the answer comes back in the reply, a refusal as JSON
+``{"error": CODE, "message": TEXT}`` with one of the codes below. After that
+the drone sends video on a WebRTC video track and talks on a data channel
+labelled :data:`DATA_CHANNEL_LABEL` carrying JSON text messages, each with a
+``type`` field:
 
 - drone → gateway: :class:`CameraMessage` (``camera``)
 - gateway → drone: :class:`KeypointsMessage` (``keypoints``), :class:`ErrorMessage` (``error``)
@@ -18,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
@@ -32,6 +35,13 @@ MAX_MESSAGE_BYTES: Final = 64 * 1024
 """Largest data-channel message the gateway accepts from a drone."""
 VIDEO_CLOCK_RATE: Final = 90_000
 """``pts`` values count ticks of this clock (the RTP video clock)."""
+
+DRONE_ID_HEADER: Final = "X-Drone-Id"
+"""HTTP header of ``POST /offer`` (request and answer) carrying the drone's id."""
+DRONE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""Every drone id (``fullmatch``): ids name folders, files, ROS topics and URL paths, so no '.' or '/'."""
+DRONE_ID_RULE: Final = "1 to 64 characters among A-Z, a-z, 0-9, '_' and '-'"
+""":data:`DRONE_ID_PATTERN` in words, for error messages."""
 
 CameraModel = Literal["pinhole", "fisheye"]
 DepthKind = Literal["metric", "relative"]
@@ -48,6 +58,19 @@ FRAME_TOO_LARGE: Final = "frame_too_large"
 INFERENCE_UNAVAILABLE: Final = "inference_unavailable"
 INFERENCE_RESUMED: Final = "inference_resumed"
 INTERNAL: Final = "internal"
+
+# ``error`` codes of refused signalling requests (JSON ``{"error", "message"}``; HTTP status in brackets).
+# ``invalid_json``, ``invalid_message`` (400) and ``message_too_large`` (413) above refuse offers too.
+UNAUTHORIZED: Final = "unauthorized"  # 401
+INVALID_DRONE_ID: Final = "invalid_drone_id"  # 400
+INVALID_SDP: Final = "invalid_sdp"  # 400
+BODY_TOO_LARGE: Final = "body_too_large"  # 413
+DRONE_BUSY: Final = "drone_busy"  # 409
+GATEWAY_FULL: Final = "gateway_full"  # 503
+SIGNALLING_ERROR_CODES: Final = frozenset(
+    {UNAUTHORIZED, INVALID_DRONE_ID, INVALID_SDP, BODY_TOO_LARGE, DRONE_BUSY, GATEWAY_FULL}
+)
+"""The codes only ``POST /offer`` refusals carry (never an ``error`` message on the data channel)."""
 
 _PINHOLE_DISTORTION_LENGTHS: Final = (0, 4, 5, 8)
 _FISHEYE_DISTORTION_LENGTHS: Final = (0, 4)

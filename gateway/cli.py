@@ -35,6 +35,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0..65535, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -65,12 +75,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net = parser.add_argument_group("signalling and security")
     net.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     net.add_argument(
-        "--port", type=int, default=GATEWAY_PORT, help="HTTP port; 0 picks a free one (default: %(default)s)"
+        "--port", type=_port, default=GATEWAY_PORT, help="HTTP(S) port; 0 picks a free one (default: %(default)s)"
     )
     net.add_argument("--token-file", metavar="FILE", help="file whose first line is the bearer token")
     net.add_argument(
         "--insecure-no-auth", action="store_true", help="accept drones without a token (only on a trusted network)"
     )
+    net.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve HTTPS with this PEM certificate (chain); needs --tls-key. Browsers open the camera on "
+        "/drone only over HTTPS (or on localhost)",
+    )
+    net.add_argument("--tls-key", type=Path, metavar="FILE", help="the unencrypted PEM private key of --tls-cert")
     net.add_argument(
         "--ice-server",
         action="append",
@@ -92,13 +110,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "seed (y up, z forward, left-handed) (default: %(default)s)",
     )
     proc.add_argument("--max-range", type=_positive_float, metavar="M", help="ignore depth beyond this (metres)")
-    proc.add_argument("--voxel-size", type=_positive_float, metavar="M", help="voxel-downsample recorded clouds")
-    proc.add_argument("--remove-outliers", action="store_true", help="statistical outlier removal on recorded clouds")
+    proc.add_argument("--voxel-size", type=_positive_float, metavar="M", help="voxel-downsample the clouds of --record")
+    proc.add_argument("--remove-outliers", action="store_true", help="remove outliers from the clouds of --record")
 
-    rec = parser.add_argument_group("recording")
-    rec.add_argument("--record", type=Path, metavar="DIR", help="record every drone's results under DIR")
+    rec = parser.add_argument_group(
+        "outputs", "Every gateway also serves GET /stream/<drone> and the web pages (/, /drone, /api/drones)."
+    )
     rec.add_argument(
-        "--record-every", type=_positive_int, default=10, metavar="N", help="point cloud every N results (default: 10)"
+        "--record", type=Path, metavar="DIR", help="record each drone's keypoints (JSONL) and point clouds (PLY) in DIR"
+    )
+    rec.add_argument(
+        "--record-every",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="with --record: a point cloud every N results (default: %(default)s)",
+    )
+    rec.add_argument(
+        "--record-bag",
+        type=Path,
+        metavar="DIR",
+        help="record each drone session as a rosbag2 (MCAP) in DIR: camera_info, image, depth, points, keypoints",
+    )
+    rec.add_argument(
+        "--foxglove",
+        type=_port,
+        nargs="?",
+        const=8765,
+        metavar="PORT",
+        help="serve the same ROS 2 topics live to Foxglove over WebSocket on PORT (default 8765 when the flag "
+        "is given without one)",
+    )
+    rec.add_argument(
+        "--foxglove-host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address of the Foxglove server; it has NO authentication (default: %(default)s)",
     )
 
     lim = parser.add_argument_group("limits")
@@ -161,8 +208,15 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
         idle_timeout=args.idle_timeout,
         record_dir=args.record,
         record_every=args.record_every,
+        record_bag_dir=args.record_bag,
+        foxglove_port=args.foxglove,
+        foxglove_host=args.foxglove_host,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         workers=args.workers,
     )
+    if args.foxglove is None and args.foxglove_host != "127.0.0.1":
+        log.warning("--foxglove-host is ignored without --foxglove")
     client: DepthClient
     if args.onnx_model is not None:
         client = OnnxRuntimeDepthClient(args.onnx_model)

@@ -11,6 +11,8 @@ from dronedepth.contract import GATEWAY_PORT
 from dronedepth.errors import ConfigError
 
 if TYPE_CHECKING:
+    import ssl
+
     from aiortc import RTCIceServer
 
     from gateway.pipeline import ProcessingConfig
@@ -47,8 +49,19 @@ class GatewayConfig:
     idle_timeout: float = 15.0
     """A session with no video frame for this long (seconds) is closed."""
     record_dir: Path | None = None
+    """Record every drone's keypoints (JSONL) and periodic point clouds (PLY) under this folder."""
     record_every: int = 10
     """With ``record_dir``: write a point cloud every this many processed frames."""
+    record_bag_dir: Path | None = None
+    """Record every drone session as a rosbag2 (MCAP storage) under this folder."""
+    foxglove_port: int | None = None
+    """Serve a live Foxglove WebSocket on this port (0: a free one); ``None``: no Foxglove server."""
+    foxglove_host: str = "127.0.0.1"
+    """Address of the Foxglove server; it has no authentication, so loopback by default."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) to serve HTTPS with; needs ``tls_key``."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
     workers: int | None = None
     """Threads for frame conversion and processing; ``None``: one per CPU core, at least 2, at most 8."""
     shutdown_timeout: float = 5.0
@@ -81,6 +94,11 @@ class GatewayConfig:
                 raise ConfigError(f"{name} must be positive, got {value}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.foxglove_port is not None and not 0 <= self.foxglove_port <= 65535:
+            raise ConfigError(f"foxglove_port must be in 0..65535, got {self.foxglove_port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("--tls-cert", "--tls-key") if self.tls_key is None else ("--tls-key", "--tls-cert")
+            raise ConfigError(f"{given} needs {missing}: HTTPS takes a certificate and its private key, give both")
         for url in self.ice_servers:
             parse_ice_server(url)
 
@@ -92,6 +110,34 @@ class GatewayConfig:
 
     def rtc_ice_servers(self) -> list[RTCIceServer]:
         return [parse_ice_server(url) for url in self.ice_servers]
+
+    @property
+    def tls(self) -> bool:
+        """True when the gateway serves HTTPS."""
+        return self.tls_cert is not None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server-side TLS context of ``tls_cert`` and ``tls_key``, or None for plain HTTP."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        import ssl
+
+        key = self.tls_key
+
+        def encrypted() -> bytes:  # instead of OpenSSL asking for the passphrase on the terminal
+            raise ConfigError(f"the TLS key {key} is encrypted: give an unencrypted PEM key (openssl pkey -in ...)")
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key, password=encrypted)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"cannot read the TLS certificate or key: {exc.filename}: {exc.strerror}") from exc
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(
+                f"cannot use {self.tls_cert} with {self.tls_key} for HTTPS ({exc}): both must be PEM files, "
+                "the key unencrypted and matching the certificate"
+            ) from exc
+        return context
 
 
 def parse_ice_server(url: str) -> RTCIceServer:

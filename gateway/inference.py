@@ -11,13 +11,16 @@ frame in, a depth map of the same size out. Two implementations:
   Runtime, for unit tests and for machines without Triton.
 
 :class:`DepthService` wraps one client shared by every drone session: it turns
-timeouts into :class:`InferenceTimeout`, tracks outages and, while the server
-is down, lets one request through per backoff interval (doubling up to a
-ceiling) so a dead server is not hammered and results resume by themselves.
+timeouts into :class:`~dronedepth.errors.InferenceTimeout`, tracks outages
+and, while the server is down, lets one request through per backoff interval
+(doubling up to a ceiling) so a dead server is not hammered and results resume
+by themselves.
 
 Every lower-level error (grpc, tritonclient, onnxruntime) leaves this module
 as :class:`~dronedepth.errors.InferenceError` or
-:class:`~dronedepth.errors.InferenceUnavailable`.
+:class:`~dronedepth.errors.InferenceUnavailable` (or its subclasses
+:class:`~dronedepth.errors.InferenceTimeout` and
+:class:`~dronedepth.errors.InferenceOverloaded`).
 """
 
 from __future__ import annotations
@@ -36,13 +39,17 @@ from numpy.typing import NDArray
 
 from dronedepth import contract
 from dronedepth.contract import DepthKind
-from dronedepth.errors import ConfigError, InferenceError, InferenceUnavailable
+from dronedepth.errors import (
+    ConfigError,
+    InferenceError,
+    InferenceOverloaded,
+    InferenceTimeout,
+    InferenceUnavailable,
+)
 
 __all__ = [
     "DepthClient",
     "DepthService",
-    "InferenceOverloaded",
-    "InferenceTimeout",
     "OnnxRuntimeDepthClient",
     "TritonDepthClient",
     "check_frame",
@@ -70,14 +77,6 @@ _UNAVAILABLE_CODES = frozenset({"UNAVAILABLE", "CANCELLED", "ABORTED", "UNKNOWN"
 # (max_queue_size reached, or default_timeout_microseconds spent waiting): the server is up but busy.
 _OVERLOAD_MESSAGES = ("timeout expired", "maximum queue size")
 _OVERLOAD_LOG_INTERVAL_S = 60.0
-
-
-class InferenceTimeout(InferenceUnavailable):
-    """A depth request took longer than the configured timeout (server slow or overloaded)."""
-
-
-class InferenceOverloaded(InferenceUnavailable):
-    """The server is up but rejected the request: its queue is full or the request waited too long in it."""
 
 
 @runtime_checkable
@@ -344,7 +343,7 @@ class OnnxRuntimeDepthClient:
 class DepthService:
     """One :class:`DepthClient` shared by every session, with outage tracking.
 
-    - Every request is bounded by ``timeout`` seconds (:class:`InferenceTimeout`).
+    - Every request is bounded by ``timeout`` seconds (:class:`~dronedepth.errors.InferenceTimeout`).
     - An unreachable server (:class:`InferenceUnavailable`) starts an outage at
       once. Overload rejections and timeouts start one only when nothing has
       succeeded for ``outage_after`` seconds: a busy server that still answers

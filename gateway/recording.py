@@ -14,7 +14,6 @@ not the event loop.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 import open3d as o3d
 
 from dronedepth.errors import ConfigError
-from dronedepth.protocol import encode
+from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, encode
 from gateway.pointcloud import make_point_cloud
 
 if TYPE_CHECKING:
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["KEYPOINTS_FILE", "Recorder", "cloud_filename"]
 
 KEYPOINTS_FILE: Final = "keypoints.jsonl"
-_DRONE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def cloud_filename(frame_index: int) -> str:
@@ -50,11 +48,9 @@ class Recorder:
     """
 
     def __init__(self, directory: Path, drone_id: str, *, cloud_every: int = 10) -> None:
-        if not isinstance(drone_id, str) or not _DRONE_ID.fullmatch(drone_id):
-            raise ConfigError(
-                f"drone id {drone_id!r} cannot name a recording folder: use 1-128 letters, digits, '.', '_' "
-                "or '-', starting with a letter or digit"
-            )
+        # Every id signalling accepts; none holds '.' or '/', so none can leave ``directory``.
+        if not isinstance(drone_id, str) or not DRONE_ID_PATTERN.fullmatch(drone_id):
+            raise ConfigError(f"drone id {drone_id!r} cannot name a recording folder: use {DRONE_ID_RULE}")
         if not isinstance(cloud_every, int) or cloud_every < 0:
             raise ConfigError(f"cloud_every must be a non-negative integer, got {cloud_every!r}")
         self.path = Path(directory) / drone_id

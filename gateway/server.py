@@ -7,7 +7,10 @@
 
 :class:`Gateway` owns what the sessions share: the thread pool for frame
 conversion and processing, the :class:`~gateway.inference.DepthService`
-around the depth client, the metrics and the session table with its limits.
+around the depth client, the metrics, the session table with its limits, and
+the result sinks every processed frame goes to (:mod:`gateway.sinks`): the
+``/stream`` hub, the web pages' previews and, as configured, the recordings,
+rosbags and the Foxglove server.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from gateway.metrics import Counter, GatewayMetrics, Gauge
 from gateway.pipeline import FrameProcessor, ProcessingConfig
 from gateway.session import DroneSession, SessionContext
 from gateway.signaling import create_app
+from gateway.sinks import SinkSet
+from gateway.streaming import StreamHub
+from gateway.web import PreviewHub
 
 if TYPE_CHECKING:
-    from gateway.recording import Recorder
     from gateway.sinks import ResultSink
 
 __all__ = ["Gateway", "GatewayBusy", "GatewayFull"]
@@ -52,9 +57,16 @@ class Gateway:
     """Receive drone video over WebRTC, get depth, send back 3D keypoints.
 
     ``depth_client`` is any :class:`~gateway.inference.DepthClient`; the
-    gateway closes it in :meth:`stop`. ``sink`` (a :class:`gateway.sinks.ResultSink`)
-    also gets every processed frame, from a worker thread; the gateway closes it
-    in :meth:`stop`. Usable as ``async with``.
+    gateway closes it in :meth:`stop`. Every processed frame goes, from a
+    worker thread, to the gateway's :class:`~gateway.sinks.SinkSet` (``sinks``),
+    made in :meth:`start` from the config: always :attr:`stream_hub` (``GET
+    /stream/<drone>``) and :attr:`preview_hub` (the operator page's previews),
+    then a :class:`~gateway.sinks.RecorderSink` (``record_dir``), a
+    :class:`~gateway.rosbag.BagSink` (``record_bag_dir``) and a
+    :class:`~gateway.foxglove_live.FoxgloveSink` (``foxglove_port``), and
+    last the caller's own ``sink`` (a :class:`~gateway.sinks.ResultSink`), if
+    any. :meth:`stop` closes them all once the sessions are closed. Usable as
+    ``async with``.
     """
 
     def __init__(
@@ -66,7 +78,14 @@ class Gateway:
         sink: ResultSink | None = None,
     ) -> None:
         self.config = config
-        self.sink = sink
+        self.extra_sink = sink
+        """The caller's sink, last in :attr:`sinks`."""
+        self.stream_hub = StreamHub()
+        """``GET /stream/<drone>``'s subscribers; frames of drones nobody watches cost nothing."""
+        self.preview_hub: PreviewHub | None = PreviewHub()
+        """The web pages' depth previews and result rates; set to None before :meth:`start` for none."""
+        self.sinks: SinkSet | None = None
+        """Every output of processed frames; made by :meth:`start`."""
         self.metrics = metrics or GatewayMetrics()
         # No success for a whole timeout period while the server is busy: tell the drones it is an outage.
         self.depth = DepthService(
@@ -99,12 +118,16 @@ class Gateway:
 
     @property
     def url(self) -> str:
+        """``http(s)://host:port`` of the started gateway (127.0.0.1 when it listens on every address)."""
         host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def app(self) -> web.Application:
-        """The aiohttp application (signalling and operations routes); add more routes before :meth:`start`."""
+        """The aiohttp app (the routes of :func:`~gateway.signaling.create_app`); add more before :meth:`start`."""
         if self._app is None:
             self._app = create_app(self)
         return self._app
@@ -116,34 +139,45 @@ class Gateway:
         return self._executor
 
     async def start(self) -> None:
-        """Bind the HTTP server; the depth server may come up later (``/ready`` tells)."""
+        """Open the outputs and bind the HTTP server; the depth server may come up later (``/ready`` tells).
+
+        Raises :class:`~dronedepth.errors.ConfigError` (and leaves nothing
+        open) when the port is taken, the TLS files are unusable or an output
+        cannot be opened.
+        """
         if self._runner is not None:
             raise RuntimeError("the gateway is already started")
-        if self.config.record_dir is not None:
-            import gateway.recording  # noqa: F401  (import now, not in the event loop of the first frame)
+        ssl_context = self.config.ssl_context()
         self._executor = ThreadPoolExecutor(self.config.worker_count, thread_name_prefix="gateway-worker")
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.config.shutdown_timeout)
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        loop = asyncio.get_running_loop()
         try:
-            await self._site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            self._runner = self._site = None
-            raise ConfigError(
-                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}; choose another --port"
-            ) from exc
+            # In a worker: the outputs import Open3D, rosbags or foxglove and open files and ports.
+            self.sinks = await loop.run_in_executor(self._executor, self._open_sinks)
+            self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.config.shutdown_timeout)
+            await self._runner.setup()
+            self._site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=ssl_context)
+            try:
+                await self._site.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}; choose another --port"
+                ) from exc
+        except BaseException:
+            await self._abort_start()
+            raise
         addresses = self._runner.addresses
         self._port = int(addresses[0][1]) if addresses else self.config.port
         self._started_at = time.monotonic()
         ready = await self.depth.ready()
         log.info(
-            "gateway listening on %s:%d (auth %s, max %d drones, %d workers); depth server %s",
+            "gateway listening on %s:%d (%s, auth %s, max %d drones, %d workers, outputs: %s); depth server %s",
             self.config.host,
             self._port,
+            "HTTPS" if ssl_context is not None else "HTTP",
             "on" if self.config.token is not None else "OFF",
             self.config.max_drones,
             self.config.worker_count,
+            ", ".join(type(sink).__name__ for sink in self.sinks.sinks),
             f"ready ({self.depth.client}, {self.depth.depth_kind} depth)"
             if ready
             else f"NOT ready ({self.depth.client}); frames are dropped until it is",
@@ -173,16 +207,58 @@ class Gateway:
                 log.warning("HTTP server did not stop within %.0f s", timeout)
             self._runner = None
         await self.depth.close()
-        if self.sink is not None:
+        if self.sinks is not None:
+            # After the sessions: their drones' recordings and bags are finished by now; this flushes the rest.
             try:
                 await asyncio.wait_for(
-                    asyncio.get_running_loop().run_in_executor(self._executor, self.sink.close), timeout
+                    asyncio.get_running_loop().run_in_executor(self._executor, self.sinks.close), 2 * timeout
                 )
             except Exception as exc:
-                log.error("closing the result sink failed: %r", exc)
+                log.error("closing the outputs failed: %r", exc)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("gateway stopped")
+
+    def _open_sinks(self) -> SinkSet:
+        """The outputs of :attr:`config` (worker thread); closes what it opened if one fails."""
+        config = self.config
+        sinks: list[ResultSink] = [self.stream_hub]
+        if self.preview_hub is not None:
+            sinks.append(self.preview_hub)
+        try:
+            if config.record_dir is not None:
+                import gateway.recording  # noqa: F401  (imports Open3D: now, not at the first frame)
+                from gateway.sinks import RecorderSink
+
+                sinks.append(RecorderSink(config.record_dir, config.record_every))
+            if config.record_bag_dir is not None or config.foxglove_port is not None:
+                from gateway.rosbag import BagSink, RosEncoder
+
+                encoder = RosEncoder()  # one for both: a frame is serialised once for the bag and Foxglove
+                if config.record_bag_dir is not None:
+                    sinks.append(BagSink(config.record_bag_dir, encoder=encoder))
+                if config.foxglove_port is not None:
+                    from gateway.foxglove_live import FoxgloveSink
+
+                    sinks.append(FoxgloveSink(config.foxglove_host, config.foxglove_port, encoder=encoder))
+        except BaseException:
+            SinkSet(sinks).close()
+            raise
+        if self.extra_sink is not None:
+            sinks.append(self.extra_sink)
+        return SinkSet(sinks)
+
+    async def _abort_start(self) -> None:
+        """Undo a failed :meth:`start`."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._runner = self._site = None
+        if self.sinks is not None:
+            sinks, self.sinks = self.sinks, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, sinks.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -253,21 +329,15 @@ class Gateway:
             executor=self.executor,
             metrics=self.metrics,
             make_processor=self._make_processor,
-            make_recorder=self._make_recorder if self.config.record_dir is not None else None,
             on_closed=self._session_closed,
-            sink=self.sink,
+            sink=self.sinks,
         )
 
     def _make_processor(self, depth_kind: str) -> FrameProcessor:
-        # Recorder builds the clouds it writes from points and colours: no cloud per frame by default.
+        # The recorder builds the clouds it writes from points and colours, and no other output reads
+        # `FrameResult.cloud`: no cloud per frame unless the processing config asks for one.
         config = self.config.processing or ProcessingConfig(build_cloud=False)
         return FrameProcessor(config, depth_kind)  # type: ignore[arg-type]
-
-    def _make_recorder(self, drone_id: str) -> Recorder:
-        from gateway.recording import Recorder
-
-        assert self.config.record_dir is not None
-        return Recorder(self.config.record_dir, drone_id, cloud_every=self.config.record_every)
 
     def _session_closed(self, session: DroneSession) -> None:
         if self.sessions.get(session.drone_id) is session:

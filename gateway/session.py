@@ -27,7 +27,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,17 +35,17 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from dronedepth import protocol
-from dronedepth.errors import InferenceError, InferenceUnavailable, ProtocolError
+from dronedepth.errors import InferenceError, InferenceTimeout, InferenceUnavailable, ProtocolError
 from dronedepth.protocol import CameraMessage, ErrorMessage, KeypointsMessage
 from gateway.config import GatewayConfig
-from gateway.inference import DepthService, InferenceTimeout
+from gateway.inference import DepthService
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import FrameProcessor, FrameResult, camera_for_frame
+from gateway.sinks import FrameRecord
 
 if TYPE_CHECKING:
     import av
 
-    from gateway.recording import Recorder
     from gateway.sinks import ResultSink
 
 __all__ = ["DroneSession", "LatestFrame", "SessionContext"]
@@ -100,6 +100,18 @@ def _finish_frame(
     return dataclasses.replace(result, message=message), protocol.encode(message)
 
 
+def _write_record(
+    sink: ResultSink,
+    drone_id: str,
+    capture_time: float,
+    camera: CameraMessage,
+    rgb: Any,
+    result: FrameResult,
+) -> None:
+    """Worker-thread part of handing a frame to the sink."""
+    sink.write(FrameRecord.from_capture_time(drone_id, capture_time, camera, rgb, result))
+
+
 class LatestFrame:
     """A slot holding only the newest item: ``put`` replaces, ``get`` waits for one."""
 
@@ -137,11 +149,12 @@ class SessionContext:
     metrics: GatewayMetrics
     make_processor: Callable[[str], FrameProcessor]
     """``depth_kind`` → a new FrameProcessor."""
-    make_recorder: Callable[[str], Recorder] | None = None
-    """``drone_id`` → a new Recorder (called in the executor), or None when not recording."""
     on_closed: Callable[[DroneSession], None] | None = None
     sink: ResultSink | None = None
-    """Also gets every processed frame (called in the executor)."""
+    """Gets every processed frame and ``close_drone`` when the session ends (called in the executor).
+
+    The gateway's :class:`~gateway.sinks.SinkSet`: recordings, bags, live
+    viewers all go through it."""
 
 
 class DroneSession:
@@ -170,8 +183,7 @@ class DroneSession:
         self._processor: FrameProcessor | None = None
         self._processor_kind: str | None = None
         self._frame_cameras: dict[tuple[int, int], CameraMessage] = {}
-        self._recorder: Recorder | None = None
-        self._recording_failed = False
+        self._sink_write: Future[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
         self.close_reason: str | None = None
@@ -232,7 +244,7 @@ class DroneSession:
             task.add_done_callback(self._tasks.discard)
 
     async def close(self, reason: str = "closed") -> None:
-        """Stop the tasks, close the peer connection, flush the recording, log a summary."""
+        """Stop the tasks, close the peer connection, tell the sink the drone left, log a summary."""
         if self._closing:
             await self._closed.wait()
             return
@@ -253,21 +265,8 @@ class DroneSession:
             await asyncio.wait_for(self.pc.close(), timeout)
         except Exception as exc:
             log.warning("drone %s: closing the peer connection: %r", self.drone_id, exc)
-        recorder, self._recorder = self._recorder, None
-        if recorder is not None:
-            try:
-                loop = asyncio.get_running_loop()
-                await asyncio.wait_for(loop.run_in_executor(self._ctx.executor, recorder.close), timeout)
-            except Exception as exc:
-                log.error("drone %s: flushing the recording failed: %r", self.drone_id, exc)
         if self._ctx.sink is not None:
-            try:
-                loop = asyncio.get_running_loop()
-                await asyncio.wait_for(
-                    loop.run_in_executor(self._ctx.executor, self._ctx.sink.close_drone, self.drone_id), timeout
-                )
-            except Exception as exc:
-                log.error("drone %s: closing its result sink failed: %r", self.drone_id, exc)
+            await self._close_sink(timeout)
         self._processor = None
         self._frame_cameras.clear()
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
@@ -531,8 +530,6 @@ class DroneSession:
         self._deliver(message, text)
         for stage, ms in message.timing.items():
             self._metrics.stage_seconds.observe(ms / 1e3, stage=stage)
-        if self._config.record_dir is not None and not self._recording_failed:
-            await self._record(result)
         if self._ctx.sink is not None:
             await self._to_sink(item, camera, rgb, result)
 
@@ -558,27 +555,31 @@ class DroneSession:
                 message.timing.get("total", 0.0),
             )
 
-    async def _record(self, result: FrameResult) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            if self._recorder is None:
-                assert self._ctx.make_recorder is not None
-                self._recorder = await loop.run_in_executor(self._ctx.executor, self._ctx.make_recorder, self.drone_id)
-            await loop.run_in_executor(self._ctx.executor, self._recorder.write, result)
-        except Exception:
-            self._recording_failed = True
-            log.exception("drone %s: recording failed; this session is no longer recorded", self.drone_id)
-
     async def _to_sink(self, item: _Received, camera: CameraMessage, rgb: Any, result: FrameResult) -> None:
-        from gateway.sinks import FrameRecord
-
-        assert self._ctx.sink is not None
-        record = FrameRecord.from_capture_time(self.drone_id, item.received_wall, camera, rgb, result)
+        """Hand the frame to the sink in a worker thread; the next frame waits for it (sinks never queue up)."""
+        sink = self._ctx.sink
+        assert sink is not None
+        # The record shares the frame's arrays (the sinks only read them): nothing is copied.
+        work = functools.partial(_write_record, sink, self.drone_id, item.received_wall, camera, rgb, result)
+        future = self._sink_write = self._ctx.executor.submit(work)
         # SinkSet isolates and logs its sinks' failures; a bare sink's are logged here.
         try:
-            await asyncio.get_running_loop().run_in_executor(self._ctx.executor, self._ctx.sink.write, record)
+            await asyncio.wrap_future(future)
         except Exception:
             log.exception("drone %s: result sink failed", self.drone_id)
+
+    async def _close_sink(self, timeout: float) -> None:
+        """``close_drone`` once the last ``write`` has returned, so no frame of this session comes after it."""
+        sink = self._ctx.sink
+        assert sink is not None
+        loop = asyncio.get_running_loop()
+        pending, self._sink_write = self._sink_write, None
+        try:
+            if pending is not None and not pending.done():  # cancelling the task did not stop the worker
+                await asyncio.wait([asyncio.wrap_future(pending)], timeout=timeout)
+            await asyncio.wait_for(loop.run_in_executor(self._ctx.executor, sink.close_drone, self.drone_id), timeout)
+        except Exception as exc:
+            log.error("drone %s: closing its outputs failed: %r", self.drone_id, exc)
 
     # ------------------------------------------------------------------ metrics
 

@@ -7,8 +7,10 @@
 - ``GET /health``: liveness (always 200 while the process serves HTTP).
 - ``GET /ready``: 200 when the depth server answers and the model is ready, else 503.
 - ``GET /metrics``: Prometheus text exposition.
+- ``GET /stream/<drone>`` (:mod:`gateway.streaming`) and the web pages ``/``,
+  ``/drone``, ``/api/drones`` (:mod:`gateway.web`), mounted here too.
 
-``docs/protocol.md`` describes the same in prose. The token is compared in
+``docs/protocol.md`` describes the signalling and operations in prose. The token is compared in
 constant time and never logged.
 """
 
@@ -16,33 +18,33 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
 from dronedepth import protocol
 from dronedepth.errors import ProtocolError
+from dronedepth.protocol import (
+    BODY_TOO_LARGE,
+    DRONE_BUSY,
+    DRONE_ID_HEADER,
+    DRONE_ID_PATTERN,
+    DRONE_ID_RULE,
+    GATEWAY_FULL,
+    INVALID_DRONE_ID,
+    INVALID_SDP,
+    UNAUTHORIZED,
+)
 from gateway.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
 
-__all__ = ["DRONE_ID_HEADER", "DRONE_ID_PATTERN", "check_offer_sdp", "create_app", "drone_id_from"]
+__all__ = ["check_offer_sdp", "create_app", "drone_id_from"]
 
 log = logging.getLogger(__name__)
 
-DRONE_ID_HEADER: Final = "X-Drone-Id"
 DRONE_ID_QUERY: Final = "drone"
-DRONE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-# ``error`` codes of refused signalling requests (HTTP status in brackets).
-UNAUTHORIZED: Final = "unauthorized"  # 401
-INVALID_DRONE_ID: Final = "invalid_drone_id"  # 400
-INVALID_SDP: Final = "invalid_sdp"  # 400
-BODY_TOO_LARGE: Final = "body_too_large"  # 413
-GATEWAY_FULL: Final = "gateway_full"  # 503
-DRONE_BUSY: Final = "drone_busy"  # 409
 
 _GATEWAY: Final = web.AppKey("gateway", object)
 _RETRY_AFTER_S: Final = "5"
@@ -53,13 +55,18 @@ def _json_error(status: int, code: str, message: str, headers: dict[str, str] | 
 
 
 def create_app(gateway: Gateway) -> web.Application:
-    """The aiohttp application serving ``gateway``."""
+    """The aiohttp application serving ``gateway``: signalling, operations, ``/stream`` and the web pages."""
+    from gateway.streaming import add_stream_routes
+    from gateway.web import add_web_routes
+
     app = web.Application(client_max_size=gateway.config.max_body_bytes)
     app[_GATEWAY] = gateway
     app.router.add_post("/offer", _offer)
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
     app.router.add_get("/metrics", _metrics)
+    add_stream_routes(app, gateway.stream_hub, gateway.config.token)
+    add_web_routes(app, gateway)
     return app
 
 
@@ -93,7 +100,7 @@ def drone_id_from(request: web.Request) -> str | None:
         raise ProtocolError(INVALID_DRONE_ID, f"the {DRONE_ID_HEADER} header and ?{DRONE_ID_QUERY}= differ")
     drone_id = header if header is not None else query
     if drone_id is not None and not DRONE_ID_PATTERN.fullmatch(drone_id):
-        raise ProtocolError(INVALID_DRONE_ID, "a drone id is 1 to 64 characters among A-Z, a-z, 0-9, '_' and '-'")
+        raise ProtocolError(INVALID_DRONE_ID, f"a drone id is {DRONE_ID_RULE}")
     return drone_id
 
 

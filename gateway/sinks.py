@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,14 +27,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dronedepth.errors import ConfigError
-from dronedepth.protocol import CameraMessage, KeypointsMessage
+from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, CameraMessage, KeypointsMessage
 from gateway.projection import AXES_FROM_OPTICAL
 
 if TYPE_CHECKING:
     from gateway.recording import Recorder
 
 __all__ = [
-    "DRONE_ID_PATTERN",
     "FrameData",
     "FrameRecord",
     "RecorderSink",
@@ -46,8 +44,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DRONE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""Drone ids the sinks accept: they name files, ROS topics and URL paths."""
 _LOG_EVERY: Final = 100
 """A sink failing on every frame is logged on its first failure and then every this many."""
 
@@ -108,7 +104,7 @@ class FrameRecord:
 
     def __post_init__(self) -> None:
         if not isinstance(self.drone_id, str) or not DRONE_ID_PATTERN.fullmatch(self.drone_id):
-            raise ConfigError(f"drone id {self.drone_id!r} must be 1-64 letters, digits, '_' or '-'")
+            raise ConfigError(f"drone id {self.drone_id!r} must be {DRONE_ID_RULE}")
         if self.stamp_ns < 0:
             raise ConfigError(f"stamp_ns must not be negative, got {self.stamp_ns}")
 

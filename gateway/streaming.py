@@ -25,8 +25,9 @@ from typing import Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
 from dronedepth.stream_format import StreamFrame, encode_frame
-from gateway.sinks import DRONE_ID_PATTERN, FrameRecord
+from gateway.sinks import FrameRecord
 
 __all__ = ["DEFAULT_MAX_POINTS", "STREAM_ROUTE", "StreamHub", "add_stream_routes", "stream_frame"]
 
@@ -282,7 +283,7 @@ def add_stream_routes(app: web.Application, hub: StreamHub, token: str | None) -
             if presented is None or not hmac.compare_digest(presented.encode(), expected):
                 raise _refusal(
                     web.HTTPUnauthorized,
-                    "unauthorized",
+                    UNAUTHORIZED,
                     "missing or wrong token: send 'Authorization: Bearer <token>' or add ?token=<token>",
                     {"WWW-Authenticate": 'Bearer realm="dronedepth"'},
                 )
@@ -290,8 +291,8 @@ def add_stream_routes(app: web.Application, hub: StreamHub, token: str | None) -
         if not DRONE_ID_PATTERN.fullmatch(drone_id):
             raise _refusal(
                 web.HTTPBadRequest,
-                "invalid_drone_id",
-                f"drone id {drone_id!r} must be 1-64 letters, digits, '_' or '-'",
+                INVALID_DRONE_ID,
+                f"drone id {drone_id!r} must be {DRONE_ID_RULE}",
             )
         return await hub._serve(request, drone_id)
 

@@ -23,7 +23,8 @@ per drone and, at most ``max_fps`` times a second per drone, colourises the
 depth (downscaled to at most ``max_width`` pixels wide) and encodes a JPEG, in
 that worker thread, never in the event loop.
 
-Mount with :func:`add_web_routes` before the app starts.
+:func:`add_web_routes` mounts the routes; :func:`gateway.signaling.create_app`
+does it for every gateway, whose ``preview_hub`` is among its sinks.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ from aiohttp import web
 from numpy.typing import NDArray
 
 from dronedepth.contract import DepthKind
+from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
 from gateway.render import colorize_depth
-from gateway.sinks import DRONE_ID_PATTERN, FrameRecord
+from gateway.sinks import FrameRecord
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -365,8 +367,8 @@ class _WebRoutes:
 
     @property
     def hub(self) -> PreviewHub | None:
-        # Looked up per request: the gateway's sink may be set after the routes are mounted.
-        return self._hub or find_preview_hub(self.gateway.sink)
+        # Looked up per request: the gateway's hub may be replaced after the routes are mounted.
+        return self._hub or getattr(self.gateway, "preview_hub", None)
 
     @property
     def token(self) -> str | None:
@@ -424,7 +426,7 @@ class _WebRoutes:
             return None
         return _refuse(
             401,
-            "unauthorized",
+            UNAUTHORIZED,
             "missing or wrong token: send 'Authorization: Bearer <token>'",
             {"WWW-Authenticate": 'Bearer realm="dronedepth"'},
         )
@@ -503,10 +505,10 @@ class _WebRoutes:
             return refused
         drone_id = request.match_info["drone"]
         if not DRONE_ID_PATTERN.fullmatch(drone_id):
-            return _refuse(400, "invalid_drone_id", "a drone id is 1 to 64 characters among A-Z, a-z, 0-9, '_' and '-'")
+            return _refuse(400, INVALID_DRONE_ID, f"a drone id is {DRONE_ID_RULE}")
         hub = self.hub
         if hub is None:
-            return _refuse(404, "previews_off", "this gateway keeps no previews (no PreviewHub among its sinks)")
+            return _refuse(404, "previews_off", "this gateway keeps no depth previews (it has no PreviewHub)")
         found = hub.preview(drone_id)
         if found is None:
             return _refuse(404, "no_preview", f"no preview of drone {drone_id!r} yet")
@@ -521,9 +523,10 @@ class _WebRoutes:
 def add_web_routes(app: web.Application, gateway: Gateway, hub: PreviewHub | None = None) -> None:
     """Mount the web pages and their API on ``app`` (before it starts). Idempotent.
 
-    ``hub`` defaults to the :class:`PreviewHub` among ``gateway.sink`` (looked
-    up on every request); without one the pages still work but show no
-    previews and no rate or latency percentiles.
+    :func:`gateway.signaling.create_app` calls it for every gateway. ``hub``
+    defaults to ``gateway.preview_hub`` (looked up on every request); without
+    one the pages still work but show no previews and no rate or latency
+    percentiles.
     """
     if app.get(_MOUNTED):
         return

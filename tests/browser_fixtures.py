@@ -1,10 +1,7 @@
 """Helpers for the web-page tests: a gateway serving the pages, a fake camera video, headless Chromium.
 
-- :func:`web_gateway`: a started :class:`~gateway.server.Gateway` on 127.0.0.1
-  with a :class:`~gateway.web.PreviewHub` among its sinks and the web routes
-  mounted (through a wrapper around ``create_app`` until the gateway mounts
-  them itself; :func:`~gateway.web.add_web_routes` is idempotent, so the
-  wrapper stays harmless afterwards).
+- :func:`web_gateway`: a started :class:`~gateway.server.Gateway` on 127.0.0.1,
+  which serves the pages and keeps previews itself (``gateway.preview_hub``).
 - :func:`write_y4m`: a Y4M video made from the test photographs (a slow pan
   and zoom across each), for Chromium's ``--use-file-for-fake-video-capture``.
 - :func:`chromium`: Debian's ``/usr/bin/chromium`` driven by Playwright (never a
@@ -19,18 +16,15 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import cv2
 import numpy as np
 import pytest
 
-import gateway.server
 from gateway.inference import DepthClient
 from gateway.server import Gateway
-from gateway.sinks import SinkSet
-from gateway.web import PreviewHub, add_web_routes
-from tests.gateway_fixtures import PHOTO_DIR, FakeDepthClient, gateway_config
+from gateway.web import PreviewHub
+from tests.gateway_fixtures import PHOTO_DIR, running_gateway
 
 __test__ = False  # not a test module
 
@@ -99,24 +93,12 @@ def write_y4m(
 
 @contextlib.asynccontextmanager
 async def web_gateway(
-    client: DepthClient | None = None, *, hub: PreviewHub | None = None, **overrides: Any
+    client: DepthClient | None = None, *, sink: Any = None, **overrides: Any
 ) -> AsyncIterator[tuple[Gateway, PreviewHub]]:
-    """A started gateway on 127.0.0.1 (port 0) with the web pages and ``hub`` (a new PreviewHub) in a SinkSet."""
-    hub = hub or PreviewHub()
-    original = gateway.server.create_app
-
-    def create_app_with_pages(gw: Gateway) -> Any:
-        app = original(gw)
-        add_web_routes(app, gw)
-        return app
-
-    gw = Gateway(gateway_config(**overrides), client or FakeDepthClient(), sink=SinkSet([hub]))
-    with mock.patch.object(gateway.server, "create_app", create_app_with_pages):
-        await gw.start()
-    try:
-        yield gw, hub
-    finally:
-        await gw.stop()
+    """A started gateway on 127.0.0.1 (port 0), as every gateway serving the pages, and its PreviewHub."""
+    async with running_gateway(client, sink=sink, **overrides) as gw:
+        assert gw.preview_hub is not None
+        yield gw, gw.preview_hub
 
 
 @contextlib.asynccontextmanager

@@ -16,6 +16,7 @@ import contextlib
 import fractions
 import json
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -148,15 +149,24 @@ class TestDrone:
         *,
         drone_id: str | None = None,
         camera: CameraMessage | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """Signal, apply the answer, wait for the data channel; then send ``camera`` if given."""
+        """Signal, apply the answer, wait for the data channel; then send ``camera`` if given.
+
+        ``ssl_context`` verifies an ``https://`` gateway (default: the system's CAs).
+        """
         sdp = await self.offer()
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         if drone_id is not None:
             headers["X-Drone-Id"] = drone_id
         async with (
             ClientSession() as http,
-            http.post(f"{base_url}/offer", json={"sdp": sdp, "type": "offer"}, headers=headers) as reply,
+            http.post(
+                f"{base_url}/offer",
+                json={"sdp": sdp, "type": "offer"},
+                headers=headers,
+                ssl=ssl_context if ssl_context is not None else True,
+            ) as reply,
         ):
             body = await reply.json()
             if reply.status != 200:

@@ -19,6 +19,8 @@ from dronedepth.errors import DroneDepthError
 from dronedepth.protocol import KeypointsMessage
 from gateway.server import Gateway
 from tests.gateway_fixtures import (
+    TOKEN,
+    WAIT_S,
     FakeDepthClient,
     TestDrone,
     camera_for,
@@ -171,15 +173,30 @@ async def test_a_quiet_drone_is_closed_after_the_idle_timeout() -> None:
         assert gateway.metrics.sessions_closed.value(reason="idle") == 1
 
 
-async def test_stop_closes_sessions_and_flushes_recordings(tmp_path: Path) -> None:
-    async with running_gateway(record_dir=tmp_path, record_every=2) as gateway, drones(2, photo()) as fleet:
-        await asyncio.gather(*(d.connect(gateway.url, camera=camera_for()) for d in fleet))
+async def test_stop_closes_sessions_and_flushes_recordings_and_bags(tmp_path: Path) -> None:
+    from gateway.rosbag import BagSink, ros_name
+    from gateway.sinks import RecorderSink
+    from tests.test_rosbag import read_bag
+
+    records, bags = tmp_path / "records", tmp_path / "bags"
+    async with (
+        running_gateway(record_dir=records, record_every=2, record_bag_dir=bags) as gateway,
+        drones(2, photo()) as fleet,
+    ):
+        assert gateway.sinks is not None
+        kinds = [type(sink) for sink in gateway.sinks.sinks]
+        assert RecorderSink in kinds and BagSink in kinds
+        # A leading '_' or '-' is a valid drone id, so every output must take it.
+        ids = ["_scout-1", None]
+        connecting = (d.connect(gateway.url, camera=camera_for(), drone_id=i) for d, i in zip(fleet, ids, strict=True))
+        await asyncio.gather(*connecting)
         await asyncio.gather(*(d.wait_for(lambda d: len(d.keypoints) >= 3, what="3 results") for d in fleet))
         await asyncio.wait_for(gateway.stop(), 30)
         assert gateway.sessions == {}
         assert not session_tasks()
+        assert {p.name for p in records.iterdir()} == {str(d.drone_id) for d in fleet}
         for drone in fleet:
-            folder = tmp_path / str(drone.drone_id)
+            folder = records / str(drone.drone_id)
             lines = (folder / "keypoints.jsonl").read_text().splitlines()
             assert len(lines) >= 3
             recorded = [protocol.decode(line) for line in lines]
@@ -190,6 +207,17 @@ async def test_stop_closes_sessions_and_flushes_recordings(tmp_path: Path) -> No
             first = recorded[0]
             assert isinstance(first, KeypointsMessage)
             assert np.isfinite(first.points).all()
+
+            # One bag per drone session, closed cleanly (metadata.yaml is written on close only).
+            (bag,) = bags.glob(f"{drone.drone_id}_*")
+            assert (bag / "metadata.yaml").is_file()
+            topics = read_bag(bag)
+            ns = ros_name(str(drone.drone_id))
+            keypoints = topics[f"/{ns}/keypoints"]
+            assert len(keypoints) == len(recorded), "the bag and the recording got the same frames"
+            assert len(topics[f"/{ns}/points"]) == len(topics[f"/{ns}/depth"]) == len(recorded)
+            assert all(schema == "sensor_msgs/msg/PointCloud2" for _, schema, _ in keypoints)
+            assert [msg.width for _, _, msg in keypoints] == [len(m.points) for m in recorded]
         # The context's exit stops the gateway again: stop() is idempotent.
 
 
@@ -273,3 +301,168 @@ async def test_routes_can_be_added_to_the_app_before_start() -> None:
             assert await reply.text() == "hello"
     finally:
         await gateway.stop()
+
+
+async def test_every_gateway_serves_the_stream_and_the_web_pages() -> None:
+    from aiohttp import ClientSession, WSMsgType
+
+    from dronedepth.stream_format import decode_frame
+
+    camera = camera_for()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with running_gateway() as gateway, drones(1, photo()) as (drone,), ClientSession() as http:
+        # A viewer may connect before its drone does.
+        async with http.ws_connect(f"{gateway.url}/stream/scout-9?token={TOKEN}") as ws:
+            await drone.connect(gateway.url, drone_id="scout-9", camera=camera)
+            message = await ws.receive(timeout=WAIT_S)
+            assert message.type == WSMsgType.BINARY, message
+            frame = decode_frame(message.data)
+            assert (frame.width, frame.height, frame.depth_kind, frame.axes) == (320, 240, "metric", "optical")
+            assert len(frame.cloud_xyz) > 1000 and len(frame.keypoints_xyz) > 0
+            assert frame.stamp > 0
+            await drone.wait_for(
+                lambda d: any(m["frame_index"] == frame.frame_index for m in d.keypoints), what="the same frame"
+            )
+            sent = next(m for m in drone.keypoints if m["frame_index"] == frame.frame_index)
+            assert sent["pts"] == frame.pts
+            np.testing.assert_allclose(frame.keypoints_xyz, sent["points"], atol=1e-4)
+            assert gateway.stream_hub.subscriber_count("scout-9") == 1
+
+        async with http.get(f"{gateway.url}/api/drones", headers=auth) as reply:
+            assert reply.status == 200
+            listed = await reply.json()
+        assert list(listed["drones"]) == ["scout-9"] and listed["gateway"]["previews"] is True
+        entry = listed["drones"]["scout-9"]
+        assert entry["state"] == "connected" and entry["camera"]["width"] == 320
+        assert entry["frames"]["processed"] >= 1
+        for path in ("/", "/drone"):
+            async with http.get(f"{gateway.url}{path}?token={TOKEN}") as reply:
+                assert reply.status == 200 and reply.content_type == "text/html"
+        async with http.get(f"{gateway.url}/api/drones") as reply:
+            assert reply.status == 401
+        async with http.get(f"{gateway.url}/stream/scout-9") as reply:
+            assert reply.status == 401
+
+
+async def test_foxglove_server_publishes_a_connected_drone() -> None:
+    from aiohttp import ClientSession, WSMsgType
+
+    from gateway.foxglove_live import FoxgloveSink
+    from gateway.rosbag import BagSink
+
+    async with (
+        running_gateway(foxglove_port=0, record_bag_dir=None) as gateway,
+        drones(1, photo()) as (drone,),
+        ClientSession() as http,
+    ):
+        assert gateway.sinks is not None
+        (foxglove,) = [s for s in gateway.sinks.sinks if isinstance(s, FoxgloveSink)]
+        assert not [s for s in gateway.sinks.sinks if isinstance(s, BagSink)]
+        assert foxglove.host == "127.0.0.1" and foxglove.port > 0
+        async with http.ws_connect(f"ws://127.0.0.1:{foxglove.port}/", protocols=["foxglove.sdk.v1"]) as ws:
+            await drone.connect(gateway.url, drone_id="fox-1", camera=camera_for())
+            topics: set[str] = set()
+            async with asyncio.timeout(WAIT_S):
+                while "/fox_1/keypoints" not in topics:
+                    message = await ws.receive()
+                    assert message.type == WSMsgType.TEXT, message
+                    payload = json.loads(message.data)
+                    if payload["op"] == "advertise":
+                        topics.update(c["topic"] for c in payload["channels"])
+            assert {"/fox_1/points", "/fox_1/depth", "/fox_1/camera_info"} <= topics
+    assert foxglove._closed
+
+
+async def test_outputs_share_one_ros_encoder_and_the_extra_sink_comes_last(tmp_path: Path) -> None:
+    from gateway.foxglove_live import FoxgloveSink
+    from gateway.rosbag import BagSink
+    from gateway.sinks import SinkSet
+    from gateway.streaming import StreamHub
+    from gateway.web import PreviewHub
+
+    extra = SinkSet()
+    async with running_gateway(record_bag_dir=tmp_path / "bags", foxglove_port=0, sink=extra) as gateway:
+        assert gateway.sinks is not None
+        sinks = gateway.sinks.sinks
+        assert [type(s) for s in sinks] == [StreamHub, PreviewHub, BagSink, FoxgloveSink, SinkSet]
+        assert sinks[0] is gateway.stream_hub and sinks[1] is gateway.preview_hub and sinks[-1] is extra
+        assert sinks[2].encoder is sinks[3].encoder  # type: ignore[attr-defined]
+    assert extra._closed, "the caller's sink is closed by stop() too"
+
+
+async def test_an_output_that_cannot_open_stops_the_start_cleanly(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    gateway = Gateway(gateway_config(record_bag_dir=blocker / "bags", foxglove_port=0), FakeDepthClient())
+    with pytest.raises(DroneDepthError, match="cannot create the bag directory"):
+        await gateway.start()
+    assert gateway.sinks is None and gateway._runner is None and gateway._executor is None
+    await gateway.stop()  # harmless
+
+
+def _self_signed(tmp_path: Path, *, password: bytes | None = None) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM), made with ``cryptography``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dronedepth test gateway")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    return cert_path, key_path
+
+
+async def test_tls_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    from aiohttp import ClientConnectorCertificateError, ClientSession
+
+    cert, key = _self_signed(tmp_path)
+    trust = ssl.create_default_context(cafile=str(cert))
+    async with running_gateway(tls_cert=cert, tls_key=key) as gateway, ClientSession() as http:
+        assert gateway.url == f"https://127.0.0.1:{gateway.port}"
+        async with http.get(f"{gateway.url}/health", ssl=trust) as reply:
+            assert reply.status == 200 and (await reply.json())["status"] == "ok"
+        with pytest.raises(ClientConnectorCertificateError):  # verified, not merely encrypted
+            async with http.get(f"{gateway.url}/health"):
+                pass
+        async with drones(1, photo()) as (drone,):  # signalling over HTTPS, the media as always
+            await drone.connect(gateway.url, camera=camera_for(), ssl_context=trust)
+            await drone.wait_for(lambda d: len(d.keypoints) >= 1, what="a result")
+
+
+@pytest.mark.parametrize("problem", ["missing", "garbage", "encrypted", "mismatch"])
+async def test_unusable_tls_files_are_a_clear_error(tmp_path: Path, problem: str) -> None:
+    cert, key = _self_signed(tmp_path, password=b"secret" if problem == "encrypted" else None)
+    if problem == "missing":
+        key = tmp_path / "nowhere.pem"
+    elif problem == "garbage":
+        key.write_text("not a key")
+    elif problem == "mismatch":
+        (tmp_path / "other").mkdir()
+        _, key = _self_signed(tmp_path / "other")
+    message = {"missing": "cannot read the TLS", "encrypted": "is encrypted"}.get(problem, "cannot use")
+    gateway = Gateway(gateway_config(tls_cert=cert, tls_key=key), FakeDepthClient())
+    with pytest.raises(DroneDepthError, match=message):
+        await gateway.start()
+    assert gateway._runner is None and gateway._executor is None

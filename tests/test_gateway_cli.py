@@ -57,6 +57,37 @@ def test_every_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
     )
 
 
+def test_output_and_tls_options_reach_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DRONEDEPTH_TOKEN", TOKEN)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    config, _ = gateway_cli.build(
+        _args(
+            "--triton-url", "h:1", "--record-bag", str(tmp_path / "bags"), "--foxglove", "--voxel-size", "0.1",
+            "--tls-cert", str(cert), "--tls-key", str(key),
+        )
+    )  # fmt: skip
+    assert config.record_bag_dir == tmp_path / "bags" and config.record_dir is None
+    assert (config.foxglove_port, config.foxglove_host) == (8765, "127.0.0.1")
+    assert (config.tls_cert, config.tls_key) == (cert, key) and config.tls
+    assert config.processing is not None and not config.processing.build_cloud, "bags never read the Open3D cloud"
+
+    config, _ = gateway_cli.build(_args("--triton-url", "h:1", "--foxglove", "9000", "--foxglove-host", "0.0.0.0"))
+    assert (config.foxglove_port, config.foxglove_host) == (9000, "0.0.0.0")
+    config, _ = gateway_cli.build(_args("--triton-url", "h:1", "--foxglove", "0"))
+    assert config.foxglove_port == 0
+
+    config, _ = gateway_cli.build(_args("--triton-url", "h:1"))
+    assert (config.record_bag_dir, config.foxglove_port, config.tls_cert, config.tls_key) == (None, None, None, None)
+    assert not config.tls and config.ssl_context() is None
+
+
+@pytest.mark.parametrize(("given", "missing"), [("--tls-cert", "--tls-key"), ("--tls-key", "--tls-cert")])
+def test_tls_needs_both_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given: str, missing: str) -> None:
+    monkeypatch.setenv("DRONEDEPTH_TOKEN", TOKEN)
+    with pytest.raises(ConfigError, match=f"{given} needs {missing}"):
+        gateway_cli.build(_args("--triton-url", "h:1", given, str(tmp_path / "file.pem")))
+
+
 def test_defaults_listen_on_8080_without_ice_servers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRONEDEPTH_TOKEN", TOKEN)
     config, _ = gateway_cli.build(_args("--triton-url", "localhost:8001"))
@@ -93,6 +124,9 @@ def test_token_file_and_insecure_mode(monkeypatch: pytest.MonkeyPatch, tmp_path:
         ([], "one of the arguments --triton-url --onnx-model is required"),
         (["--triton-url", "h:1", "--max-drones", "0"], "must be a positive integer"),
         (["--triton-url", "h:1", "--axes", "enu"], "invalid choice"),
+        (["--triton-url", "h:1", "--foxglove", "70000"], "must be a port in 0..65535"),
+        (["--triton-url", "h:1", "--foxglove", "x"], "must be a port number"),
+        (["--triton-url", "h:1", "--port", "-1"], "must be a port in 0..65535"),
     ],
 )
 def test_bad_arguments_are_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,6 +150,7 @@ async def test_gateway_process_serves_a_drone_and_exits_on_sigterm(tmp_path: Pat
     env = {**os.environ, "DRONEDEPTH_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "dronedepth", "gateway", "--onnx-model", str(tmp_path / "model.onnx")]
     command += ["--host", "127.0.0.1", "--port", "0", "--record", str(tmp_path / "rec")]
+    command += ["--record-bag", str(tmp_path / "bags"), "--foxglove", "0"]
     process = await asyncio.create_subprocess_exec(
         *command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -148,6 +183,10 @@ async def test_gateway_process_serves_a_drone_and_exits_on_sigterm(tmp_path: Pat
     assert "CandidatePair" not in output  # no per-packet chatter from aioice
     assert TOKEN not in output
     assert (tmp_path / "rec" / str(drone.drone_id) / "keypoints.jsonl").stat().st_size > 0
+    (bag,) = (tmp_path / "bags").glob(f"{drone.drone_id}_*")
+    assert (bag / "metadata.yaml").is_file(), "SIGTERM closes the bag cleanly"
+    assert "Foxglove live server on ws://127.0.0.1:" in output
+    assert "outputs: StreamHub, PreviewHub, RecorderSink, BagSink, FoxgloveSink" in output
 
 
 @pytest.mark.parametrize(
@@ -161,6 +200,8 @@ async def test_gateway_process_serves_a_drone_and_exits_on_sigterm(tmp_path: Pat
         ({"workers": 0}, "workers must be at least 1"),
         ({"ice_servers": ("stun:user:pw@host",)}, "credentials must be given as turn:USER:PASSWORD@HOST"),
         ({"ice_servers": ("stun:",)}, "has no host"),
+        ({"foxglove_port": 65536}, "foxglove_port must be in 0..65535, got 65536"),
+        ({"tls_cert": Path("c.pem")}, "--tls-cert needs --tls-key"),
     ],
 )
 def test_config_names_the_bad_value(overrides: dict, message: str) -> None:

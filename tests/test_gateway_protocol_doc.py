@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 
 from dronedepth import protocol
-from gateway import signaling
 from gateway.metrics import GatewayMetrics
 from gateway.session import DroneSession
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
-ERROR_CODES = [
+CODES = [
     value
     for name, value in vars(protocol).items()
     if name.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z_]+", value) and name != "DATA_CHANNEL_LABEL"
 ]
+ERROR_CODES = [code for code in CODES if code not in protocol.SIGNALLING_ERROR_CODES]
+"""The codes of ``error`` messages on the data channel."""
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +34,26 @@ def test_every_error_code_is_in_the_table(doc: str) -> None:
 
 
 def test_every_signalling_refusal_is_documented(doc: str) -> None:
-    for code in (
-        signaling.UNAUTHORIZED,
-        signaling.INVALID_DRONE_ID,
-        signaling.INVALID_SDP,
-        signaling.BODY_TOO_LARGE,
-        signaling.GATEWAY_FULL,
-        signaling.DRONE_BUSY,
-    ):
-        assert f"`{code}`" in doc, code
-    assert signaling.DRONE_ID_PATTERN.pattern in doc
-    assert signaling.DRONE_ID_HEADER in doc
+    assert set(protocol.SIGNALLING_ERROR_CODES) <= set(CODES)
+    assert len(protocol.SIGNALLING_ERROR_CODES) >= 6
+    refusals = protocol.SIGNALLING_ERROR_CODES | {
+        protocol.INVALID_JSON,
+        protocol.INVALID_MESSAGE,
+        protocol.MESSAGE_TOO_LARGE,
+    }
+    for code in refusals:  # a row of the refusals table: | status | `code` |
+        assert re.search(rf"^\| \d{{3}} \| `{code}` \|", doc, re.MULTILINE), code
+    assert protocol.DRONE_ID_PATTERN.pattern in doc
+    assert f"`{protocol.DRONE_ID_HEADER}`" in doc
+
+
+def test_the_gateway_and_the_drone_use_the_protocol_constants() -> None:
+    from drone import signaling as drone_signaling
+    from gateway import recording, signaling, sinks, streaming, web
+
+    for module in (signaling, sinks, streaming, web, recording, drone_signaling):
+        assert module.DRONE_ID_PATTERN is protocol.DRONE_ID_PATTERN, module.__name__  # type: ignore[attr-defined]
+    assert signaling.DRONE_ID_HEADER is protocol.DRONE_ID_HEADER
 
 
 def test_limits_and_names_match_the_code(doc: str) -> None:

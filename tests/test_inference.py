@@ -10,14 +10,18 @@ import onnx
 import pytest
 
 from dronedepth.contract import MODEL_NAME, PARAM_DEPTH_KIND
-from dronedepth.errors import ConfigError, InferenceError, InferenceUnavailable
+from dronedepth.errors import (
+    ConfigError,
+    InferenceError,
+    InferenceOverloaded,
+    InferenceTimeout,
+    InferenceUnavailable,
+)
 from dronedepth.serving import EmbeddedTriton, find_free_port
 from dronedepth.serving.synthetic import tiny_depth_model
 from gateway.inference import (
     DepthClient,
     DepthService,
-    InferenceOverloaded,
-    InferenceTimeout,
     OnnxRuntimeDepthClient,
     TritonDepthClient,
     check_frame,

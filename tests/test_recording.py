@@ -5,7 +5,7 @@ import open3d as o3d
 import pytest
 
 from dronedepth.errors import ConfigError
-from dronedepth.protocol import CameraMessage, KeypointsMessage, decode
+from dronedepth.protocol import DRONE_ID_PATTERN, CameraMessage, KeypointsMessage, decode
 from gateway.pipeline import FrameProcessor, FrameResult, ProcessingConfig
 from gateway.pointcloud import make_point_cloud
 from gateway.recording import KEYPOINTS_FILE, Recorder, cloud_filename
@@ -95,10 +95,21 @@ def test_reopening_appends(tmp_path, results):
     assert len((tmp_path / "d5" / KEYPOINTS_FILE).read_text().splitlines()) == 2
 
 
-@pytest.mark.parametrize("drone_id", ["", "..", "../etc", "a/b", ".hidden", "x" * 129, "a b"])
+@pytest.mark.parametrize("drone_id", ["", ".", "..", "../etc", "a/b", ".hidden", "a.b", "x" * 65, "a b", "a\\b"])
 def test_drone_ids_that_are_not_safe_folder_names_are_refused(tmp_path, drone_id):
     with pytest.raises(ConfigError, match="cannot name a recording folder"):
         Recorder(tmp_path, drone_id)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("drone_id", ["_x", "-x", "--", "_", "drone-1a2b3c4d", "x" * 64])
+def test_every_id_signalling_accepts_can_be_recorded(tmp_path, results, drone_id):
+    assert DRONE_ID_PATTERN.fullmatch(drone_id)
+    with Recorder(tmp_path, drone_id, cloud_every=0) as recorder:
+        recorder.write(results[0])
+    assert recorder.path == tmp_path / drone_id
+    assert [p.name for p in tmp_path.iterdir()] == [drone_id]
+    assert (tmp_path / drone_id / KEYPOINTS_FILE).read_text().count("\n") == 1
 
 
 def test_bad_cloud_every_is_refused(tmp_path):

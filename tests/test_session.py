@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -248,7 +249,7 @@ async def test_close_is_idempotent_and_reports_once(parts: dict[str, Any]) -> No
 
 
 async def test_rejections_by_a_busy_server_drop_frames_without_an_error(parts: dict[str, Any]) -> None:
-    from gateway.inference import InferenceOverloaded
+    from dronedepth.errors import InferenceOverloaded
 
     session, channel, client = parts["session"], parts["channel"], parts["client"]
     track = FakeTrack()
@@ -266,3 +267,54 @@ async def test_rejections_by_a_busy_server_drop_frames_without_an_error(parts: d
     track.push(rgb, pts=1)
     await channel.wait_for(lambda: session.dropped["inference_overloaded"] == 1)
     assert channel.codes() == []
+
+
+async def test_close_drone_comes_after_the_last_write_returns() -> None:
+    """A frame still in a sink when its session closes must not come after ``close_drone`` (a new bag)."""
+    calls: list[tuple[str, str]] = []
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowSink:
+        def write(self, record: Any) -> None:
+            calls.append(("write", record.drone_id))
+            assert record.rgb.shape == (240, 320, 3) and record.camera == camera_for()
+            entered.set()
+            release.wait(60)
+            calls.append(("written", record.drone_id))
+
+        def close_drone(self, drone_id: str) -> None:
+            calls.append(("close_drone", drone_id))
+
+        def close(self) -> None:
+            calls.append(("close", ""))
+
+    executor = ThreadPoolExecutor(2)
+    context = SessionContext(
+        config=gateway_config(idle_timeout=60),
+        depth=DepthService(FakeDepthClient()),
+        executor=executor,
+        metrics=GatewayMetrics(),
+        make_processor=lambda kind: FrameProcessor(ProcessingConfig(build_cloud=False), kind),  # type: ignore[arg-type]
+        sink=SlowSink(),
+    )
+    session = DroneSession("slow", RTCPeerConnection(RTCConfiguration(iceServers=[])), context)
+    channel = FakeChannel()
+    session._on_datachannel(channel)  # type: ignore[arg-type]
+    track = FakeTrack()
+    session._on_track(track)  # type: ignore[arg-type]
+    session.start()
+    try:
+        channel.receive(protocol.encode(camera_for()))
+        track.push(photo(), pts=0)
+        assert await asyncio.to_thread(entered.wait, 60)
+        assert len(channel.keypoints()) == 1, "the drone has its result before the sinks get the frame"
+        closing = asyncio.create_task(session.close("test over"))
+        await asyncio.sleep(0.3)
+        assert calls == [("write", "slow")], "close_drone waits for the write in progress"
+        release.set()
+        await asyncio.wait_for(closing, 60)
+        assert calls == [("write", "slow"), ("written", "slow"), ("close_drone", "slow")]
+    finally:
+        release.set()
+        await session.close("test over")
+        executor.shutdown()

@@ -21,21 +21,18 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import cv2
 import numpy as np
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
 from multidict import CIMultiDict
 from numpy.typing import NDArray
 
-import gateway.server
 from dronedepth.contract import MODEL_NAME
 from dronedepth.protocol import KeypointsMessage
 from gateway.inference import TritonDepthClient
 from gateway.server import Gateway
-from gateway.signaling import create_app
 from gateway.sinks import FrameRecord
 from gateway.web import STATIC_DIR, PreviewHub, add_web_routes, encode_preview, find_preview_hub
 from tests import serving_fixtures
@@ -232,13 +229,20 @@ async def test_api_reports_a_connected_drone_and_serves_its_preview():
     rgb = photo(320, 240)
     worker_threads: set[str] = set()
 
-    class RecordingHub(PreviewHub):
+    class ThreadSink:
+        """Last in the gateway's SinkSet, which calls its sinks one after the other: the hub's thread too."""
+
         def write(self, record: FrameRecord) -> None:
             worker_threads.add(threading.current_thread().name)
-            super().write(record)
 
-    hub = RecordingHub()
-    async with web_gateway(hub=hub) as (gw, _):
+        def close_drone(self, drone_id: str) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    async with web_gateway(sink=ThreadSink()) as (gw, hub):
+        assert gw.sinks is not None and hub in gw.sinks.sinks
         drone = TestDrone(rgb, fps=10)
         try:
             await drone.connect(gw.url, drone_id="scout-1", camera=camera_for(320, 240))
@@ -285,16 +289,11 @@ async def test_api_reports_a_connected_drone_and_serves_its_preview():
 
 async def test_without_a_hub_drones_are_listed_without_previews():
     rgb = photo(320, 240)
-
-    def with_pages(gw: Gateway) -> web.Application:
-        app = create_app(gw)
-        add_web_routes(app, gw)
-        add_web_routes(app, gw)  # idempotent
-        return app
-
     gw = Gateway(gateway_config(), FakeDepthClient())
-    with mock.patch.object(gateway.server, "create_app", with_pages):
-        await gw.start()
+    gw.preview_hub = None  # before start(): the gateway keeps no previews
+    add_web_routes(gw.app, gw)  # idempotent: create_app has mounted them already
+    await gw.start()
+    assert gw.sinks is not None and not [s for s in gw.sinks.sinks if isinstance(s, PreviewHub)]
     drone = TestDrone(rgb, fps=10)
     try:
         await drone.connect(gw.url, drone_id="plain", camera=camera_for(320, 240))
