@@ -153,18 +153,23 @@ def export_from_args(args: argparse.Namespace) -> str:
     if args.trt:
         require_tensorrt()  # fail before minutes of export
     total = 4 + int(args.trt)
+    ort_tensorrt = OrtTensorRT(precision="FP16" if precision == "fp16" else "FP32", profile=profile)
+
+    def repository_config(facts: ModelFacts) -> TritonModelConfig:
+        return TritonModelConfig(
+            facts=facts,
+            name=args.name,
+            platform="tensorrt_plan" if args.trt else "onnxruntime_onnx",
+            max_batch_size=args.max_batch_size,
+            instances=args.instances,
+            device=device,
+            max_queue_size=args.max_queue_size,
+            queue_timeout_us=queue_timeout_us,
+            ort_tensorrt=ort_tensorrt if args.ort_trt else None,
+        )
+
     # Validate the repository settings before the slow work (no facts yet: use placeholders).
-    TritonModelConfig(
-        facts=ModelFacts("vits", "relative", None, input_size, "fp32", "-", False),
-        name=args.name,
-        platform="tensorrt_plan" if args.trt else "onnxruntime_onnx",
-        max_batch_size=args.max_batch_size,
-        instances=args.instances,
-        device=device,
-        max_queue_size=args.max_queue_size,
-        queue_timeout_us=queue_timeout_us,
-        ort_tensorrt=OrtTensorRT() if args.ort_trt else None,
-    )
+    repository_config(ModelFacts("vits", "relative", None, input_size, "fp32", "-", False))
 
     _step(1, total, "loading weights")
     t = time.perf_counter()
@@ -229,19 +234,7 @@ def export_from_args(args: argparse.Namespace) -> str:
             facts = dataclasses.replace(facts, precision=precision)
 
         _step(total, total, f"writing the Triton model repository {args.out}/{args.name}")
-        config = TritonModelConfig(
-            facts=facts,
-            name=args.name,
-            platform="tensorrt_plan" if args.trt else "onnxruntime_onnx",
-            max_batch_size=args.max_batch_size,
-            instances=args.instances,
-            device=device,
-            max_queue_size=args.max_queue_size,
-            queue_timeout_us=queue_timeout_us,
-            ort_tensorrt=OrtTensorRT(precision="FP16" if precision == "fp16" else "FP32", profile=profile)
-            if args.ort_trt
-            else None,
-        )
+        config = repository_config(facts)
         extra = [p for p in tmp_dir.iterdir() if p.is_file() and p.name not in ("model.onnx", "model.plan")]
         model_dir = write_repository(config, args.out, model_file, extra_files=extra if not args.trt else None)
 
