@@ -16,6 +16,7 @@ CHECKPOINT ?=
 ENCODER ?= vits
 METRIC ?= outdoor
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup demo test lint bench clean help
 help:
@@ -63,7 +64,7 @@ test: lint
 	$(VENV)/bin/python -m pytest -q -ra
 
 bench: setup
-	$(VENV)/bin/dronedepth bench
+	$(VENV)/bin/dronedepth bench $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs benchmarks/results .pytest_cache .ruff_cache

@@ -100,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="MS",
-        help="Triton's queue timeout (default 0: none; the exported 500 ms is for GPUs, see docs/deployment.md)",
+        help="replace the exported Triton queue timeout (default 0: none, so no frame is refused, however long "
+        "the queue; one request per drone is in flight at most)",
     )
 
 

@@ -79,7 +79,7 @@ class BenchConfig:
     threads: int = 0
     """ONNX Runtime (and PyTorch) threads; 0: the usable cores, as the embedded Triton uses."""
     queue_timeout_ms: float = 0.0
-    """Triton queue timeout; 0: none (the exported 500 ms is for a GPU: docs/deployment.md)."""
+    """Replaces the exported Triton queue timeout; 0: none (each drone has at most one request in flight)."""
     photos: Path = PHOTOS
 
     def __post_init__(self) -> None:
@@ -202,6 +202,8 @@ class Frames:
     source: str
     """A folder of photos, or ``synthetic``."""
     description: str
+    camera: CameraMessage
+    """The intrinsics the drones send with these frames."""
 
 
 def bench_camera(width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT, hfov_deg: float = HFOV_DEG) -> CameraMessage:
@@ -223,13 +225,16 @@ def load_frames(photos: Path = PHOTOS, count: int = 8) -> Frames:
             bgr = cv2.resize(bgr, (FRAME_WIDTH, FRAME_HEIGHT), interpolation=cv2.INTER_AREA)
             frames.append(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
         if frames:
-            return Frames(frames, str(photos), f"{len(frames)} photos from {photos} resized to 640x480")
+            description = f"{len(frames)} photos from {photos} resized to 640x480 (assumed {HFOV_DEG:g}° HFOV)"
+            return Frames(frames, str(photos), description, bench_camera())
     log.info("no photos in %s: using the synthetic scene", photos)
     from drone.sources import SyntheticSource
 
     source = SyntheticSource(FRAME_WIDTH, FRAME_HEIGHT)
     frames = [source.read().rgb for _ in range(count)]
-    return Frames(frames, "synthetic", f"{count} frames of the synthetic scene (no photos in {photos})")
+    assert source.intrinsics is not None
+    description = f"{count} frames of the synthetic scene (no photos in {photos})"
+    return Frames(frames, "synthetic", description, source.intrinsics)
 
 
 # ------------------------------------------------------------------------------------------ Triton

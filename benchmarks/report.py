@@ -103,38 +103,70 @@ def _stages(section: dict[str, Any]) -> list[str]:
     ]
 
 
+def _rounds(measured: dict[str, Any]) -> str:
+    return " / ".join(fmt(x, 2) for x in measured.get("fps_rounds", []))
+
+
 def _efficiency(section: dict[str, Any]) -> list[str]:
-    bare = section["bare_onnxruntime"]
+    bare, alone = section["bare_onnxruntime"], section.get("triton_alone")
+    threads = f"{bare['threads']}"
     rows = [
         [
-            "bare ONNX Runtime session (same model file, same frames; rounds before / after the pipeline: "
-            + " / ".join(fmt(x, 2) for x in bare.get("fps_rounds", []))
-            + " fps)",
-            f"{bare['threads']}",
+            "bare ONNX Runtime session, same model file and frames, one at a time",
+            threads,
             fmt(bare["fps"], 2),
+            _rounds(bare),
             fmt(bare["latency_ms"]["p50"]),
             fmt(bare["latency_ms"]["p95"]),
-        ],
+        ]
+    ]
+    if alone:
+        rows.append(
+            [
+                "Triton alone: a gRPC client sends the same frames one at a time",
+                f"{threads} (Triton)",
+                fmt(alone["fps"], 2),
+                _rounds(alone),
+                fmt(alone["latency_ms"]["p50"]),
+                fmt(alone["latency_ms"]["p95"]),
+            ]
+        )
+    rows.append(
         [
-            "full pipeline: drone → WebRTC → gateway → Triton → keypoints back",
-            f"{bare['threads']} (Triton)",
+            "full pipeline: drone → WebRTC → gateway → Triton → keypoints back (1 drone)",
+            f"{threads} (Triton)",
             fmt(section.get("pipeline_fps"), 2),
             "-",
-            "-",
-        ],
-    ]
+            "glass-to-result: see 1.",
+            "",
+        ]
+    )
+    header = ["path", "ORT threads", "frames/s", "rounds before / after (frames/s)", "latency p50 (ms)", "p95 (ms)"]
     lines = [
         "## 2. Serving efficiency",
         "",
-        markdown_table(["path", "ORT threads", "frames/s", "latency p50 (ms)", "p95 (ms)"], rows, "llrrr"),
+        markdown_table(header, rows, "llrrrr"),
         "",
     ]
     if section.get("efficiency") is not None:
+        if section.get("saturated") is False:
+            lines += [
+                "**Not saturated:** the pipeline answered nearly every frame the drone sent, so its rate is the "
+                "drone's frame rate, not the pipeline's capacity: the efficiency below is a lower bound.",
+                "",
+            ]
         lines.append(
             f"**Efficiency {section['efficiency']:.2f}** (pipeline frames/s ÷ bare ONNX Runtime frames/s): our "
             f"serving costs {section['overhead_percent']:.0f} % of the throughput, "
             f"{section['per_frame_gap_ms']:.0f} ms per frame. {section.get('gap_explained', '')}"
         )
+    if section.get("triton_alone_ratio") is not None:
+        lines += [
+            "",
+            f"Triton alone runs at {section['triton_alone_ratio']:.2f} of bare ONNX Runtime: that part is the serving "
+            "layer itself (gRPC, Python backend); the rest of the gap is the stream and the gateway, including their "
+            "share of the same cores.",
+        ]
     best = section.get("scaling_best")
     if best:
         lines += [
@@ -217,7 +249,7 @@ def _scaling(section: dict[str, Any]) -> list[str]:
     for s in section["steps"]:
         lat, tr, res, counts = s.get("latency_ms") or {}, s.get("trend") or {}, s["resources"], s["gateway_counts"]
         dropped = counts["dropped"]
-        other = sum(v for k, v in dropped.items() if k != "superseded")
+        other = sum(v for k, v in dropped.items() if k not in ("superseded", "session_closed"))
         gw, tt = res.get("gateway", {}), res.get("triton (server + stubs)", {})
         drones = res.get("drones (bench process)", {})
         third = "-" if not tr else f"{tr['first_p50']:.0f} → {tr['last_p50']:.0f}"
@@ -263,9 +295,19 @@ def _scaling(section: dict[str, Any]) -> list[str]:
         "",
         markdown_table(header, rows, "r" * len(header)),
         "",
+        "Triton per step: "
+        + "; ".join(
+            f"{s['drones']} drone(s): {fmt(s.get('triton', {}).get('frames_per_execution'), 2)} frames per execution, "
+            f"compute_infer {fmt(s.get('triton', {}).get('compute_infer_ms'), 0)} ms, queue "
+            f"{fmt(s.get('triton', {}).get('queue_ms'), 0)} ms per request"
+            for s in section["steps"]
+        )
+        + ".",
+        "",
         "CPU is % of one core, averaged over the step (sampled each second with psutil); RSS is the gateway "
         "process's peak. 'Dropped other' counts frames lost for any reason but the newest-frame policy "
-        "(inference errors, send backlog...). The drones run in the benchmark process on the same cores.",
+        "and the frame left in the slot when a drone hangs up (inference errors, send backlog...). The drones run in "
+        "the benchmark process on the same cores, streaming frames decoded once (no per-frame image reading).",
     ]
     if failures:
         lines += ["", f"Drone failures: {failures}"]

@@ -42,8 +42,9 @@ def _model_doc(setup: ModelSetup) -> dict[str, Any]:
 
 def _warmup_note(config: BenchConfig) -> str:
     return (
-        f"streams: results of frames captured in the first {config.warmup_s:g} s after a drone's first result are "
-        f"left out (Triton also runs its own warm-up frame at load); bare ONNX Runtime and the naive baseline: "
+        f"streams: results of frames captured in the first {config.warmup_s:g} s after each drone's first frame are "
+        f"left out (Triton also runs its own warm-up frame at load); bare ONNX Runtime, Triton alone and the naive "
+        "baseline: "
         f"{config.warmup_frames} untimed frames first; projection: 5 untimed runs. No contender shares a cache with "
         "another: each has its own session or model (the gateway's per-camera ray grid is built once per camera, "
         "as in production)."
@@ -95,9 +96,12 @@ def _explain_gap(doc: dict[str, Any]) -> None:
         row = next((r for k, r in rows.items() if k.startswith(prefix)), {})
         return float(row.get("mean") or 0.0)
 
+    alone = efficiency.get("triton_alone") or {}
+    alone_infer = alone.get("compute_infer_ms", bare_mean)
     parts = {
-        "Triton compute beyond bare ONNX Runtime (Python backend, contention)": mean("Triton compute_infer")
-        - bare_mean,
+        "Triton's Python backend (compute_infer alone − bare ONNX Runtime)": alone_infer - bare_mean,
+        "sharing the cores with the stream (compute_infer in the pipeline − alone)": mean("Triton compute_infer")
+        - alone_infer,
         "gRPC transfer + (de)serialisation": mean("gRPC transfer"),
         "Triton queue + tensor in/out": mean("Triton queue")
         + mean("Triton compute_input")
@@ -202,7 +206,7 @@ def _with_triton(config: BenchConfig, setup: ModelSetup, frames: Frames, doc: di
     )
     log_dir = config.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    drain_s = 3.0 if config.quick else 10.0
+    tail_s = 10.0 if config.quick else 60.0
     log.info("starting the embedded Triton (%d ONNX Runtime threads)", config.thread_count)
     with EmbeddedTriton(
         setup.repository, grpc_port=0, http_port=0, metrics_port=0, settings=settings, log_file=log_dir / "triton.log"
@@ -214,35 +218,55 @@ def _with_triton(config: BenchConfig, setup: ModelSetup, frames: Frames, doc: di
             "queue_timeout_ms": config.queue_timeout_ms,
             "backend": "Python backend + ONNX Runtime (embedded CPU Triton)",
         }
-        bare = None
-        rounds: list[dict[str, Any]] = []
+        bare, alone = None, None
+        bare_rounds: list[dict[str, Any]] = []
+        alone_rounds: list[dict[str, Any]] = []
+
+        def paired_round(label: str) -> None:
+            assert bare is not None and alone is not None
+            log.info("── bare ONNX Runtime and Triton alone, %s", label)
+            bare_rounds.append(bare.measure(warmup=config.warmup_frames, count=config.frames))
+            alone_rounds.append(alone.measure(warmup=config.warmup_frames, count=config.frames))
+
         if config.wants("efficiency"):
-            from benchmarks.efficiency import BareSession
+            from benchmarks.efficiency import BareSession, TritonAlone
 
             bare = BareSession(setup.onnx_path, frames.rgb, config.thread_count)
-            log.info("── bare ONNX Runtime, round 1 (before the pipeline run)")
-            rounds.append(bare.measure(warmup=config.warmup_frames, count=config.frames))
+            alone = TritonAlone(triton.grpc_url, frames.rgb)
+            paired_round("round 1 (before the pipeline run)")
         if config.wants("stages", "efficiency", "baseline"):
             from benchmarks.stages import stages_section
             from benchmarks.stream import pipeline_run
 
             def stages() -> dict[str, Any]:
-                run = asyncio.run(pipeline_run(config, frames, triton.grpc_url, drain_s=drain_s))
+                run = asyncio.run(pipeline_run(config, frames, triton.grpc_url, tail_s=tail_s))
                 return stages_section(run)
 
             _section(doc, "stages", stages)
-        if bare is not None:
-            from benchmarks.efficiency import bare_onnxruntime, efficiency_section
+        if bare is not None and alone is not None:
+            from benchmarks.efficiency import efficiency_section, pooled
 
             def efficiency() -> dict[str, Any]:
                 assert bare is not None
-                rounds.append(bare.measure(warmup=config.warmup_frames, count=config.frames))
+                paired_round("round 2 (after the pipeline run)")
                 stages_doc = doc["sections"].get("stages") or {}
-                pooled = bare_onnxruntime(rounds, config.thread_count, bare.load_s)
-                return efficiency_section(stages_doc.get("result_rate_fps"), pooled, stages_doc.get("rows", []))
+                bare_doc = {
+                    **pooled(bare_rounds),
+                    "threads": config.thread_count,
+                    "session_load_s": round(bare.load_s, 2),
+                    "session_options": "intra-op threads as the adapter, inter-op 1, sequential, no spinning",
+                }
+                return efficiency_section(
+                    stages_doc.get("result_rate_fps"),
+                    bare_doc,
+                    pooled(alone_rounds),
+                    stages_doc.get("rows", []),
+                    (stages_doc.get("drone") or {}).get("sent_fps"),
+                )
 
             _section(doc, "efficiency", efficiency)
-            del bare
+            alone.close()
+            del bare, alone
         if config.wants("baseline"):
             from benchmarks.baseline import naive_baseline
 
@@ -267,5 +291,5 @@ def _with_triton(config: BenchConfig, setup: ModelSetup, frames: Frames, doc: di
             _section(
                 doc,
                 "scaling",
-                lambda: asyncio.run(scaling_section(config, frames, triton.grpc_url, triton.pid, drain_s)),
+                lambda: asyncio.run(scaling_section(config, frames, triton.grpc_url, triton.pid, tail_s)),
             )

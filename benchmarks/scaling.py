@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import BenchConfig, Frames, ResourceSampler
+from benchmarks.harness import BenchConfig, Frames, ResourceSampler, TritonStats
 from benchmarks.stats import summarize, trend
 from benchmarks.stream import Fleet, fly, gateway_counts
 
@@ -125,7 +125,7 @@ def _step_summary(n: int, fleet: Fleet, counts: dict[str, Any], resources: dict[
     lat_trend = trend([r.captured - t0 for r in measured], [r.latency_ms for r in measured])
     rates = {d: fleet.result_rate(d) for d in fleet.summaries}
     per_drone = [r for r in rates.values() if r is not None]
-    sent = sum(s.get("frames_sent", 0) for s in fleet.summaries.values())
+    sent = sum(s.get("frames_sent", 0) for s in fleet.summaries.values())  # window, warm-up and tail
     results = sum(s.get("results", 0) for s in fleet.summaries.values())
     return {
         "drones": n,
@@ -135,6 +135,7 @@ def _step_summary(n: int, fleet: Fleet, counts: dict[str, Any], resources: dict[
         "per_drone_fps": {d: (None if r is None else round(r, 3)) for d, r in rates.items()},
         "per_drone_fps_mean": sum(per_drone) / len(per_drone) if per_drone else None,
         "sent_fps_mean": _mean([s.get("sent_fps") for s in fleet.summaries.values()]),
+        "frames_in_window": sum(fleet.frames_in_window(d) for d in fleet.summaries),
         "aggregate_fps": sum(per_drone),
         "latency_ms": latency.to_dict() if latency else None,
         "trend": lat_trend.to_dict() if lat_trend else None,
@@ -146,11 +147,13 @@ def _step_summary(n: int, fleet: Fleet, counts: dict[str, Any], resources: dict[
 
 
 async def scaling_step(
-    config: BenchConfig, frames: Frames, triton_url: str, triton_pid: int | None, n: int, workdir: Path, drain_s: float
+    config: BenchConfig, frames: Frames, triton_url: str, triton_pid: int | None, n: int, workdir: Path, tail_s: float
 ) -> dict[str, Any]:
     log_path = config.out / "logs" / f"gateway-{n}-drones.log"
+    stats = TritonStats(triton_url)
     with gateway_process(triton_url, workdir, log_path, max(8, n)) as (process, url, token):
         before = gateway_counts(_get(f"{url}/metrics")[1])
+        triton_before = stats.snapshot()
         processes = {"gateway": (process.pid, True), "drones (bench process)": (os.getpid(), False)}
         if triton_pid is not None:
             processes["triton (server + stubs)"] = (triton_pid, True)
@@ -163,10 +166,12 @@ async def scaling_step(
                 fps=config.fps,
                 duration_s=config.duration_s,
                 warmup_s=config.warmup_s,
-                drain_s=drain_s,
+                tail_s=tail_s,
             )
         after = gateway_counts(_get(f"{url}/metrics")[1])
+        triton = TritonStats.delta(triton_before, stats.snapshot())
     step = _step_summary(n, fleet, _difference(before, after), sampler.summary())
+    step["triton"] = {k: round(v, 3) for k, v in triton.items()}
     step["resource_series"] = {
         name: {"t": s.times, "cpu_percent": s.cpu_percent, "rss_mib": s.rss_mib} for name, s in sampler.series.items()
     }
@@ -180,11 +185,11 @@ async def scaling_step(
 
 
 async def scaling_section(
-    config: BenchConfig, frames: Frames, triton_url: str, triton_pid: int | None, drain_s: float
+    config: BenchConfig, frames: Frames, triton_url: str, triton_pid: int | None, tail_s: float
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dronedepth-bench-") as tmp:
         steps = []
         for n in config.drones:
-            steps.append(await scaling_step(config, frames, triton_url, triton_pid, n, Path(tmp), drain_s))
+            steps.append(await scaling_step(config, frames, triton_url, triton_pid, n, Path(tmp), tail_s))
             await asyncio.sleep(1.0)  # let the previous gateway's sockets and Triton's queue settle
     return {"fps_per_drone": config.fps, "duration_s": config.duration_s, "steps": steps}

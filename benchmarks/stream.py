@@ -18,10 +18,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.harness import FRAME_HEIGHT, FRAME_WIDTH, BenchConfig, CodecTimer, Frames, TritonStats, bench_camera
-from benchmarks.stats import parse_prometheus, prometheus_total
+import numpy as np
+from numpy.typing import NDArray
 
-__all__ = ["Fleet", "ResultSample", "fly", "gateway_counts", "pipeline_run"]
+from benchmarks.harness import FRAME_HEIGHT, FRAME_WIDTH, BenchConfig, CodecTimer, Frames, TritonStats
+from benchmarks.stats import parse_prometheus, prometheus_total
+from drone.sources import CapturedFrame, FrameSource
+
+__all__ = ["Fleet", "PreloadedSource", "ResultSample", "fly", "gateway_counts", "pipeline_run"]
 
 log = logging.getLogger("benchmarks.stream")
 
@@ -50,16 +54,18 @@ class Fleet:
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     sent: dict[str, list[float]] = field(default_factory=dict)
     """Per drone, ``time.time()`` of every frame its source produced (read by the sending track)."""
+    latest: dict[str, float] = field(default_factory=dict)
+    """Per drone, the capture time of the newest frame it got a result for."""
 
     def span(self, drone: str) -> tuple[float, float] | None:
-        """The drone's measured window: from ``warmup_s`` after its first frame to its last frame."""
+        """The drone's measured window: from ``warmup_s`` to ``duration_s`` after its first frame."""
         times = self.sent.get(drone)
         if not times:
             return None
-        return times[0] + self.warmup_s, times[-1]
+        return times[0] + self.warmup_s, min(times[0] + self.duration_s, times[-1])
 
     def measured(self, drone: str | None = None) -> list[ResultSample]:
-        """Results of frames captured inside their drone's window (after the warm-up), by capture time."""
+        """Results of frames captured inside their drone's window, by capture time."""
         out = []
         for name in sorted(self.sent) if drone is None else [drone]:
             window = self.span(name)
@@ -82,22 +88,26 @@ class Fleet:
         return 0 if window is None else sum(1 for t in self.sent[drone] if window[0] <= t <= window[1])
 
 
-def _timestamped(spec: str, sent: list[float]) -> Any:
-    """Open the drone source ``spec`` at 640×480 and note the wall time of every frame it hands out."""
-    from drone.sources import open_source
+class PreloadedSource(FrameSource):
+    """The benchmark's frames, in a loop, decoded once: the drones spend no CPU on reading images.
 
-    source = open_source(spec, width=FRAME_WIDTH, height=FRAME_HEIGHT)
-    read = source.read
+    Notes the wall time of every frame it hands out in ``sent``.
+    """
 
-    def timed_read() -> Any:
-        frame = read()
-        if frame is not None:
-            # CapturedFrame.capture_time is time.monotonic(); results are matched on the wall clock.
-            sent.append(time.time() - (time.monotonic() - frame.capture_time))
-        return frame
+    name = "benchmark frames"
 
-    source.read = timed_read  # type: ignore[method-assign]
-    return source
+    def __init__(self, frames: list[NDArray[np.uint8]], sent: list[float]) -> None:
+        height, width = frames[0].shape[:2]
+        super().__init__(width, height, width, height)
+        self._frames = frames
+        self._sent = sent
+        self._index = 0
+
+    def read(self) -> CapturedFrame:
+        frame = self._frames[self._index % len(self._frames)]
+        self._index += 1
+        self._sent.append(time.time())
+        return CapturedFrame(frame, time.monotonic())
 
 
 async def fly(
@@ -109,16 +119,21 @@ async def fly(
     fps: float,
     duration_s: float,
     warmup_s: float,
-    drain_s: float,
+    tail_s: float,
     on_first_result: Any = None,
 ) -> Fleet:
-    """Stream ``count`` drones at ``fps`` for ``duration_s`` seconds each; returns every result they got."""
+    """Stream ``count`` drones at ``fps``; returns every result they got.
+
+    Each drone's window is ``duration_s`` from its first frame. It keeps streaming
+    (the load stays the same) until it has the result of a frame captured after
+    its window, so every frame of the window was answered or superseded, or
+    ``tail_s`` more seconds have passed; then it stops.
+    """
     from drone.client import DroneClient, DroneConfig
 
     fleet = Fleet(started=time.time(), duration_s=duration_s, warmup_s=warmup_s)
     lock = threading.Lock()
     first_seen = asyncio.Event()
-    camera = bench_camera() if frames.source != "synthetic" else None
 
     def callback(drone: str) -> Any:
         def on_result(message: Any, latency_ms: float | None, _waypoints: Any) -> None:
@@ -135,6 +150,7 @@ async def fly(
             )
             with lock:
                 fleet.results.append(sample)
+                fleet.latest[drone] = max(fleet.latest.get(drone, 0.0), sample.captured)
             if not first_seen.is_set():
                 first_seen.set()
                 if on_first_result is not None:
@@ -142,42 +158,53 @@ async def fly(
 
         return on_result
 
+    async def stop_when_done(drone: str, client: DroneClient) -> None:
+        sent = fleet.sent[drone]
+        while not sent:
+            await asyncio.sleep(0.1)
+        end = sent[0] + duration_s
+        while time.time() < end or (fleet.latest.get(drone, 0.0) <= end and time.time() < end + tail_s):
+            await asyncio.sleep(0.1)
+        client.stop()
+
     clients = {}
-    sources = []
+    for i in range(count):
+        drone = f"bench-{i + 1}"
+        fleet.sent[drone] = []
+        config = DroneConfig(
+            gateway=gateway_url,
+            token=token,
+            source=frames.source,
+            camera=frames.camera,
+            fps=fps,
+            width=FRAME_WIDTH,
+            height=FRAME_HEIGHT,
+            drone_id=drone,
+            connect_timeout=60.0,
+            result_timeout=120.0,
+            drain_timeout=1.0,
+        )
+        source = PreloadedSource(frames.rgb, fleet.sent[drone])
+        clients[drone] = DroneClient(config, source=source, on_result=callback(drone))
+    launched = time.monotonic()
+    watchers = [asyncio.create_task(stop_when_done(d, c)) for d, c in clients.items()]
     try:
-        for i in range(count):
-            drone = f"bench-{i + 1}"
-            fleet.sent[drone] = []
-            source = await asyncio.to_thread(_timestamped, frames.source, fleet.sent[drone])
-            sources.append(source)
-            config = DroneConfig(
-                gateway=gateway_url,
-                token=token,
-                source=frames.source,
-                camera=camera,
-                fps=fps,
-                width=FRAME_WIDTH,
-                height=FRAME_HEIGHT,
-                max_frames=max(1, round(duration_s * fps)),
-                drone_id=drone,
-                connect_timeout=60.0,
-                result_timeout=120.0,
-                drain_timeout=drain_s,
-            )
-            clients[drone] = DroneClient(config, source=source, on_result=callback(drone))
-        launched = time.monotonic()
         outcomes = await asyncio.gather(*(c.run() for c in clients.values()), return_exceptions=True)
     finally:
-        for source in sources:
-            source.close()
+        for watcher in watchers:
+            watcher.cancel()
     for (drone, client), outcome in zip(clients.items(), outcomes, strict=True):
         summary = client.summary() if isinstance(outcome, BaseException) else outcome
         record = {k: getattr(summary, k) for k in summary.__dataclass_fields__}
         record["error_codes"] = dict(record.get("error_codes") or {})
         record["fps"] = fps
         times = fleet.sent[drone]
-        if len(times) > 1:
-            record["sent_fps"] = round((len(times) - 1) / (times[-1] - times[0]), 2)
+        window = fleet.span(drone)
+        if window is not None:
+            inside = [t for t in times if times[0] <= t <= window[1]]
+            if len(inside) > 1:
+                record["sent_fps"] = round((len(inside) - 1) / (inside[-1] - inside[0]), 2)
+            record["frames_in_window"] = fleet.frames_in_window(drone)
             record["connected_after_s"] = round(times[0] - fleet.started, 2)
         if isinstance(outcome, BaseException):
             record["failure"] = repr(outcome)
@@ -229,7 +256,7 @@ class PipelineRun:
     processing: dict[str, Any]
 
 
-async def pipeline_run(config: BenchConfig, frames: Frames, triton_url: str, *, drain_s: float) -> PipelineRun:
+async def pipeline_run(config: BenchConfig, frames: Frames, triton_url: str, *, tail_s: float) -> PipelineRun:
     """One drone → in-process gateway → embedded Triton, for ``config.duration_s`` seconds."""
     from dronedepth.contract import MODEL_NAME
     from gateway.config import GatewayConfig
@@ -272,7 +299,7 @@ async def pipeline_run(config: BenchConfig, frames: Frames, triton_url: str, *, 
                 fps=config.fps,
                 duration_s=config.duration_s,
                 warmup_s=config.warmup_s,
-                drain_s=drain_s,
+                tail_s=tail_s,
                 on_first_result=on_first,
             )
             for task in tasks:

@@ -241,6 +241,8 @@ def test_quick_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         assert doc["versions"][package], package
     rows = {row["stage"].strip(): row for row in doc["sections"]["stages"]["rows"]}
     assert rows["glass-to-result (drone)"]["n"] > 0
+    assert rows["capture → gateway (encode, RTP, jitter buffer, decode)"]["n"] > 0  # the arrival sink saw frames
+    assert rows["send (data channel → drone)"]["n"] > 0
     assert rows["Triton request (gateway's gRPC client)"]["p50"] > 0
     assert rows["Triton compute_infer (model: Python backend + ONNX Runtime)"]["mean"] > 0
     assert doc["sections"]["projection"]["projection"]
