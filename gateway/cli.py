@@ -71,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds before a depth request counts as failed (default: %(default)s)",
     )
+    model.add_argument(
+        "--max-in-flight",
+        type=_positive_int,
+        metavar="N",
+        help="depth requests in flight across all drones (default: one per drone); on a CPU server set it "
+        "near the model's instance count so results stay fresh when many drones share it",
+    )
 
     net = parser.add_argument_group("signalling and security")
     net.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
@@ -204,6 +211,7 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
         max_drones=args.max_drones,
         max_frame_pixels=args.max_frame_pixels,
         inference_timeout=args.inference_timeout,
+        max_in_flight=args.max_in_flight,
         ice_servers=tuple(args.ice_server),
         idle_timeout=args.idle_timeout,
         record_dir=args.record,

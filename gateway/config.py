@@ -44,6 +44,9 @@ class GatewayConfig:
     max_body_bytes: int = 64 * 1024
     """Largest ``POST /offer`` body; larger ones get 413."""
     inference_timeout: float = 5.0
+    max_in_flight: int | None = None
+    """Depth requests in flight across all drones; ``None``: one per drone. On a CPU server, about the
+    number of model instances keeps each result one or two inference times old instead of one per drone."""
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs; none by default so the gateway works offline (host candidates only)."""
     idle_timeout: float = 15.0
@@ -92,6 +95,8 @@ class GatewayConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ConfigError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.foxglove_port is not None and not 0 <= self.foxglove_port <= 65535:

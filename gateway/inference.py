@@ -26,6 +26,7 @@ as :class:`~dronedepth.errors.InferenceError` or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -365,9 +366,13 @@ class DepthService:
         min_backoff: float = 0.25,
         max_backoff: float = 4.0,
         outage_after: float = 2.0,
+        max_in_flight: int | None = None,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
+        # Frames beyond this wait in their drone's newest-frame slot (where newer frames replace them)
+        # instead of queueing inside the server; FIFO, so drones take turns.
+        self._admission = asyncio.Semaphore(max_in_flight) if max_in_flight is not None else None
         self.timeout = timeout
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
@@ -392,6 +397,10 @@ class DepthService:
     @property
     def depth_kind(self) -> DepthKind:
         return self.client.depth_kind
+
+    def admission(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Hold one of the ``max_in_flight`` request slots (no limit: a no-op)."""
+        return self._admission if self._admission is not None else contextlib.nullcontext()
 
     def _failed(self, reason: str) -> None:
         if self._on_error is not None:

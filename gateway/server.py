@@ -92,6 +92,7 @@ class Gateway:
             depth_client,
             timeout=config.inference_timeout,
             outage_after=config.inference_timeout,
+            max_in_flight=config.max_in_flight,
             on_error=self._on_inference_error,
         )
         self.sessions: dict[str, DroneSession] = {}

@@ -133,6 +133,11 @@ class LatestFrame:
         item, self._item = self._item, None
         return item
 
+    def take(self) -> Any:
+        """The waiting item, or None; does not wait."""
+        item, self._item = self._item, None
+        return item
+
     def clear(self) -> bool:
         had = self._item is not None
         self._item = None
@@ -417,7 +422,13 @@ class DroneSession:
         while True:
             item: _Received = await self._slot.get()
             try:
-                await self._process(item)
+                async with self._ctx.depth.admission():
+                    # A frame that arrived while this one waited for a request slot is fresher: use it.
+                    newer = self._slot.take()
+                    if newer is not None:
+                        self._drop(SUPERSEDED)
+                        item = newer
+                    await self._process(item)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -145,6 +145,28 @@ async def test_slow_inference_keeps_only_the_newest_frame() -> None:
         assert in_progress in (0, 1)  # every frame is accounted for
 
 
+async def test_max_in_flight_bounds_requests_and_drones_take_turns() -> None:
+    client = FakeDepthClient(delay=0.2)
+    async with running_gateway(client, max_in_flight=1) as gateway, drones(3, photo()) as fleet:
+        for drone in fleet:
+            await drone.connect(gateway.url, camera=camera_for())
+        for drone in fleet:
+            await drone.wait_for(lambda d: len(d.keypoints) >= 2, what="2 results per drone")
+        assert client.max_in_flight == 1
+        # Waiting for a request slot happens in the newest-frame slot, so frames keep being superseded.
+        assert sum(s.dropped["superseded"] for s in gateway.sessions.values()) >= 3
+
+
+async def test_without_a_limit_every_drone_has_a_request_in_flight() -> None:
+    client = FakeDepthClient(delay=0.3)
+    async with running_gateway(client) as gateway, drones(3, photo()) as fleet:
+        for drone in fleet:
+            await drone.connect(gateway.url, camera=camera_for())
+        for drone in fleet:
+            await drone.wait_for(lambda d: len(d.keypoints) >= 2, what="2 results per drone")
+        assert client.max_in_flight >= 2
+
+
 async def test_disconnects_leave_nothing_behind() -> None:
     rgb = photo()
     async with running_gateway() as gateway:

@@ -36,12 +36,14 @@ def test_every_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "--remove-outliers", "--record", str(tmp_path), "--record-every", "5", "--max-drones", "3",
         "--max-frame-pixels", "100000", "--inference-timeout", "2.5", "--ice-server", "stun:stun.example.org:3478",
         "--ice-server", "turn:user:pass@turn.example.org:3478", "--idle-timeout", "7", "--workers", "3",
+        "--max-in-flight", "2",
     )  # fmt: skip
     config, client = gateway_cli.build(args)
     assert isinstance(client, TritonDepthClient)
     assert (client.url, client.model, client.timeout) == ("triton:8001", "m", 2.5)
     assert config.token == TOKEN and config.port == 0 and config.max_drones == 3
     assert config.max_frame_pixels == 100000 and config.idle_timeout == 7 and config.workers == 3
+    assert config.max_in_flight == 2
     assert config.record_dir == tmp_path and config.record_every == 5
     processing = config.processing
     assert processing is not None
@@ -198,6 +200,7 @@ async def test_gateway_process_serves_a_drone_and_exits_on_sigterm(tmp_path: Pat
         ({"max_drones": 0}, "max_drones must be positive, got 0"),
         ({"inference_timeout": -1.0}, "inference_timeout must be positive, got -1.0"),
         ({"workers": 0}, "workers must be at least 1"),
+        ({"max_in_flight": 0}, "max_in_flight must be at least 1, got 0"),
         ({"ice_servers": ("stun:user:pw@host",)}, "credentials must be given as turn:USER:PASSWORD@HOST"),
         ({"ice_servers": ("stun:",)}, "has no host"),
         ({"foxglove_port": 65536}, "foxglove_port must be in 0..65535, got 65536"),
