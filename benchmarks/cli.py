@@ -103,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace the exported Triton queue timeout (default 0: none, so no frame is refused, however long "
         "the queue; one request per drone is in flight at most)",
     )
+    more.add_argument(
+        "--max-in-flight",
+        type=int,
+        metavar="N",
+        help="the gateway's --max-in-flight in the scaling section (default: one request per drone)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -132,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         fps=args.fps,
         threads=args.threads,
         queue_timeout_ms=args.queue_timeout_ms,
+        max_in_flight=args.max_in_flight,
     )
 
 

@@ -80,6 +80,8 @@ class BenchConfig:
     """ONNX Runtime (and PyTorch) threads; 0: the usable cores, as the embedded Triton uses."""
     queue_timeout_ms: float = 0.0
     """Replaces the exported Triton queue timeout; 0: none (each drone has at most one request in flight)."""
+    max_in_flight: int | None = None
+    """The gateway's ``--max-in-flight`` in the scaling section; None: one request per drone."""
     photos: Path = PHOTOS
 
     def __post_init__(self) -> None:
@@ -100,6 +102,8 @@ class BenchConfig:
             raise ConfigError(f"--fps must be within (0, 120], got {self.fps}")
         if self.threads < 0 or self.queue_timeout_ms < 0:
             raise ConfigError("--threads and --queue-timeout-ms must not be negative")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ConfigError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
 
     def wants(self, *sections: str) -> bool:
         return any(s in self.sections for s in sections)

@@ -153,6 +153,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             "fps": config.fps,
             "threads": config.thread_count,
             "queue_timeout_ms": config.queue_timeout_ms,
+            "max_in_flight": config.max_in_flight,
             "input_size_asked": config.input_size,
             "encoder_asked": config.encoder,
         },

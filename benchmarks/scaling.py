@@ -47,7 +47,9 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def gateway_process(triton_url: str, workdir: Path, log_path: Path, max_drones: int) -> Any:
+def gateway_process(
+    triton_url: str, workdir: Path, log_path: Path, max_drones: int, max_in_flight: int | None = None
+) -> Any:
     """A ``dronedepth gateway`` subprocess on a free port, its output to ``log_path``; yields (process, url, token)."""
     from dronedepth.serving.embedded import find_free_port
 
@@ -73,6 +75,7 @@ def gateway_process(triton_url: str, workdir: Path, log_path: Path, max_drones: 
         str(max_drones),
         "--inference-timeout",
         "60",
+        *(["--max-in-flight", str(max_in_flight)] if max_in_flight else []),
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log_file:
@@ -151,7 +154,7 @@ async def scaling_step(
 ) -> dict[str, Any]:
     log_path = config.out / "logs" / f"gateway-{n}-drones.log"
     stats = TritonStats(triton_url)
-    with gateway_process(triton_url, workdir, log_path, max(8, n)) as (process, url, token):
+    with gateway_process(triton_url, workdir, log_path, max(8, n), config.max_in_flight) as (process, url, token):
         before = gateway_counts(_get(f"{url}/metrics")[1])
         triton_before = stats.snapshot()
         processes = {"gateway": (process.pid, True), "drones (bench process)": (os.getpid(), False)}
