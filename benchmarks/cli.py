@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-in-flight",
         type=int,
         metavar="N",
-        help="the gateway's --max-in-flight in the scaling section (default: one request per drone)",
+        help="the gateway's --max-in-flight in the scaling section (default: the gateway's own, auto)",
     )
 
 

@@ -81,7 +81,7 @@ class BenchConfig:
     queue_timeout_ms: float = 0.0
     """Replaces the exported Triton queue timeout; 0: none (each drone has at most one request in flight)."""
     max_in_flight: int | None = None
-    """The gateway's ``--max-in-flight`` in the scaling section; None: one request per drone."""
+    """The gateway's ``--max-in-flight`` in the scaling section; None: the gateway's default (auto)."""
     photos: Path = PHOTOS
 
     def __post_init__(self) -> None:

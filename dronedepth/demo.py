@@ -180,8 +180,6 @@ async def stream(args: argparse.Namespace, triton_url: str, out: Path, facts: di
         host="127.0.0.1",
         port=0,
         max_drones=max(args.drones, 1),
-        # The embedded CPU Triton runs 2 model instances: more requests would only wait inside it.
-        max_in_flight=2,
         record_dir=out / "recordings",
         record_every=4,
         record_bag_dir=out / "bags",

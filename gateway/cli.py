@@ -45,6 +45,12 @@ def _port(text: str) -> int:
     return value
 
 
+def _in_flight(text: str) -> int | str | None:
+    if text in ("auto", "drones"):
+        return None if text == "drones" else text
+    return _positive_int(text)
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -73,10 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--max-in-flight",
-        type=_positive_int,
-        metavar="N",
-        help="depth requests in flight across all drones (default: one per drone); on a CPU server set it "
-        "near the model's instance count so results stay fresh when many drones share it",
+        type=_in_flight,
+        default="auto",
+        metavar="N|auto|drones",
+        help="depth requests in flight across all drones: auto (default) = what the model runs at once "
+        "(CPU instances, or GPU instances x max batch), so frames wait in the drones' newest-frame slots "
+        "rather than inside Triton; drones = one per drone; or a number",
     )
 
     net = parser.add_argument_group("signalling and security")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from dronedepth.contract import GATEWAY_PORT
 from dronedepth.errors import ConfigError
@@ -44,9 +44,10 @@ class GatewayConfig:
     max_body_bytes: int = 64 * 1024
     """Largest ``POST /offer`` body; larger ones get 413."""
     inference_timeout: float = 5.0
-    max_in_flight: int | None = None
-    """Depth requests in flight across all drones; ``None``: one per drone. On a CPU server, about the
-    number of model instances keeps each result one or two inference times old instead of one per drone."""
+    max_in_flight: int | Literal["auto"] | None = "auto"
+    """Depth requests in flight across all drones. ``"auto"``: what the Triton model runs at once (its CPU
+    instances, or GPU instances × max batch), so waiting frames stay in the drones' newest-frame slots
+    instead of queueing inside the server; ``None``: one per drone."""
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs; none by default so the gateway works offline (host candidates only)."""
     idle_timeout: float = 15.0
@@ -95,7 +96,7 @@ class GatewayConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
-        if self.max_in_flight is not None and self.max_in_flight < 1:
+        if isinstance(self.max_in_flight, int) and self.max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")

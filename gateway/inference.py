@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -122,6 +122,22 @@ def _check_depth(depth: NDArray[Any], height: int, width: int, source: str) -> N
     return depth.astype(np.float32, copy=False)
 
 
+def server_concurrency(config: dict[str, Any]) -> int:
+    """How many requests a Triton model runs at once, from its config (JSON form).
+
+    On CPU each instance runs one request at a time (batching only slows the
+    others down there); on GPU an instance runs a whole dynamic batch at once.
+    """
+    groups = config.get("instance_group") or [{}]
+    batch = max(1, int(config.get("max_batch_size", 1) or 1))
+    total = 0
+    for group in groups:
+        count = max(1, int(group.get("count", 1) or 1))
+        on_gpu = group.get("kind", "KIND_AUTO") in ("KIND_GPU", "KIND_AUTO") and "dynamic_batching" in config
+        total += count * (batch if on_gpu else 1)
+    return total
+
+
 def _depth_kind(value: object, source: str) -> DepthKind:
     if value in ("metric", "relative"):
         return value  # type: ignore[return-value]
@@ -151,6 +167,8 @@ class TritonDepthClient:
         self._input_name = contract.INPUT_NAME
         self._output_name = contract.OUTPUT_NAME
         self._depth_kind: DepthKind = "relative"
+        self.server_concurrency: int | None = None
+        """Requests the model runs at once (from its config), known once ``ready()`` succeeded."""
         self._metadata_loaded = False
         self._closed = False
 
@@ -226,6 +244,7 @@ class TritonDepthClient:
         kind = parameters.get(contract.PARAM_DEPTH_KIND, {}).get("string_value")
         self._input_name, self._output_name = image["name"], output["name"]
         self._depth_kind = _depth_kind(kind, f"model {self.model!r}")
+        self.server_concurrency = server_concurrency(config.get("config", config))
         if not self._metadata_loaded:
             log.debug("model %s: input %s, outputs %s, depth_kind %s", self.model, self._input_name, names, kind)
         self._metadata_loaded = True
@@ -366,13 +385,16 @@ class DepthService:
         min_backoff: float = 0.25,
         max_backoff: float = 4.0,
         outage_after: float = 2.0,
-        max_in_flight: int | None = None,
+        max_in_flight: int | Literal["auto"] | None = "auto",
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         # Frames beyond this wait in their drone's newest-frame slot (where newer frames replace them)
-        # instead of queueing inside the server; FIFO, so drones take turns.
-        self._admission = asyncio.Semaphore(max_in_flight) if max_in_flight is not None else None
+        # instead of queueing inside the server; FIFO, so drones take turns. "auto": what the server
+        # runs at once, once the client has read it from the model config.
+        self._auto_in_flight = max_in_flight == "auto"
+        self._cap = max_in_flight if isinstance(max_in_flight, int) else None
+        self._admission = asyncio.Semaphore(self._cap) if self._cap is not None else None
         self.timeout = timeout
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
@@ -398,9 +420,22 @@ class DepthService:
     def depth_kind(self) -> DepthKind:
         return self.client.depth_kind
 
+    @property
+    def max_in_flight(self) -> int | None:
+        """The request cap in force; None: one request per drone (no cap, or "auto" not resolved yet)."""
+        if self._auto_in_flight and self._cap is None:
+            known = getattr(self.client, "server_concurrency", None)
+            if known is not None:
+                self._cap = known
+                self._admission = asyncio.Semaphore(known)
+                log.info("depth requests capped at %d in flight: what %s runs at once", known, self.client)
+        return self._cap
+
     def admission(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        """Hold one of the ``max_in_flight`` request slots (no limit: a no-op)."""
-        return self._admission if self._admission is not None else contextlib.nullcontext()
+        """Hold one of the ``max_in_flight`` request slots (no cap: a no-op)."""
+        if self.max_in_flight is None or self._admission is None:
+            return contextlib.nullcontext()
+        return self._admission
 
     def _failed(self, reason: str) -> None:
         if self._on_error is not None:

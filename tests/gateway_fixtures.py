@@ -213,6 +213,7 @@ class FakeDepthClient:
         self.in_flight = 0
         self.max_in_flight = 0
         self.closed = False
+        self.server_concurrency: int | None = None  # unknown, like a server that has not answered yet
 
     @property
     def depth_kind(self) -> DepthKind:

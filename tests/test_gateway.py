@@ -159,12 +159,23 @@ async def test_max_in_flight_bounds_requests_and_drones_take_turns() -> None:
 
 async def test_without_a_limit_every_drone_has_a_request_in_flight() -> None:
     client = FakeDepthClient(delay=0.3)
-    async with running_gateway(client) as gateway, drones(3, photo()) as fleet:
+    async with running_gateway(client, max_in_flight=None) as gateway, drones(3, photo()) as fleet:
         for drone in fleet:
             await drone.connect(gateway.url, camera=camera_for())
         for drone in fleet:
             await drone.wait_for(lambda d: len(d.keypoints) >= 2, what="2 results per drone")
         assert client.max_in_flight >= 2
+
+
+async def test_auto_caps_requests_at_what_the_server_runs_at_once() -> None:
+    client = FakeDepthClient(delay=0.2)
+    client.server_concurrency = 1  # as TritonDepthClient reads it from the model config
+    async with running_gateway(client) as gateway, drones(3, photo()) as fleet:
+        for drone in fleet:
+            await drone.connect(gateway.url, camera=camera_for())
+        for drone in fleet:
+            await drone.wait_for(lambda d: len(d.keypoints) >= 2, what="2 results per drone")
+        assert client.max_in_flight == 1 and gateway.depth.max_in_flight == 1
 
 
 async def test_disconnects_leave_nothing_behind() -> None:

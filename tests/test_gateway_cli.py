@@ -44,6 +44,8 @@ def test_every_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert config.token == TOKEN and config.port == 0 and config.max_drones == 3
     assert config.max_frame_pixels == 100000 and config.idle_timeout == 7 and config.workers == 3
     assert config.max_in_flight == 2
+    assert gateway_cli.build(_args("--triton-url", "h:1"))[0].max_in_flight == "auto"
+    assert gateway_cli.build(_args("--triton-url", "h:1", "--max-in-flight", "drones"))[0].max_in_flight is None
     assert config.record_dir == tmp_path and config.record_every == 5
     processing = config.processing
     assert processing is not None

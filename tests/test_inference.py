@@ -25,6 +25,7 @@ from gateway.inference import (
     OnnxRuntimeDepthClient,
     TritonDepthClient,
     check_frame,
+    server_concurrency,
 )
 from tests import serving_fixtures
 from tests.gateway_fixtures import FakeDepthClient
@@ -163,6 +164,7 @@ async def test_triton_client_gets_depth_from_the_embedded_server(triton_server: 
     try:
         assert await client.ready()
         assert client.depth_kind == "relative"  # from config.pbtxt parameters
+        assert client.server_concurrency == triton_server.settings.instances  # CPU: one request per instance
         for height, width in ((48, 64), (240, 320)):
             rgb = _frame(height, width)
             depth = await client.infer(rgb)
@@ -245,3 +247,30 @@ def test_triton_errors_are_converted(status: str, message: str, kind: type) -> N
     assert type(error) is kind
     assert message in str(error) or "timed out after 3 s" in str(error)
     assert "triton:8001" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"max_batch_size": 8, "instance_group": [{"count": 2, "kind": "KIND_CPU"}], "dynamic_batching": {}}, 2),
+        ({"max_batch_size": 8, "instance_group": [{"count": 1, "kind": "KIND_GPU"}], "dynamic_batching": {}}, 8),
+        ({"max_batch_size": 4, "instance_group": [{"count": 2, "kind": "KIND_GPU"}]}, 2),
+        ({"max_batch_size": 0}, 1),
+    ],
+)
+def test_server_concurrency_from_the_model_config(config: dict, expected: int) -> None:
+    assert server_concurrency(config) == expected
+
+
+async def test_service_auto_cap_follows_the_server_once_known() -> None:
+    class Client:
+        depth_kind = "metric"
+        server_concurrency: int | None = None
+
+    client = Client()
+    service = DepthService(client)  # type: ignore[arg-type]
+    assert service.max_in_flight is None  # unknown server: one request per drone
+    client.server_concurrency = 3
+    assert service.max_in_flight == 3
+    assert DepthService(client, max_in_flight=None).max_in_flight is None
+    assert DepthService(client, max_in_flight=5).max_in_flight == 5
