@@ -16,8 +16,8 @@ from mcap_ros2.decoder import DecoderFactory
 
 from dronedepth.errors import ConfigError
 from gateway.foxglove_live import FoxgloveSink
+from tests.output_fixtures import make_record
 from tests.test_rosbag import TOPICS, cloud_array, stamp_of, unpack_rgb
-from tests.test_streaming import make_record
 
 SUBPROTOCOL = "foxglove.sdk.v1"  # what foxglove-sdk 0.30 speaks (it refuses foxglove.websocket.v1)
 MESSAGE_DATA = 0x01  # server → client binary opcode

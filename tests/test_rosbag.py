@@ -22,7 +22,7 @@ from mcap_ros2.decoder import DecoderFactory
 
 from dronedepth.protocol import CameraMessage
 from gateway.rosbag import BagSink, RosEncoder, camera_info_fields, ros_name
-from tests.test_streaming import make_record
+from tests.output_fixtures import make_record
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "drone_7"  # ros_name("drone-7")
@@ -282,7 +282,7 @@ def test_a_drone_that_leaves_and_returns_gets_a_new_bag(tmp_path: Path) -> None:
 _WRITER = """
 import sys, time
 from gateway.rosbag import BagSink
-from tests.test_streaming import make_record
+from tests.output_fixtures import make_record
 sink = BagSink(sys.argv[1])
 i = 0
 while True:

@@ -11,13 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from aiohttp import web
 
 from dronedepth import cli
 from dronedepth.errors import ConfigError, DroneDepthError
 from gateway import viewer
-from gateway.streaming import StreamHub, add_stream_routes
-from tests.test_streaming import make_record
+from gateway.streaming import StreamHub
+from tests.output_fixtures import make_record, serve_stream_hub
 
 TOKEN = "viewer-token"
 
@@ -30,18 +29,8 @@ def parse(*argv: str) -> argparse.Namespace:
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[str, StreamHub]]:
-    hub = StreamHub()
-    app = web.Application()
-    add_stream_routes(app, hub, TOKEN)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", hub
-    finally:
-        await runner.cleanup()
+    async with serve_stream_hub(TOKEN) as served:
+        yield served
 
 
 async def run_while_publishing(hub: StreamHub, args: argparse.Namespace) -> int:

@@ -1,0 +1,83 @@
+"""Shared helpers for the output tests: a processed frame record, and a stream hub served on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import numpy as np
+from aiohttp import web
+
+from dronedepth.protocol import CameraMessage, KeypointsMessage
+from gateway.pipeline import FrameResult
+from gateway.projection import convert_axes
+from gateway.sinks import FrameRecord
+from gateway.streaming import StreamHub, add_stream_routes
+
+STAMP = 1_700_000_000.25
+
+
+def make_record(
+    drone_id: str = "drone-1",
+    *,
+    n: int = 1000,
+    k: int = 12,
+    frame_index: int = 0,
+    axes: str = "optical",
+    depth_kind: str = "metric",
+    width: int = 64,
+    height: int = 48,
+    stamp: float = STAMP,
+    seed: int = 0,
+) -> FrameRecord:
+    """A processed frame with random optical points (z > 0) expressed in ``axes``."""
+    rng = np.random.default_rng(seed)
+    optical = np.column_stack([rng.uniform(-2, 2, n), rng.uniform(-1, 1, n), rng.uniform(0.5, 9, n)]).astype(np.float32)
+    kp_optical = optical[:k].copy()
+    message = KeypointsMessage(
+        pts=frame_index * 3000,
+        points=convert_axes(kp_optical, axes),  # type: ignore[arg-type]
+        pixels=rng.uniform(0, [width, height], (k, 2)).astype(np.float32),
+        scores=rng.uniform(0, 1, k).astype(np.float32),
+        depth_kind=depth_kind,  # type: ignore[arg-type]
+        width=width,
+        height=height,
+        frame_index=frame_index,
+        axes=axes,
+    )
+    u = np.linspace(0, 255, width, dtype=np.float32)
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[..., 0] = u[None, :]
+    rgb[..., 1] = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    rgb[..., 2] = 128
+    depth = rng.uniform(0.5, 9, (height, width)).astype(np.float32)
+    if depth_kind == "relative":
+        depth[0, :5] = np.nan
+    result = FrameResult(
+        message=message,
+        cloud=None,
+        points=convert_axes(optical, axes),  # type: ignore[arg-type]
+        colors=rng.integers(0, 256, (n, 3), dtype=np.uint8),
+        depth=depth,
+    )
+    camera = CameraMessage(
+        width, height, 50.0, 52.0, width / 2 - 0.5, height / 2 + 0.5, (0.1, -0.02, 0.001, 0.002, 0.003)
+    )
+    return FrameRecord.from_capture_time(drone_id, stamp + frame_index * 0.1, camera, rgb, result)
+
+
+@contextlib.asynccontextmanager
+async def serve_stream_hub(token: str | None, hub: StreamHub | None = None) -> AsyncIterator[tuple[str, StreamHub]]:
+    """``hub`` (a new one by default) behind ``/stream/<drone>`` on 127.0.0.1; yields (base URL, hub)."""
+    hub = hub or StreamHub()
+    app = web.Application()
+    add_stream_routes(app, hub, token)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", hub
+    finally:
+        await runner.cleanup()
