@@ -22,7 +22,6 @@ import functools
 import logging
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -34,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from benchmarks.environment import gpu_info
-from benchmarks.harness import BenchConfig, TritonStats
+from benchmarks.harness import BenchConfig, TritonStats, export_random_init
 from benchmarks.stats import summarize
 from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 
@@ -84,28 +83,7 @@ def _time_calls(
     return {"latency_ms": summary.to_dict(), "fps": count / elapsed, "warmup": warmup, "runs": count}
 
 
-def _export(encoder: str, input_size: int, out: Path, extra: list[str]) -> Path:
-    command = [
-        sys.executable,
-        "-m",
-        "dronedepth",
-        "export",
-        "--random-init",
-        "--encoder",
-        encoder,
-        "--input-size",
-        str(input_size),
-        "--skip-parity",
-        "--out",
-        str(out),
-        "--max-batch-size",
-        "4",
-        *extra,
-    ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"export failed: {done.stderr[-1500:]}")
-    return out
+_BATCH4 = ["--max-batch-size", "4"]
 
 
 def _ort_call(onnx_path: Path, providers: list[Any]) -> Callable[[NDArray[np.uint8]], Any]:
@@ -245,9 +223,8 @@ def _encoder_rows(
     root = config.out / "gpu" / encoder
     providers = ort.get_available_providers()
     rows: list[dict[str, Any]] = []
-    onnx_path = (
-        _export(encoder, config.input_size, root / "onnx", ["--device", "gpu"]) / MODEL_NAME / "1" / "model.onnx"
-    )
+    onnx_repository = export_random_init(encoder, config.input_size, root / "onnx", [*_BATCH4, "--device", "gpu"])
+    onnx_path = onnx_repository / MODEL_NAME / "1" / "model.onnx"
     profile = default_profile(4)
     trt_options = {
         "trt_fp16_enable": True,
@@ -290,7 +267,7 @@ def _encoder_rows(
         ("Triton: TensorRT plan (fp16)", "triton-plan", ["--trt"]),
     ):
         try:
-            repository = _export(encoder, config.input_size, root / folder, extra)
+            repository = export_random_init(encoder, config.input_size, root / folder, [*_BATCH4, *extra])
             with _tritonserver(repository, root / f"{folder}.log") as url:
                 measured = {size: _through_triton(url, frames, warmup, count) for size, frames in sizes.items()}
             rows.append({"contender": label, **measured})

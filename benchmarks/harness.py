@@ -168,31 +168,27 @@ def prepare_model(config: BenchConfig) -> ModelSetup:
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted and onnx_path.is_file():
         log.info("reusing the benchmark model exported earlier (%s)", model_dir)
         return ModelSetup(repository, onnx_path, _facts_dict(model_dir), False, None)
-    command = [
-        sys.executable,
-        "-m",
-        "dronedepth",
-        "export",
-        "--random-init",
-        "--encoder",
-        config.encoder,
-        "--input-size",
-        str(config.input_size),
-        "--out",
-        str(repository),
-        "--skip-parity",
-    ]
     log.info(
         "exporting a random-init %s at input size %d (parity is checked by the baseline section)",
         config.encoder,
         config.input_size,
     )
     started = time.perf_counter()
+    export_random_init(config.encoder, config.input_size, repository)
+    stamp.write_text(json.dumps(wanted))
+    return ModelSetup(repository, onnx_path, _facts_dict(model_dir), True, time.perf_counter() - started)
+
+
+def export_random_init(encoder: str, input_size: int, out: Path, extra: list[str] | None = None) -> Path:
+    """``dronedepth export --random-init`` into ``out`` (a subprocess: torch stays out of this process)."""
+    command = [
+        sys.executable, "-m", "dronedepth", "export", "--random-init", "--encoder", encoder,
+        "--input-size", str(input_size), "--skip-parity", "--out", str(out), *(extra or []),
+    ]  # fmt: skip
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise DroneDepthError(f"the export failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
-    stamp.write_text(json.dumps(wanted))
-    return ModelSetup(repository, onnx_path, _facts_dict(model_dir), True, time.perf_counter() - started)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ frames
