@@ -29,8 +29,8 @@ RUN python3 -c "import tensorrt; print('TensorRT', tensorrt.__version__)"
 RUN pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
 # Dependencies first (a layer that survives code changes), then the code.
 COPY pyproject.toml README.md ./
-RUN mkdir -p dronedepth export gateway drone benchmarks \
-    && touch dronedepth/__init__.py export/__init__.py gateway/__init__.py drone/__init__.py benchmarks/__init__.py \
+RUN mkdir -p dronedepth export gateway/outputs drone benchmarks serving cli \
+    && touch dronedepth/__init__.py export/__init__.py gateway/__init__.py gateway/outputs/__init__.py drone/__init__.py benchmarks/__init__.py serving/__init__.py cli/__init__.py \
     && pip install ".[export]" \
     && pip uninstall -y dronedepth
 COPY dronedepth ./dronedepth
@@ -38,6 +38,8 @@ COPY export ./export
 COPY gateway ./gateway
 COPY drone ./drone
 COPY benchmarks ./benchmarks
+COPY serving ./serving
+COPY cli ./cli
 RUN pip install --no-deps . && dronedepth export --help > /dev/null
 COPY deploy/export.sh ./deploy/export.sh
 # NVIDIA's entrypoint stays: it sets up the CUDA forward-compatibility libraries on older drivers.
@@ -58,8 +60,8 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 WORKDIR /app
 COPY pyproject.toml README.md ./
-RUN mkdir -p dronedepth export gateway drone benchmarks \
-    && touch dronedepth/__init__.py export/__init__.py gateway/__init__.py drone/__init__.py benchmarks/__init__.py \
+RUN mkdir -p dronedepth export gateway/outputs drone benchmarks serving cli \
+    && touch dronedepth/__init__.py export/__init__.py gateway/__init__.py gateway/outputs/__init__.py drone/__init__.py benchmarks/__init__.py serving/__init__.py cli/__init__.py \
     && pip install ".[gateway]" \
     && pip uninstall -y dronedepth
 COPY dronedepth ./dronedepth
@@ -67,6 +69,8 @@ COPY export ./export
 COPY gateway ./gateway
 COPY drone ./drone
 COPY benchmarks ./benchmarks
+COPY serving ./serving
+COPY cli ./cli
 RUN pip install --no-deps . && dronedepth gateway --help > /dev/null \
     && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin dronedepth
 USER 10001:10001

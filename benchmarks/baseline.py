@@ -25,22 +25,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dronedepth.benchmarks.stats import summarize
 from numpy.typing import NDArray
 
-from benchmarks.stats import summarize
 from dronedepth.contract import INPUT_NAME, OUTPUT_NAME
 from dronedepth.protocol import CameraMessage
 
 __all__ = ["load_same_weights", "naive_baseline"]
 
-log = logging.getLogger("benchmarks.baseline")
+log = logging.getLogger("dronedepth.benchmarks.baseline")
 
 _STEPS = ("preprocess", "model", "upsample", "projection", "pointcloud")
 
 
 def load_same_weights(facts: dict[str, Any]) -> Any:
     """The PyTorch model with the served model's weights, or raise ``LookupError`` saying why not."""
-    from export.weights import load_hf, load_random_init
+    from dronedepth.export.weights import load_hf, load_random_init
 
     source = str(facts.get("weight_source", ""))
     pos = facts.get("pos_embed_interp") or "official"
@@ -71,8 +71,7 @@ def naive_baseline(
     import open3d as o3d
     import torch
     import torch.nn.functional as F
-
-    from export.reference import eager_pos_embed, nrmse, preprocess_official
+    from dronedepth.export.reference import eager_pos_embed, nrmse, preprocess_official
 
     torch.set_num_threads(threads)
     input_size = int(facts["input_size"])

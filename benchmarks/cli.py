@@ -16,11 +16,11 @@ from dronedepth.contract import DEFAULT_INPUT_SIZE
 from dronedepth.errors import DroneDepthError
 
 if TYPE_CHECKING:
-    from benchmarks.harness import BenchConfig
+    from dronedepth.benchmarks.harness import BenchConfig
 
 __all__ = ["QUICK", "add_arguments", "config_from_args", "run"]
 
-log = logging.getLogger("benchmarks")
+log = logging.getLogger("dronedepth.benchmarks")
 
 SECTIONS = ("stages", "efficiency", "baseline", "projection", "scaling", "gpu")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -112,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    from benchmarks.harness import BenchConfig
+    from dronedepth.benchmarks.harness import BenchConfig
 
     preset = QUICK if args.quick else FULL
 
@@ -143,8 +143,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmarks.report import write_outputs
-    from benchmarks.runner import run_benchmark
+    from dronedepth.benchmarks.report import write_outputs
+    from dronedepth.benchmarks.runner import run_benchmark
 
     if not getattr(args, "verbose", False):
         for name in ("aioice", "aiortc", "gateway", "drone", "dronedepth.serving", "export"):

@@ -30,16 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dronedepth.benchmarks.environment import gpu_info
+from dronedepth.benchmarks.harness import BenchConfig, TritonStats, export_random_init
+from dronedepth.benchmarks.stats import summarize
 from numpy.typing import NDArray
 
-from benchmarks.environment import gpu_info
-from benchmarks.harness import BenchConfig, TritonStats, export_random_init
-from benchmarks.stats import summarize
 from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 
 __all__ = ["PUBLISHED", "detect_gpu", "gpu_section"]
 
-log = logging.getLogger("benchmarks.gpu")
+log = logging.getLogger("dronedepth.benchmarks.gpu")
 
 PUBLISHED = {
     "vits": {"TensorRT FP16, RTX 4090, 518x518": "≈ 3 ms", "H100 in a heavy framework, 518x518": "≈ 213 fps"},
@@ -51,7 +51,7 @@ TRITON_BACKENDS = Path("/opt/tritonserver/backends")
 
 def detect_gpu() -> tuple[bool, str, dict[str, Any]]:
     """(available, why, details): a GPU counts when nvidia-smi lists one or the CUDA driver reports one."""
-    from export.tensorrt import gpu_count
+    from dronedepth.export.tensorrt import gpu_count
 
     info = gpu_info()
     count = gpu_count()
@@ -217,8 +217,7 @@ def _encoder_rows(
     config: BenchConfig, encoder: str, sizes: dict[str, list[Any]], warmup: int, count: int, full_triton: bool
 ) -> list[dict[str, Any]]:
     import onnxruntime as ort
-
-    from export.tensorrt import build_engine, default_profile
+    from dronedepth.export.tensorrt import build_engine, default_profile
 
     root = config.out / "gpu" / encoder
     providers = ort.get_available_providers()

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from dronedepth.contract import DEFAULT_INPUT_SIZE, MODEL_NAME
 from dronedepth.errors import ConfigError, DroneDepthError
 from dronedepth.protocol import CameraMessage
+from dronedepth.samples import SAMPLE_DIR
 
 __all__ = [
     "FRAME_HEIGHT",
@@ -47,11 +48,11 @@ __all__ = [
     "prepare_model",
 ]
 
-log = logging.getLogger("benchmarks")
+log = logging.getLogger("dronedepth.benchmarks")
 
 SECTIONS = ("stages", "efficiency", "baseline", "projection", "scaling", "gpu")
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
-PHOTOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+PHOTOS = SAMPLE_DIR
 HFOV_DEG = 60.0
 """The shared photos come without calibration: the benchmark assumes this horizontal field of view."""
 QUICK_INPUT_SIZE = 154
@@ -139,7 +140,7 @@ class ModelSetup:
 
 
 def _facts_dict(model_dir: Path) -> dict[str, Any]:
-    from export.repository import read_model_facts
+    from dronedepth.export.repository import read_model_facts
 
     facts = read_model_facts(model_dir)
     return {k: getattr(facts, k) for k in facts.__dataclass_fields__}
@@ -182,7 +183,7 @@ def prepare_model(config: BenchConfig) -> ModelSetup:
 def export_random_init(encoder: str, input_size: int, out: Path, extra: list[str] | None = None) -> Path:
     """``dronedepth export --random-init`` into ``out`` (a subprocess: torch stays out of this process)."""
     command = [
-        sys.executable, "-m", "dronedepth", "export", "--random-init", "--encoder", encoder,
+        sys.executable, "-m", "dronedepth.cli", "export", "--random-init", "--encoder", encoder,
         "--input-size", str(input_size), "--skip-parity", "--out", str(out), *(extra or []),
     ]  # fmt: skip
     done = subprocess.run(command, check=False, capture_output=True, text=True)
@@ -228,7 +229,7 @@ def load_frames(photos: Path = PHOTOS, count: int = 8) -> Frames:
             description = f"{len(frames)} photos from {photos} resized to 640x480 (assumed {HFOV_DEG:g}° HFOV)"
             return Frames(frames, str(photos), description, bench_camera())
     log.info("no photos in %s: using the synthetic scene", photos)
-    from drone.sources import SyntheticSource
+    from dronedepth.drone.sources import SyntheticSource
 
     source = SyntheticSource(FRAME_WIDTH, FRAME_HEIGHT)
     frames = [source.read().rgb for _ in range(count)]

@@ -30,14 +30,15 @@ from typing import Any
 import cv2
 import numpy as np
 import open3d as o3d
+from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
+from dronedepth.gateway.projection import points_from_depth, ray_grid, valid_depth_mask
 
 from dronedepth.protocol import CameraMessage
-from gateway.pipeline import FrameProcessor, ProcessingConfig
-from gateway.projection import points_from_depth, ray_grid, valid_depth_mask
+from dronedepth.samples import sample_photo
 
 SIZES = ((640, 480), (1280, 720))
 TRUNC = 50.0
-PHOTO = Path("/work/shared/data/demo01.jpg")
+PHOTO = sample_photo("demo01.jpg")
 
 
 def measure(fn: Callable[[], object], runs: int, warmup: int = 5) -> dict[str, float]:
@@ -141,11 +142,8 @@ def projection_rows(runs: int) -> list[dict[str, Any]]:
 
 def pipeline_rows(runs: int) -> list[dict[str, Any]]:
     camera = camera_for(640, 480)
-    if PHOTO.exists():
-        bgr = cv2.resize(cv2.imread(str(PHOTO)), (640, 480), interpolation=cv2.INTER_AREA)
-        rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    else:
-        rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    bgr = cv2.resize(cv2.imread(str(PHOTO)), (640, 480), interpolation=cv2.INTER_AREA)
+    rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     depth = scene_depth(camera)
     processor = FrameProcessor(ProcessingConfig(), "metric")  # ORB, 200 keypoints, cloud on, no voxel
     stages: dict[str, list[float]] = {"projection": [], "keypoints": [], "pointcloud": [], "total": []}

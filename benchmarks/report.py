@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["fmt", "markdown_report", "markdown_table", "write_outputs", "write_plots"]
 
-log = logging.getLogger("benchmarks.report")
+log = logging.getLogger("dronedepth.benchmarks.report")
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -231,7 +231,7 @@ def _baseline(section: dict[str, Any]) -> list[str]:
 
 
 def _projection(section: dict[str, Any]) -> list[str]:
-    from benchmarks.projection import markdown
+    from dronedepth.benchmarks.projection import markdown
 
     return [
         "## 4. Projection: ours against Open3D `create_from_depth_image`",

@@ -16,16 +16,16 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-from benchmarks.environment import machine_info, package_versions, server_env_versions
-from benchmarks.harness import BenchConfig, Frames, ModelSetup, bench_camera, load_frames, prepare_model
+from dronedepth.benchmarks.environment import machine_info, package_versions, server_env_versions
+from dronedepth.benchmarks.harness import BenchConfig, Frames, ModelSetup, bench_camera, load_frames, prepare_model
 
 __all__ = ["run_benchmark"]
 
-log = logging.getLogger("benchmarks")
+log = logging.getLogger("dronedepth.benchmarks")
 
 
 def _model_doc(setup: ModelSetup) -> dict[str, Any]:
-    from export.reference import lower_bound_size_numpy
+    from dronedepth.export.reference import lower_bound_size_numpy
 
     facts = dict(setup.facts)
     height, width = lower_bound_size_numpy(480, 640, int(facts["input_size"]))
@@ -176,7 +176,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         assert setup is not None
         _with_triton(config, setup, frames, doc)
     if config.wants("projection"):
-        from benchmarks.projection import pipeline_rows, projection_rows
+        from dronedepth.benchmarks.projection import pipeline_rows, projection_rows
 
         runs = 10 if config.quick else 50
         _section(
@@ -185,7 +185,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             lambda: {"projection": projection_rows(runs), "pipeline": pipeline_rows(runs), "runs": runs},
         )
     if config.wants("gpu"):
-        from benchmarks.gpu import gpu_section
+        from dronedepth.benchmarks.gpu import gpu_section
 
         _section(doc, "gpu", lambda: gpu_section(config, frames.rgb))
     _ours_vs_naive(doc)
@@ -199,7 +199,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
 
 
 def _with_triton(config: BenchConfig, setup: ModelSetup, frames: Frames, doc: dict[str, Any]) -> None:
-    from benchmarks.harness import TritonStats
+    from dronedepth.benchmarks.harness import TritonStats
     from dronedepth.serving import AdapterSettings, EmbeddedTriton
 
     settings = AdapterSettings(
@@ -230,14 +230,14 @@ def _with_triton(config: BenchConfig, setup: ModelSetup, frames: Frames, doc: di
             alone_rounds.append(alone.measure(warmup=config.warmup_frames, count=config.frames))
 
         if config.wants("efficiency"):
-            from benchmarks.efficiency import BareSession, TritonAlone
+            from dronedepth.benchmarks.efficiency import BareSession, TritonAlone
 
             bare = BareSession(setup.onnx_path, frames.rgb, config.thread_count)
             alone = TritonAlone(triton.grpc_url, frames.rgb)
             paired_round("round 1 (before the pipeline run)")
         if config.wants("stages", "efficiency", "baseline"):
-            from benchmarks.stages import stages_section
-            from benchmarks.stream import pipeline_run
+            from dronedepth.benchmarks.stages import stages_section
+            from dronedepth.benchmarks.stream import pipeline_run
 
             def stages() -> dict[str, Any]:
                 run = asyncio.run(pipeline_run(config, frames, triton.grpc_url, tail_s=tail_s))
@@ -245,7 +245,7 @@ def _with_triton(config: BenchConfig, setup: ModelSetup, frames: Frames, doc: di
 
             _section(doc, "stages", stages)
         if bare is not None and alone is not None:
-            from benchmarks.efficiency import efficiency_section, pooled
+            from dronedepth.benchmarks.efficiency import efficiency_section, pooled
 
             def efficiency() -> dict[str, Any]:
                 assert bare is not None
@@ -269,7 +269,7 @@ def _with_triton(config: BenchConfig, setup: ModelSetup, frames: Frames, doc: di
             alone.close()
             del bare, alone
         if config.wants("baseline"):
-            from benchmarks.baseline import naive_baseline
+            from dronedepth.benchmarks.baseline import naive_baseline
 
             def baseline() -> dict[str, Any]:
                 try:
@@ -287,7 +287,7 @@ def _with_triton(config: BenchConfig, setup: ModelSetup, frames: Frames, doc: di
 
             _section(doc, "baseline", baseline)
         if config.wants("scaling"):
-            from benchmarks.scaling import scaling_section
+            from dronedepth.benchmarks.scaling import scaling_section
 
             _section(
                 doc,

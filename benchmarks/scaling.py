@@ -27,13 +27,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import BenchConfig, Frames, ResourceSampler, TritonStats
-from benchmarks.stats import summarize, trend
-from benchmarks.stream import Fleet, fly, gateway_counts
+from dronedepth.benchmarks.harness import BenchConfig, Frames, ResourceSampler, TritonStats
+from dronedepth.benchmarks.stats import summarize, trend
+from dronedepth.benchmarks.stream import Fleet, fly, gateway_counts
 
 __all__ = ["scaling_section", "scaling_step"]
 
-log = logging.getLogger("benchmarks.scaling")
+log = logging.getLogger("dronedepth.benchmarks.scaling")
 
 _READY_TIMEOUT_S = 60.0
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.stats import summarize
-from benchmarks.stream import PipelineRun
+from dronedepth.benchmarks.stats import summarize
+from dronedepth.benchmarks.stream import PipelineRun
 
 __all__ = ["stage_rows", "stages_section"]
 

@@ -19,15 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from dronedepth.benchmarks.harness import FRAME_HEIGHT, FRAME_WIDTH, BenchConfig, CodecTimer, Frames, TritonStats
+from dronedepth.benchmarks.stats import parse_prometheus, prometheus_total
+from dronedepth.drone.sources import CapturedFrame, FrameSource
 from numpy.typing import NDArray
-
-from benchmarks.harness import FRAME_HEIGHT, FRAME_WIDTH, BenchConfig, CodecTimer, Frames, TritonStats
-from benchmarks.stats import parse_prometheus, prometheus_total
-from drone.sources import CapturedFrame, FrameSource
 
 __all__ = ["Fleet", "PreloadedSource", "ResultSample", "fly", "gateway_counts", "pipeline_run"]
 
-log = logging.getLogger("benchmarks.stream")
+log = logging.getLogger("dronedepth.benchmarks.stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +128,7 @@ async def fly(
     its window, so every frame of the window was answered or superseded, or
     ``tail_s`` more seconds have passed; then it stops.
     """
-    from drone.client import DroneClient, DroneConfig
+    from dronedepth.drone.client import DroneClient, DroneConfig
 
     fleet = Fleet(started=time.time(), duration_s=duration_s, warmup_s=warmup_s)
     lock = threading.Lock()
@@ -258,11 +257,12 @@ class PipelineRun:
 
 async def pipeline_run(config: BenchConfig, frames: Frames, triton_url: str, *, tail_s: float) -> PipelineRun:
     """One drone → in-process gateway → embedded Triton, for ``config.duration_s`` seconds."""
+    from dronedepth.gateway.config import GatewayConfig
+    from dronedepth.gateway.inference import TritonDepthClient
+    from dronedepth.gateway.pipeline import ProcessingConfig
+    from dronedepth.gateway.server import Gateway
+
     from dronedepth.contract import MODEL_NAME
-    from gateway.config import GatewayConfig
-    from gateway.inference import TritonDepthClient
-    from gateway.pipeline import ProcessingConfig
-    from gateway.server import Gateway
 
     token = secrets.token_urlsafe(24)
     sink = ArrivalSink()

@@ -3,15 +3,15 @@
 Light enough for an onboard computer: aiortc, aiohttp, OpenCV, numpy, PyYAML
 and :mod:`dronedepth.protocol` only (no torch, Open3D or Triton client).
 
-    from drone import DroneClient, DroneConfig
+    from dronedepth.drone import DroneClient, DroneConfig
     summary = await DroneClient(DroneConfig(gateway="http://gw:8080", token="...", source="synthetic")).run()
 
 ``docs/drone.md`` describes the command line, the results file and the waypoints.
 """
 
-from drone.client import DroneClient, DroneConfig, DroneSummary, ResultCallback
-from drone.intrinsics import camera_for_frames, intrinsics_from_values, load_intrinsics
-from drone.sources import (
+from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary, ResultCallback
+from dronedepth.drone.intrinsics import camera_for_frames, intrinsics_from_values, load_intrinsics
+from dronedepth.drone.sources import (
     CameraSource,
     CapturedFrame,
     FrameSource,
@@ -20,8 +20,8 @@ from drone.sources import (
     VideoFileSource,
     open_source,
 )
-from drone.track import SourceTrack
-from drone.waypoints import FreeDirection, Obstacle, Waypoints, plan_waypoints
+from dronedepth.drone.track import SourceTrack
+from dronedepth.drone.waypoints import FreeDirection, Obstacle, Waypoints, plan_waypoints
 
 __all__ = [
     "CameraSource",

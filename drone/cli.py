@@ -13,15 +13,16 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from drone.client import DroneClient, DroneConfig, DroneSummary
-from drone.intrinsics import intrinsics_from_values, load_intrinsics
-from drone.sources import FrameSource, open_source
+from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
+from dronedepth.drone.intrinsics import intrinsics_from_values, load_intrinsics
+from dronedepth.drone.sources import FrameSource, open_source
+
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import CameraMessage
 
 __all__ = ["add_arguments", "run"]
 
-log = logging.getLogger("drone")
+log = logging.getLogger("dronedepth.drone")
 
 TOKEN_ENV: Final = "DRONEDEPTH_TOKEN"
 DEFAULT_MAX_WIDTH: Final = 640

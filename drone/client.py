@@ -40,13 +40,13 @@ from typing import Any, Final
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from dronedepth.drone.intrinsics import camera_for_frames, missing_intrinsics_error
+from dronedepth.drone.results import LatencyStats, ResultsWriter
+from dronedepth.drone.signaling import DRONE_ID_PATTERN, offer_url, post_offer
+from dronedepth.drone.sources import CapturedFrame, FrameSource, open_source
+from dronedepth.drone.track import SourceTrack
+from dronedepth.drone.waypoints import Waypoints, horizontal_fov_deg, plan_waypoints
 
-from drone.intrinsics import camera_for_frames, missing_intrinsics_error
-from drone.results import LatencyStats, ResultsWriter
-from drone.signaling import DRONE_ID_PATTERN, offer_url, post_offer
-from drone.sources import CapturedFrame, FrameSource, open_source
-from drone.track import SourceTrack
-from drone.waypoints import Waypoints, horizontal_fov_deg, plan_waypoints
 from dronedepth.errors import ConfigError, InferenceUnavailable, ProtocolError
 from dronedepth.protocol import (
     DATA_CHANNEL_LABEL,

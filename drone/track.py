@@ -21,9 +21,9 @@ import numpy as np
 from aiortc import VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
+from dronedepth.drone.sources import CapturedFrame, FrameSource
 from numpy.typing import NDArray
 
-from drone.sources import CapturedFrame, FrameSource
 from dronedepth.protocol import VIDEO_CLOCK_RATE
 
 __all__ = ["SourceTrack"]

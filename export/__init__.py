@@ -79,15 +79,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from export.architecture import ENCODERS, DepthAnythingV2
-    from export.facts import ModelFacts
-    from export.graph import DepthGraph
-    from export.onnx_export import export_onnx, read_onnx_facts
-    from export.parity import PARITY_CASES, check_parity
-    from export.reference import nrmse, reference_depth
-    from export.repository import OrtTensorRT, TritonModelConfig, read_model_facts, write_repository
-    from export.tensorrt import TrtProfile, build_engine
-    from export.weights import (
+    from dronedepth.export.architecture import ENCODERS, DepthAnythingV2
+    from dronedepth.export.facts import ModelFacts
+    from dronedepth.export.graph import DepthGraph
+    from dronedepth.export.onnx_export import export_onnx, read_onnx_facts
+    from dronedepth.export.parity import PARITY_CASES, check_parity
+    from dronedepth.export.reference import nrmse, reference_depth
+    from dronedepth.export.repository import OrtTensorRT, TritonModelConfig, read_model_facts, write_repository
+    from dronedepth.export.tensorrt import TrtProfile, build_engine
+    from dronedepth.export.weights import (
         LoadedModel,
         ModelInfo,
         hf_to_official,

@@ -122,13 +122,13 @@ def run(args: argparse.Namespace) -> int:
 def export_from_args(args: argparse.Namespace) -> str:
     """Do the export described by parsed arguments; returns the summary text."""
     # Heavy imports only when the command runs.
-    from export.facts import ModelFacts
-    from export.graph import check_input_size
-    from export.onnx_export import export_onnx
-    from export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity
-    from export.repository import OrtTensorRT, TritonModelConfig, describe, write_repository
-    from export.tensorrt import TrtProfile, build_engine, default_profile, engine_parity, require_tensorrt
-    from export.weights import load_model
+    from dronedepth.export.facts import ModelFacts
+    from dronedepth.export.graph import check_input_size
+    from dronedepth.export.onnx_export import export_onnx
+    from dronedepth.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity
+    from dronedepth.export.repository import OrtTensorRT, TritonModelConfig, describe, write_repository
+    from dronedepth.export.tensorrt import TrtProfile, build_engine, default_profile, engine_parity, require_tensorrt
+    from dronedepth.export.weights import load_model
 
     started = time.perf_counter()
     try:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from dronedepth.export.facts import ModelFacts
+from dronedepth.export.tensorrt import TrtProfile
+
 from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from dronedepth.errors import ConfigError
-from export.facts import ModelFacts
-from export.tensorrt import TrtProfile
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def read_model_facts(path: str | Path) -> ModelFacts:
     """
     path = Path(path)
     if path.suffix == ".onnx":
-        from export.onnx_export import read_onnx_facts
+        from dronedepth.export.onnx_export import read_onnx_facts
 
         return read_onnx_facts(path)
     config = path if path.name == "config.pbtxt" else path / "config.pbtxt"
@@ -247,7 +248,7 @@ def read_model_facts(path: str | Path) -> ModelFacts:
         return ModelFacts.from_params(params, where=str(config))
     onnx_file = config.parent / VERSION / MODEL_FILES["onnxruntime_onnx"]
     if onnx_file.is_file():
-        from export.onnx_export import read_onnx_facts
+        from dronedepth.export.onnx_export import read_onnx_facts
 
         return read_onnx_facts(onnx_file)
     raise ConfigError(f"{config} has no model parameters and there is no {onnx_file}: re-export the model")

@@ -170,9 +170,8 @@ def engine_parity(plan_path: str | Path, onnx_path: str | Path) -> float | None:
     import importlib.util
 
     import numpy as np
-
-    from export.parity import onnx_session, run_onnx
-    from export.reference import nrmse, synthetic_frames
+    from dronedepth.export.parity import onnx_session, run_onnx
+    from dronedepth.export.reference import nrmse, synthetic_frames
 
     if importlib.util.find_spec("torch") is None:
         return None

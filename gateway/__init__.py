@@ -11,11 +11,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-    from gateway.inference import DepthClient, DepthService, OnnxRuntimeDepthClient, TritonDepthClient
-    from gateway.metrics import GatewayMetrics
-    from gateway.server import Gateway
-    from gateway.session import DroneSession
+    from dronedepth.gateway.config import GatewayConfig
+    from dronedepth.gateway.inference import DepthClient, DepthService, OnnxRuntimeDepthClient, TritonDepthClient
+    from dronedepth.gateway.metrics import GatewayMetrics
+    from dronedepth.gateway.server import Gateway
+    from dronedepth.gateway.session import DroneSession
 
 __all__ = [
     "DepthClient",
@@ -29,14 +29,14 @@ __all__ = [
 ]
 
 _WHERE = {
-    "DepthClient": "gateway.inference",
-    "DepthService": "gateway.inference",
-    "DroneSession": "gateway.session",
-    "Gateway": "gateway.server",
-    "GatewayConfig": "gateway.config",
-    "GatewayMetrics": "gateway.metrics",
-    "OnnxRuntimeDepthClient": "gateway.inference",
-    "TritonDepthClient": "gateway.inference",
+    "DepthClient": "dronedepth.gateway.inference",
+    "DepthService": "dronedepth.gateway.inference",
+    "DroneSession": "dronedepth.gateway.session",
+    "Gateway": "dronedepth.gateway.server",
+    "GatewayConfig": "dronedepth.gateway.config",
+    "GatewayMetrics": "dronedepth.gateway.metrics",
+    "OnnxRuntimeDepthClient": "dronedepth.gateway.inference",
+    "TritonDepthClient": "dronedepth.gateway.inference",
 }
 
 

@@ -17,12 +17,12 @@ from dronedepth.contract import GATEWAY_PORT, MODEL_NAME
 from dronedepth.errors import ConfigError
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-    from gateway.inference import DepthClient
+    from dronedepth.gateway.config import GatewayConfig
+    from dronedepth.gateway.inference import DepthClient
 
 __all__ = ["add_arguments", "build", "run"]
 
-log = logging.getLogger("gateway")
+log = logging.getLogger("dronedepth.gateway")
 
 _KEYPOINT_METHODS = ("orb", "sift", "fast", "gftt", "grid")
 _AXES = ("optical", "opengl", "seed")
@@ -184,10 +184,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     """The gateway's config and depth client from parsed arguments; raises ConfigError."""
-    from gateway.config import GatewayConfig, read_token
-    from gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
-    from gateway.keypoints import KeypointConfig
-    from gateway.pipeline import ProcessingConfig
+    from dronedepth.gateway.config import GatewayConfig, read_token
+    from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
+    from dronedepth.gateway.keypoints import KeypointConfig
+    from dronedepth.gateway.pipeline import ProcessingConfig
 
     token = read_token(args.token_file)
     if token is None and not args.insecure_no_auth:
@@ -243,7 +243,7 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
 
 async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event | None = None) -> None:
     """Run a gateway until ``stop`` is set or SIGTERM/SIGINT arrives, then shut it down."""
-    from gateway.server import Gateway
+    from dronedepth.gateway.server import Gateway
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -14,8 +14,7 @@ if TYPE_CHECKING:
     import ssl
 
     from aiortc import RTCIceServer
-
-    from gateway.pipeline import ProcessingConfig
+    from dronedepth.gateway.pipeline import ProcessingConfig
 
 __all__ = ["DEFAULT_MAX_FRAME_PIXELS", "GatewayConfig", "parse_ice_server", "read_token"]
 

@@ -16,12 +16,19 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import cv2
 import numpy as np
+from dronedepth.gateway.keypoints import KeypointConfig, KeypointDetector, lift_keypoints
+from dronedepth.gateway.projection import (
+    AXES_FROM_OPTICAL,
+    Axes,
+    convert_axes,
+    points_from_depth,
+    ray_grid,
+    valid_depth_mask,
+)
 from numpy.typing import NDArray
 
 from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.protocol import CAMERA_MISMATCH, CameraMessage, KeypointsMessage
-from gateway.keypoints import KeypointConfig, KeypointDetector, lift_keypoints
-from gateway.projection import AXES_FROM_OPTICAL, Axes, convert_axes, points_from_depth, ray_grid, valid_depth_mask
 
 if TYPE_CHECKING:
     from open3d.geometry import PointCloud
@@ -144,7 +151,7 @@ class FrameProcessor:
         self._detector = KeypointDetector(config.keypoints)
         self._make_point_cloud: Callable[..., PointCloud] | None = None
         if config.build_cloud:
-            from gateway.pointcloud import make_point_cloud  # imports Open3D (~0.6 s): only when needed
+            from dronedepth.gateway.pointcloud import make_point_cloud  # imports Open3D (~0.6 s): only when needed
 
             self._make_point_cloud = make_point_cloud
 

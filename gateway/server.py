@@ -24,21 +24,21 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from dronedepth.gateway.config import GatewayConfig
+from dronedepth.gateway.inference import DepthClient, DepthService
+from dronedepth.gateway.metrics import Counter, GatewayMetrics, Gauge
+from dronedepth.gateway.outputs.sinks import SinkSet
+from dronedepth.gateway.outputs.stream import StreamHub
+from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
+from dronedepth.gateway.session import DroneSession, SessionContext
+from dronedepth.gateway.signaling import create_app
+from dronedepth.gateway.web import PreviewHub
 
 from dronedepth import protocol
 from dronedepth.errors import ConfigError, DroneDepthError, ProtocolError
-from gateway.config import GatewayConfig
-from gateway.inference import DepthClient, DepthService
-from gateway.metrics import Counter, GatewayMetrics, Gauge
-from gateway.pipeline import FrameProcessor, ProcessingConfig
-from gateway.session import DroneSession, SessionContext
-from gateway.signaling import create_app
-from gateway.sinks import SinkSet
-from gateway.streaming import StreamHub
-from gateway.web import PreviewHub
 
 if TYPE_CHECKING:
-    from gateway.sinks import ResultSink
+    from dronedepth.gateway.outputs.sinks import ResultSink
 
 __all__ = ["Gateway", "GatewayBusy", "GatewayFull"]
 
@@ -228,18 +228,18 @@ class Gateway:
             sinks.append(self.preview_hub)
         try:
             if config.record_dir is not None:
-                import gateway.recording  # noqa: F401  (imports Open3D: now, not at the first frame)
-                from gateway.sinks import RecorderSink
+                import dronedepth.gateway.outputs.recording  # noqa: F401  (imports Open3D: now, not at the first frame)
+                from dronedepth.gateway.outputs.sinks import RecorderSink
 
                 sinks.append(RecorderSink(config.record_dir, config.record_every))
             if config.record_bag_dir is not None or config.foxglove_port is not None:
-                from gateway.rosbag import BagSink, RosEncoder
+                from dronedepth.gateway.outputs.rosbag import BagSink, RosEncoder
 
                 encoder = RosEncoder()  # one for both: a frame is serialised once for the bag and Foxglove
                 if config.record_bag_dir is not None:
                     sinks.append(BagSink(config.record_bag_dir, encoder=encoder))
                 if config.foxglove_port is not None:
-                    from gateway.foxglove_live import FoxgloveSink
+                    from dronedepth.gateway.outputs.foxglove import FoxgloveSink
 
                     sinks.append(FoxgloveSink(config.foxglove_host, config.foxglove_port, encoder=encoder))
         except BaseException:

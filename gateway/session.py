@@ -33,20 +33,19 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from dronedepth.gateway.config import GatewayConfig
+from dronedepth.gateway.inference import DepthService
+from dronedepth.gateway.metrics import GatewayMetrics
+from dronedepth.gateway.outputs.sinks import FrameRecord
+from dronedepth.gateway.pipeline import FrameProcessor, FrameResult, camera_for_frame
 
 from dronedepth import protocol
 from dronedepth.errors import InferenceError, InferenceTimeout, InferenceUnavailable, ProtocolError
 from dronedepth.protocol import CameraMessage, ErrorMessage, KeypointsMessage
-from gateway.config import GatewayConfig
-from gateway.inference import DepthService
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline import FrameProcessor, FrameResult, camera_for_frame
-from gateway.sinks import FrameRecord
 
 if TYPE_CHECKING:
     import av
-
-    from gateway.sinks import ResultSink
+    from dronedepth.gateway.outputs.sinks import ResultSink
 
 __all__ = ["DroneSession", "LatestFrame", "SessionContext"]
 

@@ -21,6 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
+from dronedepth.gateway.metrics import CONTENT_TYPE
 
 from dronedepth import protocol
 from dronedepth.errors import ProtocolError
@@ -35,10 +36,9 @@ from dronedepth.protocol import (
     INVALID_SDP,
     UNAUTHORIZED,
 )
-from gateway.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from gateway.server import Gateway
+    from dronedepth.gateway.server import Gateway
 
 __all__ = ["check_offer_sdp", "create_app", "drone_id_from"]
 
@@ -56,8 +56,8 @@ def _json_error(status: int, code: str, message: str, headers: dict[str, str] | 
 
 def create_app(gateway: Gateway) -> web.Application:
     """The aiohttp application serving ``gateway``: signalling, operations, ``/stream`` and the web pages."""
-    from gateway.streaming import add_stream_routes
-    from gateway.web import add_web_routes
+    from dronedepth.gateway.outputs.stream import add_stream_routes
+    from dronedepth.gateway.web import add_web_routes
 
     app = web.Application(client_max_size=gateway.config.max_body_bytes)
     app[_GATEWAY] = gateway
@@ -168,7 +168,7 @@ async def _offer(request: web.Request) -> web.Response:
         status = 413 if exc.code == protocol.MESSAGE_TOO_LARGE else 400
         return refuse(status, exc.code, exc.message)
 
-    from gateway.server import GatewayBusy, GatewayFull
+    from dronedepth.gateway.server import GatewayBusy, GatewayFull
 
     try:
         answer_sdp = await gateway.open_session(offer, drone_id, remote=remote)

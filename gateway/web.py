@@ -47,15 +47,15 @@ from typing import TYPE_CHECKING, Any, Final
 import cv2
 import numpy as np
 from aiohttp import web
+from dronedepth.gateway.outputs.render import colorize_depth
+from dronedepth.gateway.outputs.sinks import FrameRecord
 from numpy.typing import NDArray
 
 from dronedepth.contract import DepthKind
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
-from gateway.render import colorize_depth
-from gateway.sinks import FrameRecord
 
 if TYPE_CHECKING:
-    from gateway.server import Gateway
+    from dronedepth.gateway.server import Gateway
 
 __all__ = [
     "DEFAULT_PREVIEW_FPS",

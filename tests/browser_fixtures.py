@@ -20,11 +20,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from dronedepth.gateway.inference import DepthClient
+from dronedepth.gateway.server import Gateway
+from dronedepth.gateway.web import PreviewHub
+from gateway_fixtures import running_gateway
 
-from gateway.inference import DepthClient
-from gateway.server import Gateway
-from gateway.web import PreviewHub
-from tests.gateway_fixtures import PHOTO_DIR, running_gateway
+from dronedepth.samples import sample_photos
 
 __test__ = False  # not a test module
 
@@ -53,10 +54,7 @@ def chromium_args(video: Path) -> list[str]:
 
 
 def photo_paths() -> list[Path]:
-    photos = sorted(PHOTO_DIR.glob("*.jpg")) if PHOTO_DIR.is_dir() else []
-    if not photos:
-        pytest.skip(f"no test photos in {PHOTO_DIR}")
-    return photos
+    return sample_photos()
 
 
 def write_y4m(

@@ -14,10 +14,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from export.architecture import ENCODERS
-from export.onnx_export import OnnxExport, export_onnx
-from export.weights import LoadedModel, load_hf, load_random_init
+from dronedepth.export.architecture import ENCODERS
+from dronedepth.export.onnx_export import OnnxExport, export_onnx
+from dronedepth.export.weights import LoadedModel, load_hf, load_random_init
 
 SMALL_INPUT = 140  # 10 patches on the short side: fast, and still resizes the position grid
 _ROOT = Path(tempfile.mkdtemp(prefix="dronedepth-export-tests-"))

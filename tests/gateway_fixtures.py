@@ -15,49 +15,40 @@ import asyncio
 import contextlib
 import fractions
 import json
-import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import av
 import cv2
 import numpy as np
-import pytest
 from aiohttp import ClientSession
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from dronedepth.gateway.config import GatewayConfig
+from dronedepth.gateway.inference import DepthClient
+from dronedepth.gateway.server import Gateway
 from numpy.typing import NDArray
 
 from dronedepth import protocol
 from dronedepth.contract import DepthKind
 from dronedepth.errors import InferenceUnavailable
 from dronedepth.protocol import CameraMessage
-from gateway.config import GatewayConfig
-from gateway.inference import DepthClient
-from gateway.server import Gateway
+from dronedepth.samples import sample_photo
 
 __test__ = False  # not a test module
 
 TOKEN = "test-token-0123456789abcdef"
-PHOTO_DIR = Path(os.environ.get("DRONEDEPTH_TEST_DATA", "/work/shared/data"))
 VIDEO_CLOCK = protocol.VIDEO_CLOCK_RATE
 WAIT_S = 60.0
 """Generous: two CPU cores are shared with other test runs."""
 
 
 def photo(width: int = 320, height: int = 240, name: str = "demo01.jpg") -> NDArray[np.uint8]:
-    """A real photograph resized to ``width`` × ``height``, RGB; skips the test if the data is absent."""
-    path = PHOTO_DIR / name
-    if not path.is_file():
-        candidates = sorted(PHOTO_DIR.glob("*.jpg")) if PHOTO_DIR.is_dir() else []
-        if not candidates:
-            pytest.skip(f"no test photo in {PHOTO_DIR}")
-        path = candidates[0]
+    """A real photograph (a package sample) resized to ``width`` × ``height``, RGB; missing data fails."""
+    path = sample_photo(name)
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        pytest.skip(f"cannot read {path}")
+    assert bgr is not None, f"cannot decode {path}"
     bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 from aiohttp import web
+from dronedepth.gateway.outputs.sinks import FrameRecord
+from dronedepth.gateway.outputs.stream import StreamHub, add_stream_routes
+from dronedepth.gateway.pipeline import FrameResult
+from dronedepth.gateway.projection import convert_axes
 
 from dronedepth.protocol import CameraMessage, KeypointsMessage
-from gateway.pipeline import FrameResult
-from gateway.projection import convert_axes
-from gateway.sinks import FrameRecord
-from gateway.streaming import StreamHub, add_stream_routes
 
 STAMP = 1_700_000_000.25
 

@@ -3,7 +3,7 @@
 Import the fixtures into a test module (or list this module in a conftest's
 ``pytest_plugins``)::
 
-    from tests.serving_fixtures import triton_repository, triton_server  # noqa: F401  (pytest fixtures)
+    from serving_fixtures import triton_repository, triton_server  # noqa: F401  (pytest fixtures)
 
     def test_depth(triton_server):
         client = tritonclient.grpc.InferenceServerClient(triton_server.url)
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
-from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from dronedepth.serving import EmbeddedTriton
 from dronedepth.serving.synthetic import tiny_depth_model, write_model
+
+from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 
 TEST_MAX_BATCH_SIZE = 8
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dronedepth.benchmarks import cli
+from dronedepth.benchmarks.harness import BenchConfig, TritonStats
+from dronedepth.benchmarks.report import fmt, markdown_report, markdown_table
+from dronedepth.benchmarks.stats import parse_prometheus, percentile, prometheus_total, summarize, trend
+from dronedepth.benchmarks.stream import Fleet, ResultSample
 
-from benchmarks import cli
-from benchmarks.harness import BenchConfig, TritonStats
-from benchmarks.report import fmt, markdown_report, markdown_table
-from benchmarks.stats import parse_prometheus, percentile, prometheus_total, summarize, trend
-from benchmarks.stream import Fleet, ResultSample
 from dronedepth.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,7 +209,7 @@ def test_config_names_the_bad_value(kwargs: dict[str, object], message: str, tmp
 
 
 def test_gpu_mode_skips_with_a_reason_without_a_gpu() -> None:
-    from benchmarks.gpu import detect_gpu
+    from dronedepth.benchmarks.gpu import detect_gpu
 
     available, why, info = detect_gpu()
     if available:
@@ -225,7 +225,7 @@ def test_gpu_mode_skips_with_a_reason_without_a_gpu() -> None:
 def test_quick_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     """The real thing, as small as it gets: export, embedded Triton, one drone, projection."""
     out = tmp_path / "results"
-    command = [sys.executable, "-m", "dronedepth", "bench", "--quick", "--only", "stages,projection"]
+    command = [sys.executable, "-m", "dronedepth.cli", "bench", "--quick", "--only", "stages,projection"]
     command += ["--duration", "6", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)

@@ -12,17 +12,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from drone.cli import TOKEN_ENV
+from drone_fixtures import FakeGateway
 from dronedepth.cli import main
-from tests.drone_fixtures import FakeGateway
+from dronedepth.drone.cli import TOKEN_ENV
 
 WAIT_S = 120.0
 ROOT = Path(__file__).resolve().parents[1]
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None, stop_when=None) -> tuple[int, str, str]:
-    """Run ``python -m dronedepth drone ARGS``; ``stop_when()`` true → SIGTERM."""
+    """Run ``python -m dronedepth.cli drone ARGS``; ``stop_when()`` true → SIGTERM."""
     environment = {k: v for k, v in os.environ.items() if k != TOKEN_ENV} | (env or {})
     process = await asyncio.create_subprocess_exec(
         sys.executable,

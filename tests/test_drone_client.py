@@ -16,12 +16,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from drone_fixtures import FakeGateway, free_port
+from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
+from dronedepth.drone.sources import SyntheticSource
 
-from drone.client import DroneClient, DroneConfig, DroneSummary
-from drone.sources import SyntheticSource
 from dronedepth.errors import ConfigError, InferenceUnavailable, ProtocolError
 from dronedepth.protocol import INFERENCE_UNAVAILABLE, ErrorMessage, encode
-from tests.drone_fixtures import FakeGateway, free_port
 
 WAIT_S = 90.0
 

@@ -17,16 +17,17 @@ from pathlib import Path
 
 import cv2
 import pytest
-
-from drone.client import DroneClient, DroneConfig, DroneSummary
-from drone.intrinsics import intrinsics_from_values
-from drone.sources import FrameSource, ImageFolderSource, SyntheticSource, VideoFileSource
-from dronedepth.contract import MODEL_NAME
+from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
+from dronedepth.drone.intrinsics import intrinsics_from_values
+from dronedepth.drone.sources import FrameSource, ImageFolderSource, SyntheticSource, VideoFileSource
+from dronedepth.gateway.inference import TritonDepthClient
+from dronedepth.gateway.server import Gateway
 from dronedepth.serving import EmbeddedTriton
-from gateway.inference import TritonDepthClient
-from gateway.server import Gateway
+from gateway_fixtures import TOKEN, check_projection, gateway_config
+
+from dronedepth.contract import MODEL_NAME
+from dronedepth.samples import SAMPLE_DIR
 from tests import serving_fixtures
-from tests.gateway_fixtures import PHOTO_DIR, TOKEN, check_projection, gateway_config
 
 triton_repository = serving_fixtures.triton_repository
 triton_server = serving_fixtures.triton_server
@@ -113,9 +114,7 @@ def _video(tmp_path: Path) -> FrameSource:
 
 
 def _photos(tmp_path: Path) -> FrameSource:
-    if not sorted(PHOTO_DIR.glob("*.jpg")):
-        pytest.skip(f"no test photos in {PHOTO_DIR}")
-    return ImageFolderSource(PHOTO_DIR, width=320)
+    return ImageFolderSource(SAMPLE_DIR, width=320)
 
 
 SOURCES = {

@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
-
-from drone.sources import CapturedFrame, FrameSource
-from drone.track import SourceTrack
+from dronedepth.drone.sources import CapturedFrame, FrameSource
+from dronedepth.drone.track import SourceTrack
 
 
 class ClockSource(FrameSource):

@@ -7,13 +7,21 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from dronedepth.export.facts import ModelFacts
+from dronedepth.export.onnx_export import read_onnx_facts
+from dronedepth.export.parity import (
+    FP16_TOLERANCE,
+    FP32_TOLERANCE,
+    PARITY_CASES,
+    ParityCase,
+    check_parity,
+    onnx_session,
+    run_onnx,
+)
+from dronedepth.export.reference import nrmse, preprocess_official, reference_depth, synthetic_frames
 from export_fixtures import SMALL_INPUT, exported, hf_model, hf_model_dir
 
 from dronedepth.contract import INPUT_NAME, OUTPUT_NAME
-from export.facts import ModelFacts
-from export.onnx_export import read_onnx_facts
-from export.parity import FP16_TOLERANCE, FP32_TOLERANCE, PARITY_CASES, ParityCase, check_parity, onnx_session, run_onnx
-from export.reference import nrmse, preprocess_official, reference_depth, synthetic_frames
 
 
 def test_graph_contract() -> None:

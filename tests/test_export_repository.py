@@ -6,11 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
-from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PARAM_DEPTH_KIND, PARAM_MAX_DEPTH
-from dronedepth.errors import ConfigError
-from export.facts import ModelFacts
-from export.repository import (
+from dronedepth.export.facts import ModelFacts
+from dronedepth.export.repository import (
     OrtTensorRT,
     TritonModelConfig,
     default_config,
@@ -18,7 +15,10 @@ from export.repository import (
     read_model_facts,
     write_repository,
 )
-from export.tensorrt import default_profile
+from dronedepth.export.tensorrt import default_profile
+
+from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PARAM_DEPTH_KIND, PARAM_MAX_DEPTH
+from dronedepth.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 FACTS = ModelFacts("vitb", "metric", 20.0, 518, "fp16", 'checkpoint "odd" name.pth', False, "official")

@@ -7,13 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dronedepth.export.parity import onnx_session, run_onnx
+from dronedepth.export.reference import nrmse, synthetic_frames
+from dronedepth.export.tensorrt import (
+    TrtProfile,
+    build_engine,
+    default_profile,
+    gpu_count,
+    require_tensorrt,
+    run_engine,
+)
 from export_fixtures import exported
 
 from dronedepth.contract import INPUT_NAME
 from dronedepth.errors import ConfigError
-from export.parity import onnx_session, run_onnx
-from export.reference import nrmse, synthetic_frames
-from export.tensorrt import TrtProfile, build_engine, default_profile, gpu_count, require_tensorrt, run_engine
 
 
 def test_default_profile_covers_640x480_class_frames() -> None:

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from export_fixtures import hf_model, hf_model_dir
-from safetensors.torch import load_file
-
-from dronedepth.errors import CheckpointError, ConfigError
-from export.reference import nrmse
-from export.weights import (
+from dronedepth.export.reference import nrmse
+from dronedepth.export.weights import (
     HUB_IDS,
     hf_to_official,
     hints_from_checkpoint_name,
@@ -24,6 +20,10 @@ from export.weights import (
     load_model,
     load_random_init,
 )
+from export_fixtures import hf_model, hf_model_dir
+from safetensors.torch import load_file
+
+from dronedepth.errors import CheckpointError, ConfigError
 
 # Key names of the official repository (depth_anything_v2/dpt.py, dinov2.py), written out independently.
 OFFICIAL_KEYS = [

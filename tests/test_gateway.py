@@ -13,12 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dronedepth import protocol
-from dronedepth.errors import DroneDepthError
-from dronedepth.protocol import KeypointsMessage
-from gateway.server import Gateway
-from tests.gateway_fixtures import (
+from dronedepth.gateway.server import Gateway
+from gateway_fixtures import (
     TOKEN,
     WAIT_S,
     FakeDepthClient,
@@ -32,6 +28,10 @@ from tests.gateway_fixtures import (
     session_tasks,
     wait_until,
 )
+
+from dronedepth import gateway, protocol
+from dronedepth.errors import DroneDepthError
+from dronedepth.protocol import KeypointsMessage
 
 FRAME_TICKS = protocol.VIDEO_CLOCK_RATE // 10  # pts step of a 10 fps test drone
 
@@ -207,8 +207,9 @@ async def test_a_quiet_drone_is_closed_after_the_idle_timeout() -> None:
 
 
 async def test_stop_closes_sessions_and_flushes_recordings_and_bags(tmp_path: Path) -> None:
-    from gateway.rosbag import BagSink, ros_name
-    from gateway.sinks import RecorderSink
+    from dronedepth.gateway.outputs.rosbag import BagSink, ros_name
+    from dronedepth.gateway.outputs.sinks import RecorderSink
+
     from tests.test_rosbag import read_bag
 
     records, bags = tmp_path / "records", tmp_path / "bags"
@@ -255,7 +256,6 @@ async def test_stop_closes_sessions_and_flushes_recordings_and_bags(tmp_path: Pa
 
 
 def test_public_surface_is_pinned() -> None:
-    import gateway
 
     assert gateway.__all__ == [
         "DepthClient",
@@ -288,7 +288,7 @@ async def test_a_busy_port_is_a_clear_error() -> None:
 
 
 async def test_a_result_sink_gets_every_frame_and_the_goodbyes() -> None:
-    from gateway.sinks import FrameRecord
+    from dronedepth.gateway.outputs.sinks import FrameRecord
 
     class ListSink:
         def __init__(self) -> None:
@@ -379,9 +379,8 @@ async def test_every_gateway_serves_the_stream_and_the_web_pages() -> None:
 
 async def test_foxglove_server_publishes_a_connected_drone() -> None:
     from aiohttp import ClientSession, WSMsgType
-
-    from gateway.foxglove_live import FoxgloveSink
-    from gateway.rosbag import BagSink
+    from dronedepth.gateway.outputs.foxglove import FoxgloveSink
+    from dronedepth.gateway.outputs.rosbag import BagSink
 
     async with (
         running_gateway(foxglove_port=0, record_bag_dir=None) as gateway,
@@ -407,11 +406,11 @@ async def test_foxglove_server_publishes_a_connected_drone() -> None:
 
 
 async def test_outputs_share_one_ros_encoder_and_the_extra_sink_comes_last(tmp_path: Path) -> None:
-    from gateway.foxglove_live import FoxgloveSink
-    from gateway.rosbag import BagSink
-    from gateway.sinks import SinkSet
-    from gateway.streaming import StreamHub
-    from gateway.web import PreviewHub
+    from dronedepth.gateway.outputs.foxglove import FoxgloveSink
+    from dronedepth.gateway.outputs.rosbag import BagSink
+    from dronedepth.gateway.outputs.sinks import SinkSet
+    from dronedepth.gateway.outputs.stream import StreamHub
+    from dronedepth.gateway.web import PreviewHub
 
     extra = SinkSet()
     async with running_gateway(record_bag_dir=tmp_path / "bags", foxglove_port=0, sink=extra) as gateway:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import onnx
 import pytest
+from dronedepth.gateway import cli as gateway_cli
+from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
+from dronedepth.serving.synthetic import tiny_depth_model
+from gateway_fixtures import TOKEN, camera_for, drones, photo
 
 from dronedepth import cli
 from dronedepth.contract import PARAM_DEPTH_KIND
 from dronedepth.errors import ConfigError
-from dronedepth.serving.synthetic import tiny_depth_model
-from gateway import cli as gateway_cli
-from gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
-from tests.gateway_fixtures import TOKEN, camera_for, drones, photo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ async def test_gateway_process_serves_a_drone_and_exits_on_sigterm(tmp_path: Pat
     onnx.save(model, tmp_path / "model.onnx")
     assert OnnxRuntimeDepthClient(tmp_path / "model.onnx").depth_kind == "metric"
     env = {**os.environ, "DRONEDEPTH_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "dronedepth", "gateway", "--onnx-model", str(tmp_path / "model.onnx")]
+    command = [sys.executable, "-m", "dronedepth.cli", "gateway", "--onnx-model", str(tmp_path / "model.onnx")]
     command += ["--host", "127.0.0.1", "--port", "0", "--record", str(tmp_path / "rec")]
     command += ["--record-bag", str(tmp_path / "bags"), "--foxglove", "0"]
     process = await asyncio.create_subprocess_exec(
@@ -210,7 +210,7 @@ async def test_gateway_process_serves_a_drone_and_exits_on_sigterm(tmp_path: Pat
     ],
 )
 def test_config_names_the_bad_value(overrides: dict, message: str) -> None:
-    from gateway.config import GatewayConfig
+    from dronedepth.gateway.config import GatewayConfig
 
     settings = {"token": TOKEN, **overrides}
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -218,7 +218,7 @@ def test_config_names_the_bad_value(overrides: dict, message: str) -> None:
 
 
 def test_token_from_the_environment_is_stripped() -> None:
-    from gateway.config import read_token
+    from dronedepth.gateway.config import read_token
 
     assert read_token(None, {"DRONEDEPTH_TOKEN": f" {TOKEN}\n"}) == TOKEN
     assert read_token(None, {"DRONEDEPTH_TOKEN": "  "}) is None

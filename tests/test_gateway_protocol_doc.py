@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dronedepth.gateway.metrics import GatewayMetrics
+from dronedepth.gateway.session import DroneSession
 
 from dronedepth import protocol
-from gateway.metrics import GatewayMetrics
-from gateway.session import DroneSession
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 CODES = [
@@ -48,8 +48,8 @@ def test_every_signalling_refusal_is_documented(doc: str) -> None:
 
 
 def test_the_gateway_and_the_drone_use_the_protocol_constants() -> None:
-    from drone import signaling as drone_signaling
-    from gateway import recording, signaling, sinks, streaming, web
+    from dronedepth.drone import signaling as drone_signaling
+    from dronedepth.gateway import recording, signaling, sinks, streaming, web
 
     for module in (signaling, sinks, streaming, web, recording, drone_signaling):
         assert module.DRONE_ID_PATTERN is protocol.DRONE_ID_PATTERN, module.__name__  # type: ignore[attr-defined]
@@ -100,7 +100,7 @@ def test_metrics_and_drop_reasons_are_documented(doc: str) -> None:
     text = GatewayMetrics().render()
     for name in re.findall(r"^# TYPE (\S+)", text, re.MULTILINE):
         assert f"`{name}" in doc, name
-    import gateway.session as session_module
+    import dronedepth.gateway.session as session_module
 
     reasons = [v for k, v in vars(session_module).items() if k.isupper() and isinstance(v, str)]
     for reason in reasons:

@@ -8,6 +8,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from dronedepth.gateway.inference import (
+    DepthClient,
+    DepthService,
+    OnnxRuntimeDepthClient,
+    TritonDepthClient,
+    check_frame,
+    server_concurrency,
+)
+from dronedepth.serving import EmbeddedTriton, find_free_port
+from dronedepth.serving.synthetic import tiny_depth_model
+from gateway_fixtures import FakeDepthClient
 
 from dronedepth.contract import MODEL_NAME, PARAM_DEPTH_KIND
 from dronedepth.errors import (
@@ -17,18 +28,7 @@ from dronedepth.errors import (
     InferenceTimeout,
     InferenceUnavailable,
 )
-from dronedepth.serving import EmbeddedTriton, find_free_port
-from dronedepth.serving.synthetic import tiny_depth_model
-from gateway.inference import (
-    DepthClient,
-    DepthService,
-    OnnxRuntimeDepthClient,
-    TritonDepthClient,
-    check_frame,
-    server_concurrency,
-)
 from tests import serving_fixtures
-from tests.gateway_fixtures import FakeDepthClient
 
 triton_repository = serving_fixtures.triton_repository
 triton_server = serving_fixtures.triton_server

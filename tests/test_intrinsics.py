@@ -8,9 +8,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from drone.intrinsics import camera_for_frames, intrinsics_from_values, load_intrinsics, missing_intrinsics_error
 from dronedepth.cli import main
+from dronedepth.drone.intrinsics import (
+    camera_for_frames,
+    intrinsics_from_values,
+    load_intrinsics,
+    missing_intrinsics_error,
+)
+
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import CameraMessage
 
@@ -196,7 +201,7 @@ def test_scaling_on_resize_follows_the_pixel_centre_convention():
 
 def test_scaling_to_another_aspect_ratio_warns(caplog):
     camera = intrinsics_from_values(width=1280, height=720, fx=900, fy=900, cx=639.5, cy=359.5)
-    with caplog.at_level(logging.WARNING, logger="drone.intrinsics"):
+    with caplog.at_level(logging.WARNING, logger="dronedepth.drone.intrinsics"):
         scaled = camera_for_frames(camera, 640, 480)
     assert scaled.fy == pytest.approx(600)
     assert "another aspect ratio" in caplog.text

@@ -1,15 +1,14 @@
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from dronedepth.gateway.keypoints import KeypointConfig, KeypointDetector, Keypoints, bucket, lift_keypoints
+from dronedepth.gateway.projection import RayGrid, project_points, ray_grid, valid_depth_mask
 
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import CameraMessage
-from gateway.keypoints import KeypointConfig, KeypointDetector, Keypoints, bucket, lift_keypoints
-from gateway.projection import RayGrid, project_points, ray_grid, valid_depth_mask
+from dronedepth.samples import sample_photos
 
-PHOTOS = sorted(Path("/work/shared/data").glob("*.jpg"))
+PHOTOS = sample_photos()
 METHODS = ["orb", "sift", "fast", "gftt", "grid"]
 PINHOLE = CameraMessage(width=160, height=120, fx=120.0, fy=118.0, cx=80.2, cy=59.7)
 DISTORTED = CameraMessage(
@@ -20,10 +19,8 @@ FISHEYE = CameraMessage(
 )
 
 
-@pytest.fixture(scope="module", params=PHOTOS or [None], ids=lambda p: p.name if p else "no-photo")
+@pytest.fixture(scope="module", params=PHOTOS, ids=lambda p: p.name)
 def photo_gray(request) -> np.ndarray:
-    if request.param is None:
-        pytest.skip("test photos in /work/shared/data are absent")
     image = cv2.imread(str(request.param), cv2.IMREAD_GRAYSCALE)
     return cv2.resize(image, (640, 480), interpolation=cv2.INTER_AREA)
 

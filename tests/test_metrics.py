@@ -2,8 +2,7 @@ import math
 import re
 
 import pytest
-
-from gateway.metrics import CONTENT_TYPE, Counter, GatewayMetrics, Gauge, Histogram, Registry
+from dronedepth.gateway.metrics import CONTENT_TYPE, Counter, GatewayMetrics, Gauge, Histogram, Registry
 
 # One sample line of the text exposition format 0.0.4.
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? \S+$')

@@ -1,8 +1,7 @@
 import numpy as np
 import open3d as o3d
 import pytest
-
-from gateway.pointcloud import make_point_cloud
+from dronedepth.gateway.pointcloud import make_point_cloud
 
 
 def grid_points(n: int = 20, spacing: float = 0.01) -> np.ndarray:

@@ -2,9 +2,7 @@ import cv2
 import numpy as np
 import open3d as o3d
 import pytest
-
-from dronedepth.protocol import CameraMessage
-from gateway.projection import (
+from dronedepth.gateway.projection import (
     AXES_FROM_OPTICAL,
     RayGrid,
     convert_axes,
@@ -14,6 +12,8 @@ from gateway.projection import (
     ray_grid,
     valid_depth_mask,
 )
+
+from dronedepth.protocol import CameraMessage
 
 PINHOLE = CameraMessage(width=64, height=48, fx=52.5, fy=51.0, cx=31.7, cy=23.2)
 RADTAN5 = CameraMessage(
@@ -278,7 +278,7 @@ def test_unknown_axes_are_refused():
     "camera", [RADTAN5, RATIONAL8, FISHEYE, PINHOLE], ids=["radtan5", "rational8", "fisheye", "pinhole"]
 )
 def test_numpy_lens_model_used_to_check_the_grid_matches_opencv(camera):
-    from gateway.projection import _distort
+    from dronedepth.gateway.projection import _distort
 
     xy = np.random.default_rng(2).uniform(-0.6, 0.6, size=(500, 2))
     xyz = np.concatenate([xy, np.ones((500, 1))], axis=1)

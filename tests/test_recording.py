@@ -3,12 +3,12 @@ import json
 import numpy as np
 import open3d as o3d
 import pytest
+from dronedepth.gateway.outputs.recording import KEYPOINTS_FILE, Recorder, cloud_filename
+from dronedepth.gateway.pipeline import FrameProcessor, FrameResult, ProcessingConfig
+from dronedepth.gateway.pointcloud import make_point_cloud
 
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import DRONE_ID_PATTERN, CameraMessage, KeypointsMessage, decode
-from gateway.pipeline import FrameProcessor, FrameResult, ProcessingConfig
-from gateway.pointcloud import make_point_cloud
-from gateway.recording import KEYPOINTS_FILE, Recorder, cloud_filename
 
 CAMERA = CameraMessage(width=160, height=120, fx=120.0, fy=120.0, cx=79.5, cy=59.5)
 

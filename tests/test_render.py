@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-
-from gateway.render import colorize_depth, depth_preview, render_point_cloud
+from dronedepth.gateway.outputs.render import colorize_depth, depth_preview, render_point_cloud
 
 
 def test_colorize_depth_near_is_warm_far_is_cool_invalid_is_black() -> None:

@@ -14,15 +14,15 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from dronedepth.gateway.outputs.rosbag import BagSink, RosEncoder, camera_info_fields, ros_name
 from mcap.exceptions import EndOfFile
 from mcap.reader import make_reader
 from mcap.records import Channel, Chunk, Message, Schema
 from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap_ros2.decoder import DecoderFactory
+from output_fixtures import make_record
 
 from dronedepth.protocol import CameraMessage
-from gateway.rosbag import BagSink, RosEncoder, camera_info_fields, ros_name
-from tests.output_fixtures import make_record
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "drone_7"  # ros_name("drone-7")
@@ -238,7 +238,7 @@ def test_camera_info_follows_a_resized_frame() -> None:
     small = dict(record.__dict__)
     del small["_memo"]
     small["camera"] = CameraMessage(128, 96, 100, 104, 63.5, 48.5)  # intrinsics given for 2x the frame size
-    from gateway.sinks import FrameRecord
+    from dronedepth.gateway.outputs.sinks import FrameRecord
 
     encoder = RosEncoder()
     msg = encoder.typestore.deserialize_cdr(
@@ -281,8 +281,8 @@ def test_a_drone_that_leaves_and_returns_gets_a_new_bag(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys, time
-from gateway.rosbag import BagSink
-from tests.output_fixtures import make_record
+from dronedepth.gateway.outputs.rosbag import BagSink
+from output_fixtures import make_record
 sink = BagSink(sys.argv[1])
 i = 0
 while True:

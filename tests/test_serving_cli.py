@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from dronedepth.cli import main
-from dronedepth.contract import MODEL_NAME
 from dronedepth.serving import find_free_port
 from dronedepth.serving.embedded import group_members
-from tests.serving_fixtures import make_test_repository
+from serving_fixtures import make_test_repository
+
+from dronedepth.contract import MODEL_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ class _Cli:
 
     def __init__(self, repo: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dronedepth", *_triton_args(repo)],
+            [sys.executable, "-m", "dronedepth.cli", *_triton_args(repo)],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

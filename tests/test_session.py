@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
+from dronedepth.gateway import session as session_module
+from dronedepth.gateway.inference import DepthService
+from dronedepth.gateway.metrics import GatewayMetrics
+from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
+from dronedepth.gateway.session import DroneSession, LatestFrame, SessionContext
+from gateway_fixtures import FakeDepthClient, camera_for, check_projection, gateway_config, photo
 
-import gateway.session
 from dronedepth import protocol
-from gateway.inference import DepthService
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline import FrameProcessor, ProcessingConfig
-from gateway.session import DroneSession, LatestFrame, SessionContext
-from tests.gateway_fixtures import FakeDepthClient, camera_for, check_projection, gateway_config, photo
 
 
 class FakeChannel:
@@ -171,7 +171,7 @@ async def test_frames_before_camera_get_one_no_camera_error_then_results(
     parts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     session, channel = parts["session"], parts["channel"]
-    monkeypatch.setattr(gateway.session, "NO_CAMERA_GRACE_S", 0.1)
+    monkeypatch.setattr(session_module, "NO_CAMERA_GRACE_S", 0.1)
     track = FakeTrack()
     session._on_track(track)  # type: ignore[arg-type]
     session.start()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-
-from drone.sources import (
+from dronedepth.drone.sources import (
     CameraSource,
     FrameSource,
     ImageFolderSource,
@@ -19,9 +17,11 @@ from drone.sources import (
     open_source,
     output_size,
 )
-from dronedepth.errors import ConfigError
 
-DATA = Path(os.environ.get("DRONEDEPTH_TEST_DATA", "/work/shared/data"))
+from dronedepth.errors import ConfigError
+from dronedepth.samples import SAMPLE_DIR, sample_photos
+
+DATA = SAMPLE_DIR
 
 
 def _check_frame(frame, width: int, height: int) -> None:
@@ -158,9 +158,7 @@ def test_video_file_errors_name_the_file(tmp_path):
 
 
 def test_image_folder_of_test_photos_loops_at_the_requested_size():
-    photos = sorted(DATA.glob("*.jpg")) if DATA.is_dir() else []
-    if not photos:
-        pytest.skip(f"no test photos in {DATA}")
+    photos = sample_photos()
     with ImageFolderSource(DATA, width=320, height=240) as source:
         assert source.files == photos
         frames = [source.read() for _ in range(len(photos) + 1)]
@@ -177,7 +175,7 @@ def test_image_folder_is_sorted_by_name_and_sends_one_size(tmp_path, caplog):
     source = ImageFolderSource(tmp_path, width=40)
     assert [p.name for p in source.files] == ["a.png", "b.png"]
     assert (source.native_width, source.native_height, source.width, source.height) == (80, 60, 40, 30)
-    with caplog.at_level(logging.WARNING, logger="drone.sources"):
+    with caplog.at_level(logging.WARNING, logger="dronedepth.drone.sources"):
         a, b, _, b_again = source.read(), source.read(), source.read(), source.read()
     for frame in (a, b, b_again):
         _check_frame(frame, 40, 30)

@@ -1,4 +1,4 @@
-"""The DDSF stream format, the /stream/<drone> WebSocket hub, and the sink fan-out (gateway/sinks.py)."""
+"""The DDSF stream format, the /stream/<drone> WebSocket hub, and the sink fan-out (gateway/outputs/sinks.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from dronedepth.gateway.outputs.sinks import FrameRecord, RecorderSink, SinkSet, to_optical
+from dronedepth.gateway.outputs.stream import StreamHub, stream_frame
+from dronedepth.gateway.projection import AXES_FROM_OPTICAL, convert_axes
+from output_fixtures import STAMP, make_record, serve_stream_hub
 
 from dronedepth import stream_format
 from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.stream_format import StreamFrame, decode_frame, encode_frame, encoded_size
-from gateway.projection import AXES_FROM_OPTICAL, convert_axes
-from gateway.sinks import FrameRecord, RecorderSink, SinkSet, to_optical
-from gateway.streaming import StreamHub, stream_frame
-from tests.output_fixtures import STAMP, make_record, serve_stream_hub
 
 TOKEN = "s3cret-token"
 

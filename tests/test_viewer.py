@@ -11,12 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from dronedepth.gateway import viewer
+from dronedepth.gateway.outputs.stream import StreamHub
+from output_fixtures import make_record, serve_stream_hub
 
 from dronedepth import cli
 from dronedepth.errors import ConfigError, DroneDepthError
-from gateway import viewer
-from gateway.streaming import StreamHub
-from tests.output_fixtures import make_record, serve_stream_hub
 
 TOKEN = "viewer-token"
 
@@ -76,9 +76,10 @@ async def test_snapshot_renders_a_received_frame(
 
 
 def test_render_snapshot_draws_in_the_optical_frame() -> None:
+    from dronedepth.gateway.outputs.render import render_point_cloud
+    from dronedepth.gateway.outputs.stream import stream_frame
+
     from dronedepth.stream_format import decode_frame, encode_frame
-    from gateway.render import render_point_cloud
-    from gateway.streaming import stream_frame
 
     record = make_record(n=3000, axes="opengl")
     frame = decode_frame(encode_frame(stream_frame(record)))

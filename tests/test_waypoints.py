@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from dronedepth.drone.waypoints import horizontal_fov_deg, plan_waypoints
 
-from drone.waypoints import horizontal_fov_deg, plan_waypoints
 from dronedepth.protocol import CameraMessage
 
 

@@ -26,18 +26,18 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import ClientSession
+from browser_fixtures import ARTIFACTS, BROWSER_TIMEOUT_MS, chromium, photo_paths, web_gateway, write_y4m
+from dronedepth.gateway.inference import TritonDepthClient
+from dronedepth.gateway.outputs.sinks import FrameRecord
+from dronedepth.gateway.server import Gateway
+from dronedepth.gateway.web import STATIC_DIR, PreviewHub, add_web_routes, encode_preview, find_preview_hub
+from gateway_fixtures import TOKEN, FakeDepthClient, TestDrone, camera_for, gateway_config, photo, wait_until
 from multidict import CIMultiDict
 from numpy.typing import NDArray
 
 from dronedepth.contract import MODEL_NAME
 from dronedepth.protocol import KeypointsMessage
-from gateway.inference import TritonDepthClient
-from gateway.server import Gateway
-from gateway.sinks import FrameRecord
-from gateway.web import STATIC_DIR, PreviewHub, add_web_routes, encode_preview, find_preview_hub
 from tests import serving_fixtures
-from tests.browser_fixtures import ARTIFACTS, BROWSER_TIMEOUT_MS, chromium, photo_paths, web_gateway, write_y4m
-from tests.gateway_fixtures import TOKEN, FakeDepthClient, TestDrone, camera_for, gateway_config, photo, wait_until
 
 triton_repository = serving_fixtures.triton_repository
 triton_server = serving_fixtures.triton_server
@@ -139,7 +139,7 @@ def test_hub_encodes_at_most_max_fps_per_drone_and_keeps_statistics():
 
 
 def test_hub_settings_are_validated_and_found_in_a_sink_set():
-    from gateway.sinks import SinkSet
+    from dronedepth.gateway.outputs.sinks import SinkSet
 
     with pytest.raises(ValueError, match="max_fps"):
         PreviewHub(max_fps=0)

@@ -23,10 +23,10 @@ import open3d as o3d
 
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, encode
-from gateway.pointcloud import make_point_cloud
+from dronedepth.gateway.pointcloud import make_point_cloud
 
 if TYPE_CHECKING:
-    from gateway.pipeline import FrameResult
+    from dronedepth.gateway.pipeline import FrameResult
 
 __all__ = ["KEYPOINTS_FILE", "Recorder", "cloud_filename"]
 

@@ -153,7 +153,7 @@ def _refusal(url: str, exc: aiohttp.WSServerHandshakeError) -> str:
 
 def render_snapshot(frame: StreamFrame, size: tuple[int, int] = DEFAULT_SIZE) -> NDArray[np.uint8]:
     """RGB picture of ``frame``: its cloud seen from an orbiting camera, keypoints as red discs."""
-    from gateway.render import render_point_cloud
+    from dronedepth.gateway.outputs.render import render_point_cloud
 
     return render_point_cloud(
         frame.to_optical(frame.cloud_xyz),

@@ -28,10 +28,10 @@ from numpy.typing import NDArray
 
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, CameraMessage, KeypointsMessage
-from gateway.projection import AXES_FROM_OPTICAL
+from dronedepth.gateway.projection import AXES_FROM_OPTICAL
 
 if TYPE_CHECKING:
-    from gateway.recording import Recorder
+    from dronedepth.gateway.outputs.recording import Recorder
 
 __all__ = [
     "FrameData",
@@ -210,7 +210,7 @@ class RecorderSink:
         self._lock = threading.Lock()
 
     def _recorder(self, drone_id: str) -> Recorder:
-        from gateway.recording import Recorder  # imports Open3D: only when recording
+        from dronedepth.gateway.outputs.recording import Recorder  # imports Open3D: only when recording
 
         with self._lock:
             recorder = self._recorders.get(drone_id)

@@ -3,7 +3,7 @@
 1. export a model (real weights when given or reachable, else a clearly
    labelled random-init model of the real architecture),
 2. start the embedded Triton and the gateway on free ports,
-3. stream simulated drones (the photos in ``../shared/data`` and the synthetic scene),
+3. stream simulated drones (the package's sample photos and the synthetic scene),
 4. write keypoints, point clouds, rosbags, depth previews, point-cloud renders
    and a latency summary to the output folder,
 5. stop everything it started, also on failure or Ctrl-C.
@@ -32,14 +32,14 @@ import numpy as np
 from dronedepth.contract import MODEL_NAME
 from dronedepth.errors import ConfigError, DroneDepthError
 from dronedepth.protocol import CameraMessage
+from dronedepth.samples import SAMPLE_DIR
 
-log = logging.getLogger("dronedepth.demo")
+log = logging.getLogger("dronedepth.cli.demo")
 
 DEFAULT_HUB_MODEL = "depth-anything/Depth-Anything-V2-Metric-Outdoor-Small-hf"
 PHOTO_HFOV_DEG = 60.0
-"""The shared photos come without calibration: the demo assumes this horizontal field of view."""
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PHOTOS = REPO_ROOT.parent / "shared" / "data"
+"""The sample photos come without calibration: the demo assumes this horizontal field of view."""
+DEFAULT_PHOTOS = SAMPLE_DIR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +110,7 @@ def _export_arguments(args: argparse.Namespace) -> tuple[list[str], str]:
 
 def export_model(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
     """Export into ``repository`` unless an export of the same weights is already there; returns its facts."""
-    from export.repository import read_model_facts
+    from dronedepth.export.repository import read_model_facts
 
     weights, label = _export_arguments(args)
     stamp = repository / ".demo-source.json"
@@ -141,7 +141,7 @@ def export_model(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
 
 
 def photo_camera(photos: Path) -> CameraMessage:
-    """Intrinsics for the photo drone: the shared photos have none, so assume a 60° horizontal field of view."""
+    """Intrinsics for the photo drone: the sample photos have none, so assume a 60° horizontal field of view."""
     import cv2
 
     first = next(p for p in sorted(photos.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -166,12 +166,12 @@ def _drone_plans(args: argparse.Namespace) -> list[tuple[str, str, CameraMessage
 
 async def stream(args: argparse.Namespace, triton_url: str, out: Path, facts: dict[str, Any]) -> dict[str, Any]:
     """Run the gateway and the drones until every drone has sent its frames; returns the summary."""
-    from drone.client import DroneClient, DroneConfig
-    from gateway.config import GatewayConfig
-    from gateway.inference import TritonDepthClient
-    from gateway.keypoints import KeypointConfig
-    from gateway.pipeline import ProcessingConfig
-    from gateway.server import Gateway
+    from dronedepth.drone.client import DroneClient, DroneConfig
+    from dronedepth.gateway.config import GatewayConfig
+    from dronedepth.gateway.inference import TritonDepthClient
+    from dronedepth.gateway.keypoints import KeypointConfig
+    from dronedepth.gateway.pipeline import ProcessingConfig
+    from dronedepth.gateway.server import Gateway
 
     token = secrets.token_urlsafe(24)
     latest = LatestFrames()
@@ -231,9 +231,8 @@ def _summary_dict(summary: Any) -> dict[str, Any]:
 
 def _render_pictures(latest: LatestFrames, out: Path, facts: dict[str, Any]) -> None:
     import cv2
-
-    from gateway.render import depth_preview, render_point_cloud
-    from gateway.sinks import to_optical
+    from dronedepth.gateway.outputs.render import depth_preview, render_point_cloud
+    from dronedepth.gateway.outputs.sinks import to_optical
 
     note = "RANDOM-INIT MODEL: depth is meaningless" if facts.get("random_init") else None
     for drone_id, record in latest.frames.items():

@@ -21,8 +21,8 @@ from typing import Final
 import foxglove
 
 from dronedepth.errors import ConfigError
-from gateway.rosbag import TOPIC_KINDS, RosEncoder
-from gateway.sinks import FrameRecord
+from dronedepth.gateway.outputs.rosbag import TOPIC_KINDS, RosEncoder
+from dronedepth.gateway.outputs.sinks import FrameRecord
 
 __all__ = ["DEFAULT_PORT", "FoxgloveSink"]
 

@@ -37,7 +37,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import CameraMessage
-from gateway.sinks import FrameRecord
+from dronedepth.gateway.outputs.sinks import FrameRecord
 
 __all__ = [
     "OPTICAL_FRAME",

@@ -19,13 +19,19 @@ from dronedepth.errors import DroneDepthError
 
 # name -> (module, one-line help). Order is the order of the pipeline.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("export.cli", "Export Depth Anything V2 to ONNX / TensorRT and write a Triton model repository."),
+    "export": (
+        "dronedepth.export.cli",
+        "Export Depth Anything V2 to ONNX / TensorRT and write a Triton model repository.",
+    ),
     "triton": ("dronedepth.serving.cli", "Run an embedded Triton server on CPU (no Docker, no GPU)."),
-    "gateway": ("gateway.cli", "Receive drone video over WebRTC, get depth from Triton, send back 3D keypoints."),
-    "drone": ("drone.cli", "Stream a camera, video, image folder or synthetic scene to a gateway."),
-    "view": ("gateway.viewer", "Watch a drone's live point cloud and keypoints from a gateway."),
-    "demo": ("dronedepth.demo", "Run the whole pipeline end to end on this machine and write the results."),
-    "bench": ("benchmarks.cli", "Measure latency and throughput of every stage and of the baselines."),
+    "gateway": (
+        "dronedepth.gateway.cli",
+        "Receive drone video over WebRTC, get depth from Triton, send back 3D keypoints.",
+    ),
+    "drone": ("dronedepth.drone.cli", "Stream a camera, video, image folder or synthetic scene to a gateway."),
+    "view": ("dronedepth.cli.view", "Watch a drone's live point cloud and keypoints from a gateway."),
+    "demo": ("dronedepth.cli.demo", "Run the whole pipeline end to end on this machine and write the results."),
+    "bench": ("dronedepth.benchmarks.cli", "Measure latency and throughput of every stage and of the baselines."),
 }
 
 

@@ -12,10 +12,11 @@ import signal
 import threading
 from types import FrameType
 
-from dronedepth.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT, MIN_SIDE
 from dronedepth.serving.embedded import DEFAULT_READY_TIMEOUT_S, EmbeddedTriton
 from dronedepth.serving.environment import ENV_VAR
 from dronedepth.serving.repository import DEFAULT_MAX_PIXELS, AdapterSettings
+
+from dronedepth.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT, MIN_SIDE
 
 LOG = logging.getLogger(__name__)
 

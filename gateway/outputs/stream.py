@@ -27,7 +27,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
 from dronedepth.stream_format import StreamFrame, encode_frame
-from gateway.sinks import FrameRecord
+from dronedepth.gateway.outputs.sinks import FrameRecord
 
 __all__ = ["DEFAULT_MAX_POINTS", "STREAM_ROUTE", "StreamHub", "add_stream_routes", "stream_frame"]
 
