@@ -49,7 +49,9 @@ def test_every_signalling_refusal_is_documented(doc: str) -> None:
 
 def test_the_gateway_and_the_drone_use_the_protocol_constants() -> None:
     from dronedepth.drone import signaling as drone_signaling
-    from dronedepth.gateway import recording, signaling, sinks, streaming, web
+    from dronedepth.gateway import signaling, web
+    from dronedepth.gateway.outputs import recording, sinks
+    from dronedepth.gateway.outputs import stream as streaming
 
     for module in (signaling, sinks, streaming, web, recording, drone_signaling):
         assert module.DRONE_ID_PATTERN is protocol.DRONE_ID_PATTERN, module.__name__  # type: ignore[attr-defined]

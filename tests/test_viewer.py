@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from dronedepth.gateway import viewer
+from dronedepth.cli import view as viewer
 from dronedepth.gateway.outputs.stream import StreamHub
 from output_fixtures import make_record, serve_stream_hub
 
