@@ -76,7 +76,7 @@ class ServerEnvironment:
 
 def project_root() -> Path:
     """The source checkout this package runs from (where ``make setup`` puts ``.venv-triton``)."""
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[1]
 
 
 def locate_server_env(explicit: str | os.PathLike[str] | None = None) -> ServerEnvironment:
