@@ -1,4 +1,6 @@
-"""The statistics every benchmark reports: percentiles, summaries, latency trends, Prometheus text.
+"""The statistics every benchmark reports: summaries, latency trends, Prometheus text.
+
+Percentiles are :func:`dronedepth.stats.percentile` (linear interpolation, numpy's default).
 
 Pure functions, no I/O: what they compute is pinned by ``tests/test_benchmarks.py``.
 """
@@ -12,31 +14,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from dronedepth.stats import percentile
+
 __all__ = [
     "Summary",
     "Trend",
     "parse_prometheus",
-    "percentile",
     "prometheus_total",
     "summarize",
     "trend",
 ]
-
-
-def percentile(values: Iterable[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation between ranks (numpy's default).
-
-    Raises ``ValueError`` for no values or ``q`` outside 0..100.
-    """
-    ordered = sorted(float(v) for v in values)
-    if not ordered:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within 0..100, got {q}")
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass(frozen=True, slots=True)

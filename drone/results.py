@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 from array import array
 from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
 from dronedepth.errors import ConfigError
+from dronedepth.stats import percentile
 
-__all__ = ["LatencyStats", "ResultsWriter", "percentile"]
-
-
-def percentile(values: list[float] | array[float], q: float) -> float | None:
-    """The ``q``-th percentile (0..100) with linear interpolation, as ``numpy.percentile``; ``None`` if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+__all__ = ["LatencyStats", "ResultsWriter"]
 
 
 class LatencyStats:
@@ -40,10 +29,12 @@ class LatencyStats:
         return len(self._all)
 
     def overall(self, q: float) -> float | None:
-        return percentile(self._all, q)
+        """The ``q``-th percentile (:func:`dronedepth.stats.percentile`) of every sample; None before the first."""
+        return percentile(self._all, q) if self._all else None
 
     def recent(self, q: float) -> float | None:
-        return percentile(list(self._recent), q)
+        """The ``q``-th percentile of the last ``window`` samples; None before the first."""
+        return percentile(self._recent, q) if self._recent else None
 
     @property
     def maximum(self) -> float | None:

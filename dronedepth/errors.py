@@ -9,7 +9,9 @@
     │   └── InferenceUnavailable   the server is unreachable or overloaded: try later
     │       ├── InferenceTimeout       one request took longer than the timeout
     │       └── InferenceOverloaded    the server is up but rejected the request (queue full)
-    └── ProtocolError          a wire message is malformed or has bad values
+    ├── ProtocolError          a wire message is malformed or has bad values
+    ├── GatewayFull            the gateway serves its maximum of drones, or is shutting down
+    └── GatewayBusy            an offer for the same drone id is being answered right now
 
 Lower-level errors (grpc, tritonclient, onnxruntime, aiortc) are converted at
 the boundary with ``raise ... from exc`` so callers handle one family. Each
@@ -63,3 +65,11 @@ class ProtocolError(DroneDepthError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class GatewayFull(DroneDepthError):
+    """The gateway already serves its maximum number of drones, or is shutting down (HTTP 503)."""
+
+
+class GatewayBusy(DroneDepthError):
+    """An offer for the same drone id is being answered right now (HTTP 409)."""

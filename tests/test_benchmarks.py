@@ -9,12 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from dronedepth.benchmarks import cli
 from dronedepth.benchmarks.harness import BenchConfig, TritonStats
 from dronedepth.benchmarks.report import fmt, markdown_report, markdown_table
-from dronedepth.benchmarks.stats import parse_prometheus, percentile, prometheus_total, summarize, trend
+from dronedepth.benchmarks.stats import parse_prometheus, prometheus_total, summarize, trend
 from dronedepth.benchmarks.stream import Fleet, ResultSample
 
 from dronedepth.errors import ConfigError
@@ -23,19 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------------------- statistics
-
-
-@pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 100])
-def test_percentile_matches_numpy_linear(q: float) -> None:
-    values = np.random.default_rng(3).exponential(50.0, 37)
-    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
-
-
-def test_percentile_refuses_nothing_and_bad_ranks() -> None:
-    with pytest.raises(ValueError, match="no values"):
-        percentile([], 50)
-    with pytest.raises(ValueError, match=r"within 0\.\.100"):
-        percentile([1.0], 101)
 
 
 def test_summarize() -> None:
