@@ -18,10 +18,10 @@ METRIC ?= outdoor
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup demo test lint bench clean help
+.PHONY: setup demo test lint typecheck bench clean help
 help:
 	@echo "make demo   run the whole pipeline end to end on this machine (outputs/demo)"
-	@echo "make test   lint and run the test suite"
+	@echo "make test   lint, type-check and run the test suite"
 	@echo "make bench  measure latency and throughput (benchmarks/results)"
 	@echo "make setup  install apt packages, $(VENV) and $(TRITON_ENV) (idempotent)"
 
@@ -60,7 +60,18 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# mypy cannot follow the package-dir mapping (dronedepth.gateway lives in gateway/), so it checks a
+# mirror of symlinks: the ground-floor modules plus one link per sub-package folder named in pyproject.toml.
+# Error paths are rewritten back to the repository's own paths.
+TYPECHECK_TREE := .cache/typecheck/dronedepth
+typecheck: setup
+	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)
+	@ln -s $(CURDIR)/dronedepth/*.py $(TYPECHECK_TREE)/
+	@for folder in $$($(VENV)/bin/python -c 'import tomllib; dirs = tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"]; print(*(d for p, d in dirs.items() if p != "dronedepth"))'); do \
+	  ln -s $(CURDIR)/$$folder $(TYPECHECK_TREE)/$$folder; done
+	set -o pipefail; $(VENV)/bin/mypy -p dronedepth | sed -E 's#^$(TYPECHECK_TREE)/([a-z_]+/)#\1#; s#^$(TYPECHECK_TREE)/#dronedepth/#'
+
+test: lint typecheck
 	$(VENV)/bin/python -m pytest -q -ra
 
 bench: setup
