@@ -95,14 +95,16 @@ def test_reopening_appends(tmp_path, results):
     assert len((tmp_path / "d5" / KEYPOINTS_FILE).read_text().splitlines()) == 2
 
 
-@pytest.mark.parametrize("drone_id", ["", ".", "..", "../etc", "a/b", ".hidden", "a.b", "x" * 65, "a b", "a\\b"])
+@pytest.mark.parametrize(
+    "drone_id", ["", ".", "..", "../etc", "a/b", ".hidden", "a.b", "x" * 65, "a b", "a\\b", "-rf", "--", "_x", "-x"]
+)
 def test_drone_ids_that_are_not_safe_folder_names_are_refused(tmp_path, drone_id):
     with pytest.raises(ConfigError, match="cannot name a recording folder"):
         Recorder(tmp_path, drone_id)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("drone_id", ["_x", "-x", "--", "_", "drone-1a2b3c4d", "x" * 64])
+@pytest.mark.parametrize("drone_id", ["x_", "rf-", "7", "0--", "drone-1a2b3c4d", "x" * 64])
 def test_every_id_signalling_accepts_can_be_recorded(tmp_path, results, drone_id):
     assert DRONE_ID_PATTERN.fullmatch(drone_id)
     with Recorder(tmp_path, drone_id, cloud_every=0) as recorder:
