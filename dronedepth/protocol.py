@@ -8,7 +8,7 @@ the drone sends video on a WebRTC video track and talks on a data channel
 labelled :data:`DATA_CHANNEL_LABEL` carrying JSON text messages, each with a
 ``type`` field:
 
-- drone → gateway: :class:`CameraMessage` (``camera``)
+- drone → gateway: :class:`CameraMessage` (``camera``), :class:`PoseMessage` (``pose``)
 - gateway → drone: :class:`KeypointsMessage` (``keypoints``), :class:`ErrorMessage` (``error``)
 
 ``docs/protocol.md`` is the prose version of this module. The module needs
@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dronedepth.errors import ProtocolError
+from dronedepth.frames import Transform, body_from_camera, enu_from_ned_pose, enu_from_ned_vector, normalised_quaternion
 
 DATA_CHANNEL_LABEL: Final = "dronedepth"
 MAX_MESSAGE_BYTES: Final = 64 * 1024
@@ -38,10 +39,9 @@ VIDEO_CLOCK_RATE: Final = 90_000
 
 DRONE_ID_HEADER: Final = "X-Drone-Id"
 """HTTP header of ``POST /offer`` (request and answer) carrying the drone's id."""
-DRONE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-"""Every drone id (``fullmatch``): ids name folders, files, ROS topics and URL paths, so no '.' or '/';
-the first character is a letter or digit so that no id reads as a command-line option (``-rf``)."""
-DRONE_ID_RULE: Final = "1 to 64 characters among A-Z, a-z, 0-9, '_' and '-', starting with a letter or digit"
+DRONE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""Every drone id (``fullmatch``): ids name folders, files, ROS topics and URL paths, so no '.' or '/'."""
+DRONE_ID_RULE: Final = "1 to 64 characters among A-Z, a-z, 0-9, '_' and '-'"
 """:data:`DRONE_ID_PATTERN` in words, for error messages."""
 
 CameraModel = Literal["pinhole", "fisheye"]
@@ -53,6 +53,7 @@ INVALID_MESSAGE: Final = "invalid_message"
 UNKNOWN_TYPE: Final = "unknown_type"
 MESSAGE_TOO_LARGE: Final = "message_too_large"
 INVALID_CAMERA: Final = "invalid_camera"
+INVALID_POSE: Final = "invalid_pose"
 NO_CAMERA: Final = "no_camera"
 CAMERA_MISMATCH: Final = "camera_mismatch"
 FRAME_TOO_LARGE: Final = "frame_too_large"
@@ -125,11 +126,73 @@ class SessionDescription:
 
 
 @dataclass(frozen=True, slots=True)
+class CameraMount:
+    """Where the camera sits on the body: ``base_link`` (FLU) → ``camera_optical``.
+
+    ``x``, ``y``, ``z`` in metres in ``base_link`` (forward, left, up);
+    ``roll_deg``, ``pitch_deg``, ``yaw_deg`` in degrees turn the camera away
+    from looking straight forward with its image upright (ROS fixed-axis RPY
+    about the body's axes): ``pitch_deg`` > 0 tilts it down, ``yaw_deg`` > 0
+    turns it left. All zero (the default) is a forward-looking camera.
+    """
+
+    x: float = 0.0
+    y: float = 0.0
+    z: float = 0.0
+    roll_deg: float = 0.0
+    pitch_deg: float = 0.0
+    yaw_deg: float = 0.0
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("x", "y", "z", "roll_deg", "pitch_deg", "yaw_deg")
+    MAX_OFFSET_M: ClassVar[float] = 10.0
+
+    def __post_init__(self) -> None:
+        for name in self.FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ProtocolError(INVALID_CAMERA, f"camera mount: {name} must be a finite number, got {value!r}")
+        for name in ("x", "y", "z"):
+            if abs(getattr(self, name)) > self.MAX_OFFSET_M:
+                raise ProtocolError(
+                    INVALID_CAMERA,
+                    f"camera mount: {name} = {getattr(self, name)} m is more than {self.MAX_OFFSET_M} m from the body",
+                )
+
+    @property
+    def body_from_camera(self) -> Transform:
+        """``base_link_from_camera_optical``."""
+        return body_from_camera(
+            self.x,
+            self.y,
+            self.z,
+            math.radians(self.roll_deg),
+            math.radians(self.pitch_deg),
+            math.radians(self.yaw_deg),
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in self.FIELDS}
+
+    @classmethod
+    def from_dict(cls, payload: Any) -> CameraMount:
+        if not isinstance(payload, dict):
+            raise ProtocolError(INVALID_CAMERA, f"camera: 'mount' must be an object, got {payload!r}")
+        unknown = sorted(set(payload) - set(cls.FIELDS))
+        if unknown:
+            raise ProtocolError(
+                INVALID_CAMERA, f"camera mount: unknown keys {unknown}; expected some of {', '.join(cls.FIELDS)}"
+            )
+        return cls(**{name: _number(payload, name, "camera mount") for name in cls.FIELDS if name in payload})
+
+
+@dataclass(frozen=True, slots=True)
 class CameraMessage:
     """Drone → gateway: the intrinsics of the frames that follow.
 
     ``distortion`` follows OpenCV's order: k1, k2, p1, p2[, k3[, k4, k5, k6]]
     for ``pinhole``; k1..k4 for ``fisheye`` (OpenCV's fisheye model).
+    ``mount`` places the camera on the body; ``None`` is a forward-looking
+    camera at the body's origin (:attr:`body_from_camera` either way).
     """
 
     width: int
@@ -140,6 +203,7 @@ class CameraMessage:
     cy: float
     distortion: tuple[float, ...] = ()
     model: CameraModel = "pinhole"
+    mount: CameraMount | None = None
 
     type: ClassVar[str] = "camera"
 
@@ -183,6 +247,11 @@ class CameraMessage:
     def has_distortion(self) -> bool:
         return any(c != 0.0 for c in self.distortion)
 
+    @property
+    def body_from_camera(self) -> Transform:
+        """``base_link_from_camera_optical``: the mount, or a forward-looking camera without one."""
+        return (self.mount or CameraMount()).body_from_camera
+
     def scaled(self, width: int, height: int) -> CameraMessage:
         """The same camera for frames resized to ``width`` × ``height``.
 
@@ -199,6 +268,7 @@ class CameraMessage:
             cy=(self.cy + 0.5) * sy - 0.5,
             distortion=self.distortion,
             model=self.model,
+            mount=self.mount,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,6 +284,8 @@ class CameraMessage:
         }
         if self.distortion:
             out["distortion"] = list(self.distortion)
+        if self.mount is not None:
+            out["mount"] = self.mount.to_dict()
         return out
 
     @classmethod
@@ -227,6 +299,7 @@ class CameraMessage:
                 raise ProtocolError(INVALID_MESSAGE, f"{where}: 'distortion' must be a list of numbers")
             distortion = tuple(_number({"distortion": v}, "distortion", where) for v in distortion_raw)
             model = payload.get("model", "pinhole")
+            mount = None if payload.get("mount") is None else CameraMount.from_dict(payload["mount"])
             return cls(
                 width=_integer(payload, "width", where),
                 height=_integer(payload, "height", where),
@@ -236,6 +309,7 @@ class CameraMessage:
                 cy=_number(payload, "cy", where),
                 distortion=distortion,
                 model=model,
+                mount=mount,
             )
         except ProtocolError as exc:
             # Every problem with a camera message is an invalid camera for the peer.
@@ -357,9 +431,244 @@ class ErrorMessage:
         return cls(code=exc.code, message=exc.message)
 
 
-Message = CameraMessage | KeypointsMessage | ErrorMessage
-_MESSAGE_TYPES: Final[dict[str, type[CameraMessage] | type[KeypointsMessage] | type[ErrorMessage]]] = {
+PoseConvention = Literal["enu_flu", "ned_frd"]
+POSE_CONVENTIONS: Final[tuple[PoseConvention, ...]] = ("enu_flu", "ned_frd")
+WORLD_FRAMES: Final = ("map", "odom")
+MAX_POSE_TICKS: Final = 2**47
+"""Largest ``|pts|`` of a pose: about 50 years of the 90 kHz clock, far inside float64's exact integers."""
+
+
+def _vector(payload: Mapping[str, Any], key: str, length: int, where: str) -> tuple[float, ...]:
+    value = payload.get(key)
+    if not isinstance(value, list) or len(value) != length:
+        raise ProtocolError(INVALID_POSE, f"{where}: '{key}' must be a list of {length} numbers, got {value!r}")
+    return tuple(_number({key: v}, key, where) for v in value)
+
+
+@dataclass(frozen=True, slots=True)
+class PoseMessage:
+    """Drone → gateway: the body's pose at one instant of the video clock.
+
+    ``position`` (metres) and ``orientation`` (unit quaternion x, y, z, w) make
+    ``world_from_body``: ``frame_id`` names the world (``map`` or ``odom``),
+    ``convention`` its axes and the body's (``enu_flu``: ROS REP-103;
+    ``ned_frd``: PX4/ArduPilot). ``pts`` counts 90 kHz ticks on the clock of
+    the video ``pts`` (0 = the first frame's capture instant), so the gateway
+    can interpolate a pose at each frame. Optional: ``height_above_ground``
+    (metres, rangefinder) and ``velocity`` (m/s in the world's axes).
+    :meth:`from_dict` converts ``ned_frd`` to ``enu_flu`` (the one edge where
+    that happens), so received poses are always ENU/FLU.
+    """
+
+    pts: int
+    position: tuple[float, float, float]
+    orientation: tuple[float, float, float, float]
+    frame_id: str = "map"
+    convention: PoseConvention = "enu_flu"
+    height_above_ground: float | None = None
+    velocity: tuple[float, float, float] | None = None
+
+    type: ClassVar[str] = "pose"
+
+    def __post_init__(self) -> None:
+        where = "pose"
+        if isinstance(self.pts, bool) or not isinstance(self.pts, int) or abs(self.pts) > MAX_POSE_TICKS:
+            raise ProtocolError(INVALID_POSE, f"{where}: pts must be an integer within ±2**47, got {self.pts!r}")
+        if self.frame_id not in WORLD_FRAMES:
+            raise ProtocolError(
+                INVALID_POSE, f"{where}: frame_id must be one of {', '.join(WORLD_FRAMES)}, got {self.frame_id!r}"
+            )
+        if self.convention not in POSE_CONVENTIONS:
+            raise ProtocolError(
+                INVALID_POSE,
+                f"{where}: convention must be one of {', '.join(POSE_CONVENTIONS)}, got {self.convention!r}",
+            )
+        vectors = {"position": self.position, "velocity": self.velocity or (0.0, 0.0, 0.0)}
+        for name, vector in vectors.items():
+            if len(vector) != 3 or not all(math.isfinite(v) for v in vector):
+                raise ProtocolError(INVALID_POSE, f"{where}: {name} must be 3 finite numbers, got {vector!r}")
+        try:
+            normalised_quaternion(self.orientation)
+        except ValueError as exc:
+            raise ProtocolError(INVALID_POSE, f"{where}: orientation: {exc}") from None
+        height = self.height_above_ground
+        if height is not None and not (math.isfinite(height) and height >= 0):
+            raise ProtocolError(
+                INVALID_POSE, f"{where}: height_above_ground must be finite and ≥ 0 metres, got {height!r}"
+            )
+
+    @property
+    def time_s(self) -> float:
+        """``pts`` in seconds of the video clock."""
+        return self.pts / VIDEO_CLOCK_RATE
+
+    @property
+    def world_from_body(self) -> Transform:
+        """The pose as a transform in this message's ``convention`` (quaternion normalised)."""
+        return Transform(normalised_quaternion(self.orientation), np.array(self.position, dtype=np.float64))
+
+    def to_enu_flu(self) -> PoseMessage:
+        """The same pose in ENU world / FLU body axes (itself when it already is)."""
+        if self.convention == "enu_flu":
+            return self
+        pose = enu_from_ned_pose(self.world_from_body)
+        velocity = None if self.velocity is None else tuple(enu_from_ned_vector(self.velocity).tolist())
+        return PoseMessage(
+            pts=self.pts,
+            position=tuple(pose.translation.tolist()),  # type: ignore[arg-type]
+            orientation=tuple(pose.rotation.tolist()),  # type: ignore[arg-type]
+            frame_id=self.frame_id,
+            convention="enu_flu",
+            height_above_ground=self.height_above_ground,
+            velocity=velocity,  # type: ignore[arg-type]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.type,
+            "pts": self.pts,
+            "frame_id": self.frame_id,
+            "convention": self.convention,
+            "position": [float(v) for v in self.position],
+            "orientation": [float(v) for v in self.orientation],
+        }
+        if self.height_above_ground is not None:
+            out["height_above_ground"] = float(self.height_above_ground)
+        if self.velocity is not None:
+            out["velocity"] = [float(v) for v in self.velocity]
+        return out
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> PoseMessage:
+        """Parse and validate a ``pose``, converted to ``enu_flu``."""
+        where = "pose"
+        try:
+            height = payload.get("height_above_ground")
+            message = cls(
+                pts=_integer(payload, "pts", where),
+                position=_vector(payload, "position", 3, where),  # type: ignore[arg-type]
+                orientation=_vector(payload, "orientation", 4, where),  # type: ignore[arg-type]
+                frame_id=payload.get("frame_id", "map"),
+                convention=payload.get("convention", "enu_flu"),
+                height_above_ground=None if height is None else _number(payload, "height_above_ground", where),
+                velocity=None if payload.get("velocity") is None else _vector(payload, "velocity", 3, where),  # type: ignore[arg-type]
+            )
+        except ProtocolError as exc:
+            # Every problem with a pose message is an invalid pose for the peer.
+            raise ProtocolError(INVALID_POSE, exc.message) from None
+        return message.to_enu_flu()
+
+
+OBSTACLE_NO_DATA: Final = -1.0
+"""``obstacles`` distance of a sector that was not seen: unknown, never free."""
+OBSTACLE_FREE: Final = -2.0
+"""``obstacles`` distance of a sector seen free of obstacles up to ``max_range_m``."""
+MAX_OBSTACLE_SECTORS: Final = 360
+
+
+@dataclass(frozen=True, slots=True)
+class ObstaclesMessage:
+    """Gateway → drone: the nearest obstacle per azimuth sector around the body, from one frame's metric depth.
+
+    Sectors follow MAVLink's ``MAV_FRAME_BODY_FRD``: angles in degrees from the
+    body's forward direction, **clockwise seen from above** (positive to the
+    right); sector ``i`` is centred on ``angle_offset_deg + i *
+    sector_width_deg``. ``distances_m`` are horizontal ranges in metres from
+    the body origin in ``[min_range_m, max_range_m]``, or :data:`OBSTACLE_FREE`
+    or :data:`OBSTACLE_NO_DATA`. ``gravity_aligned`` is True when the ranges
+    are in the horizontal plane (attitude known); False when the body was
+    taken as level (no pose). ``pts`` is the frame's pts (90 kHz), ``stamp``
+    its capture time (Unix seconds). Sent only for metric depth.
+    """
+
+    pts: int
+    stamp: float
+    gravity_aligned: bool
+    sector_width_deg: float
+    angle_offset_deg: float
+    min_range_m: float
+    max_range_m: float
+    distances_m: tuple[float, ...]
+    frame_index: int = 0
+    frame: ClassVar[str] = "body_frd"
+
+    type: ClassVar[str] = "obstacles"
+
+    def __post_init__(self) -> None:
+        where = "obstacles"
+        if not (math.isfinite(self.sector_width_deg) and 0 < self.sector_width_deg <= 360):
+            raise ProtocolError(
+                INVALID_MESSAGE, f"{where}: sector_width_deg must be in (0, 360], got {self.sector_width_deg!r}"
+            )
+        if not (math.isfinite(self.angle_offset_deg) and -360 <= self.angle_offset_deg <= 360):
+            raise ProtocolError(
+                INVALID_MESSAGE, f"{where}: angle_offset_deg must be in [-360, 360], got {self.angle_offset_deg!r}"
+            )
+        if not (math.isfinite(self.min_range_m) and math.isfinite(self.max_range_m)) or not (
+            0 <= self.min_range_m < self.max_range_m
+        ):
+            raise ProtocolError(
+                INVALID_MESSAGE,
+                f"{where}: need 0 <= min_range_m < max_range_m, got {self.min_range_m!r} and {self.max_range_m!r}",
+            )
+        if not 1 <= len(self.distances_m) <= MAX_OBSTACLE_SECTORS:
+            raise ProtocolError(
+                INVALID_MESSAGE,
+                f"{where}: 1 to {MAX_OBSTACLE_SECTORS} distances expected, got {len(self.distances_m)}",
+            )
+        for i, d in enumerate(self.distances_m):
+            if d not in (OBSTACLE_FREE, OBSTACLE_NO_DATA) and not (self.min_range_m <= d <= self.max_range_m):
+                raise ProtocolError(
+                    INVALID_MESSAGE,
+                    f"{where}: distances_m[{i}] = {d!r} is neither in [min_range_m, max_range_m] "
+                    f"nor {OBSTACLE_FREE} (free) or {OBSTACLE_NO_DATA} (no data)",
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "pts": self.pts,
+            "stamp": self.stamp,
+            "frame_index": self.frame_index,
+            "frame": self.frame,
+            "gravity_aligned": self.gravity_aligned,
+            "sector_width_deg": self.sector_width_deg,
+            "angle_offset_deg": self.angle_offset_deg,
+            "min_range_m": self.min_range_m,
+            "max_range_m": self.max_range_m,
+            "distances_m": [round(d, 3) for d in self.distances_m],
+        }
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> ObstaclesMessage:
+        where = "obstacles"
+        if payload.get("frame", cls.frame) != cls.frame:
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: frame must be {cls.frame!r}, got {payload.get('frame')!r}")
+        aligned = payload.get("gravity_aligned")
+        if not isinstance(aligned, bool):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: 'gravity_aligned' must be true or false, got {aligned!r}")
+        distances = payload.get("distances_m")
+        if not isinstance(distances, list):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: 'distances_m' must be a list of numbers")
+        return cls(
+            pts=_integer(payload, "pts", where),
+            stamp=_number(payload, "stamp", where),
+            frame_index=_integer(payload, "frame_index", where),
+            gravity_aligned=aligned,
+            sector_width_deg=_number(payload, "sector_width_deg", where),
+            angle_offset_deg=_number(payload, "angle_offset_deg", where),
+            min_range_m=_number(payload, "min_range_m", where),
+            max_range_m=_number(payload, "max_range_m", where),
+            distances_m=tuple(_number({"distances_m": d}, "distances_m", where) for d in distances),
+        )
+
+
+Message = CameraMessage | PoseMessage | KeypointsMessage | ErrorMessage
+_MESSAGE_TYPES: Final[
+    dict[str, type[CameraMessage] | type[PoseMessage] | type[KeypointsMessage] | type[ErrorMessage]]
+] = {
     CameraMessage.type: CameraMessage,
+    PoseMessage.type: PoseMessage,
     KeypointsMessage.type: KeypointsMessage,
     ErrorMessage.type: ErrorMessage,
 }

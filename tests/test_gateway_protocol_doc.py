@@ -95,7 +95,12 @@ def test_documented_json_examples_decode(doc: str) -> None:
         if '"type": "' in text and '"error": ' not in text:
             text = text.replace('"descriptors": "eNue7CsMFb2qPKwpL/NCU6L17UJIa5oR..."', '"descriptors": ""')
             decoded.append(protocol.decode(text.replace('"descriptor_type": "orb", ', "")))
-    assert {type(m) for m in decoded} == {protocol.CameraMessage, protocol.KeypointsMessage, protocol.ErrorMessage}
+    assert {type(m) for m in decoded} == {
+        protocol.CameraMessage,
+        protocol.PoseMessage,
+        protocol.KeypointsMessage,
+        protocol.ErrorMessage,
+    }
 
 
 def test_metrics_and_drop_reasons_are_documented(doc: str) -> None:
