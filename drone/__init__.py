@@ -10,7 +10,7 @@ and :mod:`dronedepth.protocol` only (no torch, Open3D or Triton client).
 """
 
 from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary, ResultCallback
-from dronedepth.drone.intrinsics import camera_for_frames, intrinsics_from_values, load_intrinsics
+from dronedepth.drone.intrinsics import intrinsics_from_values, load_intrinsics
 from dronedepth.drone.sources import (
     CameraSource,
     CapturedFrame,
@@ -38,7 +38,6 @@ __all__ = [
     "SyntheticSource",
     "VideoFileSource",
     "Waypoints",
-    "camera_for_frames",
     "intrinsics_from_values",
     "load_intrinsics",
     "open_source",

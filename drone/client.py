@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from dronedepth.drone.intrinsics import camera_for_frames, missing_intrinsics_error
+from dronedepth.drone.intrinsics import missing_intrinsics_error
 from dronedepth.drone.results import LatencyStats, ResultsWriter
 from dronedepth.drone.signaling import DRONE_ID_PATTERN, offer_url, post_offer
 from dronedepth.drone.sources import CapturedFrame, FrameSource, open_source
@@ -201,7 +201,8 @@ class DroneClient:
         self._result_event: asyncio.Event | None = None
         self._base_camera: CameraMessage | None = None
         self._camera: CameraMessage | None = None
-        self._cameras: dict[tuple[int, int], CameraMessage] = {}
+        self._cameras: dict[tuple[int, int], CameraMessage | None] = {}
+        """The camera sent for each frame size; None for a size the intrinsics cannot be scaled to."""
         self._camera_sent_at = -math.inf
         self._writer: ResultsWriter | None = None
         self._last_message_at = 0.0
@@ -312,6 +313,10 @@ class DroneClient:
             if camera is None:
                 raise missing_intrinsics_error(source.name, source.native_width, source.native_height)
             log.info("using the built-in intrinsics of the %s source", source.name)
+        try:
+            camera.scaled(source.width, source.height)
+        except ProtocolError as exc:
+            raise ConfigError(f"the intrinsics do not fit the frames of source {source.name!r}: {exc.message}") from exc
         return camera
 
     def _ice_servers(self) -> list[RTCIceServer]:
@@ -491,9 +496,17 @@ class DroneClient:
 
     def _send_camera(self, channel: RTCDataChannel, width: int, height: int) -> None:
         assert self._base_camera is not None
-        camera = self._cameras.get((width, height))
-        if camera is None:  # scale (and warn about an aspect change) once per size
-            camera = self._cameras[width, height] = camera_for_frames(self._base_camera, width, height)
+        if (width, height) not in self._cameras:  # scale (or refuse) once per size
+            try:
+                self._cameras[width, height] = self._base_camera.scaled(width, height)
+            except ProtocolError as exc:
+                # Frames the intrinsics cannot describe: the gateway drops them (camera_mismatch) rather than
+                # project them with wrong geometry.
+                self._cameras[width, height] = None
+                log.error("no camera for %dx%d frames: %s", width, height, exc.message)
+        camera = self._cameras[width, height]
+        if camera is None:
+            return
         try:
             channel.send(encode(camera))
         except Exception as exc:  # the channel closed under us; the session is ending

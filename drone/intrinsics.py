@@ -16,9 +16,10 @@ Two file formats are read, told apart by content:
   ``d``, ``distortion_model``) is read too.
 
 Every loader returns a :class:`~dronedepth.protocol.CameraMessage` at the
-calibration's resolution; :func:`camera_for_frames` scales it to the frames
-actually sent. There is deliberately no default: guessed intrinsics give
-metric 3D points that look plausible and are wrong.
+calibration's resolution; :meth:`~dronedepth.protocol.CameraMessage.scaled`
+scales it to the frames actually sent (or refuses another aspect ratio).
+There is deliberately no default: guessed intrinsics give metric 3D points
+that look plausible and are wrong.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.protocol import CameraMessage, CameraModel
 
 __all__ = [
-    "camera_for_frames",
     "intrinsics_from_values",
     "load_intrinsics",
     "missing_intrinsics_error",
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 _FISHEYE_NAMES: Final = frozenset({"equidistant", "fisheye", "kannala_brandt"})
 _PINHOLE_NAMES: Final = frozenset({"plumb_bob", "rational_polynomial", "radtan", "pinhole", ""})
-_ASPECT_TOLERANCE: Final = 0.01
 
 
 def _model_from_name(name: str, where: str) -> CameraModel:
@@ -223,28 +222,6 @@ def load_intrinsics(path: str | Path, *, model: CameraModel | None = None) -> Ca
         list(camera.distortion) or "none",
     )
     return camera
-
-
-def camera_for_frames(camera: CameraMessage, width: int, height: int) -> CameraMessage:
-    """The camera for frames of ``width`` × ``height``, scaled from its calibration resolution.
-
-    Scaling is exact for a resize of the full image. A different aspect ratio
-    usually means the camera mode crops the sensor, which scaling cannot model:
-    that gets a warning, since the metric geometry will then be off.
-    """
-    if (camera.width, camera.height) == (width, height):
-        return camera
-    aspect_frames, aspect_calibration = width / height, camera.width / camera.height
-    if abs(aspect_frames / aspect_calibration - 1) > _ASPECT_TOLERANCE:
-        log.warning(
-            "frames are %dx%d but the intrinsics are for %dx%d (another aspect ratio): if the camera mode crops "
-            "the sensor the scaled intrinsics are wrong; calibrate at this resolution",
-            width,
-            height,
-            camera.width,
-            camera.height,
-        )
-    return camera.scaled(width, height)
 
 
 def missing_intrinsics_error(source: str, width: int, height: int) -> ConfigError:

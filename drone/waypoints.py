@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from dronedepth.protocol import CameraMessage, DepthKind
+from dronedepth.contract import DepthKind
+from dronedepth.protocol import CameraMessage
 
 __all__ = ["FreeDirection", "Obstacle", "Waypoints", "horizontal_fov_deg", "plan_waypoints"]
 

@@ -5,9 +5,12 @@ gateway reads the actual names and types from Triton's model metadata and only
 uses these as defaults and for validation.
 """
 
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 DepthKind = Literal["metric", "relative"]
+"""What a model's output means: ``metric`` is depth in metres, ``relative`` affine-invariant disparity (no scale)."""
+DEPTH_KINDS: Final[tuple[DepthKind, ...]] = get_args(DepthKind)
+"""Every :data:`DepthKind`, in this order: the binary stream format encodes a kind as its index here."""
 
 MODEL_NAME: Final = "depth_anything_v2"
 INPUT_NAME: Final = "IMAGE"

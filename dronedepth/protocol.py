@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Final, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from dronedepth.contract import DEPTH_KINDS, DepthKind
 from dronedepth.errors import ProtocolError
 from dronedepth.frames import Transform, body_from_camera, enu_from_ned_pose, enu_from_ned_vector, normalised_quaternion
 
@@ -45,7 +46,6 @@ DRONE_ID_RULE: Final = "1 to 64 characters among A-Z, a-z, 0-9, '_' and '-'"
 """:data:`DRONE_ID_PATTERN` in words, for error messages."""
 
 CameraModel = Literal["pinhole", "fisheye"]
-DepthKind = Literal["metric", "relative"]
 
 # Error codes carried by ``error`` messages.
 INVALID_JSON: Final = "invalid_json"
@@ -73,6 +73,11 @@ SIGNALLING_ERROR_CODES: Final = frozenset(
     {UNAUTHORIZED, INVALID_DRONE_ID, INVALID_SDP, BODY_TOO_LARGE, DRONE_BUSY, GATEWAY_FULL}
 )
 """The codes only ``POST /offer`` refusals carry (never an ``error`` message on the data channel)."""
+
+ASPECT_TOLERANCE: Final = 0.01
+"""Largest relative aspect-ratio difference between frames and camera for which
+:meth:`CameraMessage.scaled` rescales the intrinsics (1 %: resizing with each side
+rounded to an even number of pixels changes the aspect by far less; a crop by far more)."""
 
 _PINHOLE_DISTORTION_LENGTHS: Final = (0, 4, 5, 8)
 _FISHEYE_DISTORTION_LENGTHS: Final = (0, 4)
@@ -253,11 +258,32 @@ class CameraMessage:
         return (self.mount or CameraMount()).body_from_camera
 
     def scaled(self, width: int, height: int) -> CameraMessage:
-        """The same camera for frames resized to ``width`` × ``height``.
+        """The same camera for frames of ``width`` × ``height``: the one aspect policy of both ends.
 
-        Uses the pixel-centre convention (a pixel's centre is at integer + 0.5
-        before and after resizing), as OpenCV's ``resize`` does.
+        Frames of the camera's own size get the camera itself. Frames whose
+        aspect ratio agrees with the camera's within :data:`ASPECT_TOLERANCE`
+        are taken as the full image resized (a video encoder or the drone
+        scaled it; rounding to even sizes changes the aspect slightly): fx, cx
+        and fy, cy scale with the width and height, using the pixel-centre
+        convention (a pixel's centre is at integer + 0.5 before and after
+        resizing), as OpenCV's ``resize`` does. Any other size most likely
+        crops the sensor, which scaling cannot model, so it raises
+        ``ProtocolError(CAMERA_MISMATCH)`` naming both sizes rather than give
+        wrong metric geometry.
         """
+        if (width, height) == (self.width, self.height):
+            return self
+        if width < 1 or height < 1:
+            raise ProtocolError(CAMERA_MISMATCH, f"frame size {width}x{height} is not a valid image size")
+        frame_aspect, camera_aspect = width / height, self.width / self.height
+        if abs(frame_aspect / camera_aspect - 1) > ASPECT_TOLERANCE:
+            raise ProtocolError(
+                CAMERA_MISMATCH,
+                f"frames are {width}x{height} (aspect {frame_aspect:.4f}) but the camera describes "
+                f"{self.width}x{self.height} (aspect {camera_aspect:.4f}); the aspect ratios differ by more "
+                f"than {ASPECT_TOLERANCE:.0%}, so the intrinsics cannot be rescaled (the camera mode probably "
+                f"crops the sensor): calibrate at {width}x{height} and send that camera",
+            )
         sx, sy = width / self.width, height / self.height
         return CameraMessage(
             width=width,
@@ -389,8 +415,8 @@ class KeypointsMessage:
                 len(points), int(payload["descriptor_size"])
             )
         kind = payload.get("depth_kind")
-        if kind not in ("metric", "relative"):
-            raise ProtocolError(INVALID_MESSAGE, f"{where}: depth_kind must be 'metric' or 'relative'")
+        if kind not in DEPTH_KINDS:
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: depth_kind must be one of {DEPTH_KINDS}, got {kind!r}")
         return cls(
             pts=_integer(payload, "pts", where),
             points=points,

@@ -47,12 +47,12 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from dronedepth.contract import DEPTH_KINDS, DepthKind
 from dronedepth.errors import ProtocolError
-from dronedepth.protocol import INVALID_MESSAGE, DepthKind
+from dronedepth.protocol import INVALID_MESSAGE
 
 __all__ = [
     "AXES",
-    "DEPTH_KINDS",
     "HEADER_SIZE",
     "MAGIC",
     "VERSION",
@@ -67,8 +67,6 @@ VERSION: Final = 1
 _HEADER: Final = struct.Struct("<4sHHIIqdBBHHHII")
 HEADER_SIZE: Final = _HEADER.size  # 48
 
-DEPTH_KINDS: Final[tuple[DepthKind, ...]] = ("metric", "relative")
-"""``depth_kind`` codes: the index in this tuple."""
 AXES: Final[tuple[str, ...]] = ("optical", "opengl", "seed")
 """``axes`` codes: the index in this tuple (the gateway's ``--axes`` values)."""
 _OPTICAL_SIGNS: Final[dict[str, NDArray[np.float32]]] = {

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dronedepth.contract import (
+    DEPTH_KINDS,
     PARAM_DEPTH_KIND,
     PARAM_ENCODER,
     PARAM_INPUT_SIZE,
@@ -73,8 +74,8 @@ class ModelFacts:
             return params[key]
 
         kind = need(PARAM_DEPTH_KIND)
-        if kind not in ("metric", "relative"):
-            raise ConfigError(f"{where}: depth_kind must be 'metric' or 'relative', not {kind!r}")
+        if kind not in DEPTH_KINDS:
+            raise ConfigError(f"{where}: depth_kind must be one of {DEPTH_KINDS}, not {kind!r}")
         raw_max = need(PARAM_MAX_DEPTH).strip()
         try:
             max_depth = float(raw_max) if raw_max else None

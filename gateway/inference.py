@@ -39,7 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dronedepth import contract
-from dronedepth.contract import DepthKind
+from dronedepth.contract import DEPTH_KINDS, DepthKind
 from dronedepth.errors import (
     ConfigError,
     InferenceError,
@@ -139,7 +139,7 @@ def server_concurrency(config: dict[str, Any]) -> int:
 
 
 def _depth_kind(value: object, source: str) -> DepthKind:
-    if value in ("metric", "relative"):
+    if value in DEPTH_KINDS:
         return value  # type: ignore[return-value]
     if value not in (None, ""):
         log.warning("%s declares depth_kind %r; treating the output as relative", source, value)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final
 
 import cv2
 import numpy as np
@@ -27,16 +27,15 @@ from dronedepth.gateway.projection import (
 )
 from numpy.typing import NDArray
 
+from dronedepth.contract import DEPTH_KINDS, DepthKind
 from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.protocol import CAMERA_MISMATCH, CameraMessage, KeypointsMessage
 
 if TYPE_CHECKING:
     from open3d.geometry import PointCloud
 
-__all__ = ["FrameProcessor", "FrameResult", "ProcessingConfig", "camera_for_frame", "relative_depth"]
+__all__ = ["FrameProcessor", "FrameResult", "ProcessingConfig", "relative_depth"]
 
-ASPECT_TOLERANCE: Final = 0.01
-"""Largest relative aspect-ratio difference for which a camera is rescaled to a frame."""
 DEFAULT_MIN_DISPARITY: Final = 1e-3
 """Disparities below this fraction of a frame's largest disparity are treated as invalid (sky, infinity)."""
 
@@ -92,30 +91,6 @@ class FrameResult:
     valid: NDArray[np.bool_] | None = None
 
 
-def camera_for_frame(camera: CameraMessage, width: int, height: int) -> CameraMessage:
-    """``camera`` for frames of ``width`` × ``height``: itself, or rescaled.
-
-    A frame with the camera's aspect ratio (within 1 %) but another size (the
-    encoder scaled the video) gets ``camera.scaled(width, height)``; any other
-    frame size raises ``ProtocolError(CAMERA_MISMATCH)``.
-    """
-    if (width, height) == (camera.width, camera.height):
-        return camera
-    if width < 1 or height < 1:
-        raise ProtocolError(CAMERA_MISMATCH, f"frame size {width}x{height} is not a valid image size")
-    frame_aspect = width / height
-    camera_aspect = camera.width / camera.height
-    if abs(frame_aspect / camera_aspect - 1) > ASPECT_TOLERANCE:
-        raise ProtocolError(
-            CAMERA_MISMATCH,
-            f"frame is {width}x{height} (aspect {frame_aspect:.4f}) but the camera message describes "
-            f"{camera.width}x{camera.height} (aspect {camera_aspect:.4f}); the aspect ratios differ by more "
-            f"than {ASPECT_TOLERANCE:.0%}, so the intrinsics cannot be rescaled: send a camera message "
-            f"for {width}x{height} frames",
-        )
-    return camera.scaled(width, height)
-
-
 def relative_depth(disparity: NDArray[np.float32], min_disparity: float = DEFAULT_MIN_DISPARITY) -> NDArray[np.float32]:
     """Relative depth ``1 / disparity`` of a relative model's output, NaN where invalid.
 
@@ -143,8 +118,8 @@ class FrameProcessor:
     ``relative`` (disparity). Not thread-safe: process one frame at a time.
     """
 
-    def __init__(self, config: ProcessingConfig, depth_kind: Literal["metric", "relative"]) -> None:
-        if depth_kind not in ("metric", "relative"):
+    def __init__(self, config: ProcessingConfig, depth_kind: DepthKind) -> None:
+        if depth_kind not in DEPTH_KINDS:
             raise ConfigError(f"depth_kind must be 'metric' or 'relative', got {depth_kind!r}")
         self.config = config
         self.depth_kind = depth_kind
@@ -168,7 +143,7 @@ class FrameProcessor:
         """Process one frame; ``rgb`` is ``(H, W, 3)`` uint8 RGB, ``depth`` ``(H, W)`` model output.
 
         Raises ``ProtocolError(CAMERA_MISMATCH)`` when the frame is not
-        ``camera.width`` × ``camera.height`` (see :func:`camera_for_frame`).
+        ``camera.width`` × ``camera.height`` (see :meth:`CameraMessage.scaled`).
         Adds ``projection``, ``keypoints`` and ``pointcloud`` milliseconds to
         ``timing`` (which may already hold other stages) and puts a copy of it
         in the message.

@@ -37,7 +37,7 @@ from dronedepth.gateway.config import GatewayConfig
 from dronedepth.gateway.inference import DepthService
 from dronedepth.gateway.metrics import GatewayMetrics
 from dronedepth.gateway.outputs.sinks import FrameRecord
-from dronedepth.gateway.pipeline import FrameProcessor, FrameResult, camera_for_frame
+from dronedepth.gateway.pipeline import FrameProcessor, FrameResult
 
 from dronedepth import protocol
 from dronedepth.errors import InferenceError, InferenceTimeout, InferenceUnavailable, ProtocolError
@@ -447,7 +447,7 @@ class DroneSession:
         if cached is not None:
             return cached
         try:
-            camera = camera_for_frame(self.camera, width, height)
+            camera = self.camera.scaled(width, height)
         except ProtocolError as exc:
             self._drop(CAMERA_MISMATCH)
             if not self._told_mismatch:

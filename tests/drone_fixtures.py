@@ -82,6 +82,8 @@ class FakeGateway:
         self.greeting: list[str] = []
         """Raw texts sent to each drone right after its first ``camera`` message."""
         self.offers = 0
+        self.offer_times: list[float] = []
+        """The event loop's clock (seconds) at each offer's arrival."""
         self.drone_ids: list[str | None] = []
         self.cameras: list[CameraMessage] = []
         self.received_pts: list[list[int]] = []
@@ -128,6 +130,7 @@ class FakeGateway:
 
     async def _offer(self, request: web.Request) -> web.Response:
         self.offers += 1
+        self.offer_times.append(asyncio.get_running_loop().time())
         if self.answer_delay:
             await asyncio.sleep(self.answer_delay)
         if request.headers.get("Authorization") != f"Bearer {self.token}":

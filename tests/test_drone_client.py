@@ -9,7 +9,9 @@ depends on timing: two CPU cores are shared with other test runs.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
 from dronedepth.drone.sources import SyntheticSource
 
 from dronedepth.errors import ConfigError, InferenceUnavailable, ProtocolError
-from dronedepth.protocol import INFERENCE_UNAVAILABLE, ErrorMessage, encode
+from dronedepth.protocol import CAMERA_MISMATCH, INFERENCE_UNAVAILABLE, CameraMessage, ErrorMessage, encode
 
 WAIT_S = 90.0
 
@@ -159,6 +161,30 @@ async def test_resolution_change_resends_the_scaled_camera(gateway):
     assert sizes_seen == {(320, 240), (160, 120)}, "frames of both sizes got results"
 
 
+class CroppingSource(SyntheticSource):
+    """The synthetic scene whose frames turn from 4:3 to 16:9 after three frames (a camera mode that crops)."""
+
+    def read(self):
+        if self._index == 3:
+            self.set_output_size(320, 180)
+        return super().read()
+
+
+async def test_frames_the_intrinsics_cannot_be_scaled_to_get_no_camera(gateway, caplog):
+    client = DroneClient(config(gateway, max_frames=6, drain_timeout=1.0), source=CroppingSource(320, 240, fps=10))
+    summary = await run_for(client)
+    assert [(c.width, c.height) for c in gateway.cameras] == [(320, 240)], "no camera claims to describe 320x180"
+    assert summary.error_codes.get(CAMERA_MISMATCH, 0) >= 1, "the gateway dropped the 16:9 frames"
+    assert "no camera for 320x180 frames: frames are 320x180" in caplog.text
+
+
+async def test_intrinsics_for_another_aspect_ratio_are_refused_before_connecting(gateway):
+    widescreen = CameraMessage(640, 360, 500.0, 500.0, 319.5, 179.5)
+    with pytest.raises(ConfigError, match=r"do not fit the frames of source 'synthetic'.*320x240.*640x360"):
+        await run_for(DroneClient(config(gateway, camera=widescreen)))
+    assert gateway.offers == 0
+
+
 async def test_gateway_errors_and_bad_messages_are_counted_not_fatal(gateway):
     gateway.greeting = [encode(ErrorMessage(INFERENCE_UNAVAILABLE, "triton is down")), "{not json"]
     summary = await run_for(DroneClient(config(gateway, max_frames=3)))
@@ -201,16 +227,23 @@ async def test_reconnects_after_the_gateway_restarts_on_the_same_port(gateway, t
     assert gateway.received_pts[-1][0] == 0
 
 
+def gaps(times: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
 async def test_reconnects_when_the_gateway_goes_silent(gateway):
+    # Each session connects, so the delay stays at reconnect_delay: offers come at least
+    # result_timeout + reconnect_delay apart (a lower bound only: a loaded machine only widens the gaps).
     gateway.silent = True
-    client = DroneClient(config(gateway, result_timeout=1.0))
+    client = DroneClient(config(gateway, result_timeout=0.5, reconnect_delay=1.0, reconnect_max_delay=4.0))
     task = asyncio.ensure_future(client.run())
     try:
-        await wait_until(lambda: gateway.offers >= 2, "a second offer")
+        await wait_until(lambda: gateway.offers >= 3, "a third offer")
     finally:
         client.stop()
         summary = await asyncio.wait_for(task, WAIT_S)
-    assert summary.reconnects >= 1 and summary.results == 0
+    assert summary.reconnects >= 2 and summary.results == 0
+    assert all(gap >= 0.5 + 1.0 for gap in gaps(gateway.offer_times[:3])), gaps(gateway.offer_times)
 
 
 async def test_no_reconnect_while_the_gateway_reports_its_depth_server_down(gateway):
@@ -239,13 +272,20 @@ async def test_a_refused_token_is_fatal_and_says_so(gateway):
     assert client.summary().state == "failed"
 
 
-async def test_a_full_gateway_is_retried_then_given_up(gateway):
+async def test_a_full_gateway_is_retried_with_exponential_backoff_then_given_up(gateway, caplog):
     gateway.reject_status = 503
-    client = DroneClient(config(gateway, max_attempts=3, reconnect_delay=0.05, reconnect_max_delay=0.1))
-    with pytest.raises(InferenceUnavailable, match=r"gave up after 3 failed attempts.*HTTP 503"):
+    client = DroneClient(config(gateway, max_attempts=5, reconnect_delay=0.2, reconnect_max_delay=0.6))
+    with (
+        caplog.at_level(logging.INFO, logger="dronedepth.drone.client"),
+        pytest.raises(InferenceUnavailable, match=r"gave up after 5 failed attempts.*HTTP 503"),
+    ):
         await run_for(client)
-    assert gateway.offers == 3
-    assert client.summary().reconnects == 2
+    assert gateway.offers == 5
+    assert client.summary().reconnects == 4
+    delays = [r.args[0] for r in caplog.records if r.msg == "reconnecting in %.1f s"]
+    assert delays == pytest.approx([0.2, 0.4, 0.6, 0.6]), "doubling from reconnect_delay, capped"
+    # The client really waits each delay before the next offer (lower bounds: load only widens the gaps).
+    assert all(gap >= delay for gap, delay in zip(gaps(gateway.offer_times), delays, strict=True))
 
 
 async def test_a_malformed_offer_reply_is_fatal(gateway):

@@ -66,7 +66,6 @@ def test_public_api_is_pinned():
         "SyntheticSource",
         "VideoFileSource",
         "Waypoints",
-        "camera_for_frames",
         "intrinsics_from_values",
         "load_intrinsics",
         "open_source",

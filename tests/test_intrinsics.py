@@ -1,8 +1,7 @@
-"""Intrinsics: OpenCV and ROS calibration files, flags, scaling on resize, refusal without them."""
+"""Intrinsics: OpenCV and ROS calibration files, flags, refusal without them (scaling: test_protocol.py)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import cv2
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 from dronedepth.cli import main
 from dronedepth.drone.intrinsics import (
-    camera_for_frames,
     intrinsics_from_values,
     load_intrinsics,
     missing_intrinsics_error,
@@ -187,24 +185,6 @@ def test_values_are_validated_and_short_distortion_padded():
         intrinsics_from_values(
             width=640, height=480, fx=500, fy=500, cx=320, cy=240, distortion=(0.1,) * 5, model="fisheye"
         )
-
-
-def test_scaling_on_resize_follows_the_pixel_centre_convention():
-    camera = intrinsics_from_values(width=1280, height=720, fx=900, fy=905, cx=639.5, cy=359.5, distortion=(0.1,) * 5)
-    half = camera_for_frames(camera, 640, 360)
-    assert (half.width, half.height) == (640, 360)
-    assert half.fx == pytest.approx(450) and half.fy == pytest.approx(452.5)
-    assert half.cx == pytest.approx(319.5) and half.cy == pytest.approx(179.5)
-    assert half.distortion == camera.distortion  # distortion is in normalised coordinates
-    assert camera_for_frames(camera, 1280, 720) is camera
-
-
-def test_scaling_to_another_aspect_ratio_warns(caplog):
-    camera = intrinsics_from_values(width=1280, height=720, fx=900, fy=900, cx=639.5, cy=359.5)
-    with caplog.at_level(logging.WARNING, logger="dronedepth.drone.intrinsics"):
-        scaled = camera_for_frames(camera, 640, 480)
-    assert scaled.fy == pytest.approx(600)
-    assert "another aspect ratio" in caplog.text
 
 
 def test_refusal_text_says_how_to_give_intrinsics():

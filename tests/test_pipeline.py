@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 from dronedepth.gateway.keypoints import KeypointConfig
-from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig, camera_for_frame, relative_depth
+from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig, relative_depth
 from dronedepth.gateway.projection import project_points, ray_grid
 
 from dronedepth.errors import ConfigError, ProtocolError
@@ -164,20 +164,10 @@ def test_frame_size_must_match_the_camera():
     with pytest.raises(ProtocolError, match="frame is 320x240 but the camera message describes 640x480") as info:
         processor.process(rgb, depth, CAMERA, pts=0, frame_index=0)
     assert info.value.code == CAMERA_MISMATCH
-    result = processor.process(rgb, depth, camera_for_frame(CAMERA, 320, 240), pts=0, frame_index=0)
+    result = processor.process(rgb, depth, CAMERA.scaled(320, 240), pts=0, frame_index=0)
     assert result.message.width == 320
     with pytest.raises(ValueError, match="depth shape"):
         processor.process(np.zeros((480, 640, 3), np.uint8), depth, CAMERA, pts=0, frame_index=0)
-
-
-def test_camera_for_frame():
-    assert camera_for_frame(CAMERA, 640, 480) is CAMERA
-    half = camera_for_frame(CAMERA, 320, 240)
-    assert (half.width, half.height, half.fx, half.cx) == (320, 240, 260.0, (322.4 + 0.5) / 2 - 0.5)
-    assert camera_for_frame(CAMERA, 642, 480).width == 642  # 0.3 % aspect change: an encoder's rounding
-    with pytest.raises(ProtocolError, match=r"frame is 640x360 \(aspect 1.7778\).*640x480 \(aspect 1.3333\)") as info:
-        camera_for_frame(CAMERA, 640, 360)
-    assert info.value.code == CAMERA_MISMATCH and "send a camera message for 640x360" in info.value.message
 
 
 def test_config_and_depth_kind_are_validated():

@@ -72,6 +72,40 @@ def test_camera_scaled_uses_pixel_centre_convention() -> None:
     assert half.scaled(640, 480) == camera
 
 
+def test_camera_scaled_to_its_own_size_is_itself() -> None:
+    camera = CameraMessage(640, 480, 500.0, 500.0, 319.5, 239.5)
+    assert camera.scaled(640, 480) is camera
+
+
+def test_camera_scaled_within_the_aspect_tolerance() -> None:
+    # 642x480 is 0.3 % wider in aspect than 640x480 (an encoder's rounding): rescaled, each axis on its own.
+    camera = CameraMessage(640, 480, 500.0, 520.0, 319.5, 239.5, distortion=(0.1, -0.2, 0.0, 0.0))
+    wide = camera.scaled(642, 480)
+    assert (wide.width, wide.height, wide.fy, wide.cy) == (642, 480, 520.0, 239.5)
+    assert wide.fx == pytest.approx(500.0 * 642 / 640) and wide.cx == pytest.approx((319.5 + 0.5) * 642 / 640 - 0.5)
+    assert wide.distortion == camera.distortion and wide.model == camera.model
+
+
+@pytest.mark.parametrize("size", [(640, 360), (480, 480), (656, 480)])
+def test_camera_scaled_to_another_aspect_ratio_is_refused(size: tuple[int, int]) -> None:
+    # (656, 480) is 2.5 % off: past the 1 % tolerance, as a sensor crop is.
+    camera = CameraMessage(640, 480, 500.0, 500.0, 319.5, 239.5)
+    width, height = size
+    with pytest.raises(
+        ProtocolError, match=rf"frames are {width}x{height} \(aspect .*640x480 \(aspect 1.3333\)"
+    ) as info:
+        camera.scaled(width, height)
+    assert info.value.code == protocol.CAMERA_MISMATCH
+    assert f"calibrate at {width}x{height}" in info.value.message
+
+
+def test_camera_scaled_to_an_empty_frame_is_refused() -> None:
+    camera = CameraMessage(640, 480, 500.0, 500.0, 319.5, 239.5)
+    with pytest.raises(ProtocolError, match="frame size 0x480 is not a valid image size") as info:
+        camera.scaled(0, 480)
+    assert info.value.code == protocol.CAMERA_MISMATCH
+
+
 def test_keypoints_round_trip_with_descriptors() -> None:
     rng = np.random.default_rng(0)
     message = KeypointsMessage(
