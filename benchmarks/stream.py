@@ -306,7 +306,7 @@ async def pipeline_run(config: BenchConfig, frames: Frames, triton_url: str, *, 
                 await task
             after = await asyncio.to_thread(stats.snapshot)
             end = time.monotonic()
-            counts = gateway_counts(gateway.metrics.registry.render())
+            counts = gateway_counts(gateway.metrics.render())
         finally:
             await gateway.stop()
     if "before" not in window:

@@ -217,7 +217,7 @@ async def stream(args: argparse.Namespace, triton_url: str, out: Path, facts: di
             else:
                 summaries[drone_id] = _summary_dict(outcome)
                 log.info("drone %s: %s", drone_id, outcome.line())
-        metrics_text = gateway.metrics.registry.render()
+        metrics_text = gateway.metrics.render()
     finally:
         await gateway.stop()
     (out / "gateway_metrics.txt").write_text(metrics_text)

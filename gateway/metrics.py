@@ -1,266 +1,204 @@
-"""Prometheus metrics of the gateway, in the text exposition format (version 0.0.4).
+"""Prometheus metrics of the gateway: a thin typed layer over a per-gateway prometheus-client registry.
 
-Hand-written to keep the dependency list short: :class:`Counter`,
-:class:`Gauge` and :class:`Histogram` with labels, and :class:`GatewayMetrics`
-holding every metric the gateway exports. Per-drone series come from the live
-sessions at scrape time (``collectors``), so they disappear with the session
-and the number of series stays bounded however many drones come and go.
-Updated from the event loop only; no locking.
+:class:`GatewayMetrics` holds every metric the gateway exports in its own
+:class:`~prometheus_client.CollectorRegistry` (never the process-global one,
+so several gateways in one process keep separate counts), with the process
+and platform collectors (``process_*``, ``python_info``). :class:`Counter`,
+:class:`Gauge` and :class:`Histogram` wrap prometheus-client's metrics so
+labels are keyword arguments (``offers.inc(outcome="accepted")``) and values
+can be read back (``offers.value(outcome="accepted")``). Per-drone series come
+from the live sessions at scrape time (:meth:`GatewayMetrics.add_collector`),
+so they disappear with the session and the number of series stays bounded.
+
+:meth:`GatewayMetrics.render` is the text exposition format 0.0.4 without the
+``*_created`` samples prometheus-client adds to counters and histograms: the
+exposed series are the gateway's own, named as they always were.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final
 
-__all__ = ["CONTENT_TYPE", "Counter", "GatewayMetrics", "Gauge", "Histogram", "Registry", "Sample"]
+import prometheus_client
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "Counter", "GatewayMetrics", "Gauge", "Histogram"]
 
-LabelValues = tuple[str, ...]
-Sample = tuple[str, dict[str, str], float]
-"""``(metric name, labels, value)``, one line of the exposition."""
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
-# Seconds: from a millisecond of keypoint work to a many-second CPU inference.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""Seconds: from a millisecond of keypoint work to a many-second CPU inference."""
+
+_CREATED_SUFFIX: Final = "_created"
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Labelled:
+    """A prometheus-client metric whose label values are given as keywords, all of them every time."""
 
-
-def _format_value(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _format_labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
-
-
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
+    def __init__(self, metric: MetricWrapperBase, name: str, labelnames: Sequence[str]) -> None:
+        self._metric = metric
         self.name = name
-        self.help = help_text
+        """The exposed name (a counter's ends in ``_total``)."""
         self.labelnames = tuple(labelnames)
 
-    def _key(self, labels: dict[str, str]) -> LabelValues:
+    def _child(self, labels: Mapping[str, str]) -> MetricWrapperBase:
         if set(labels) != set(self.labelnames):
             raise ValueError(f"metric {self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
+        return self._metric.labels(**labels) if self.labelnames else self._metric
 
-    def samples(self) -> Iterable[Sample]:
-        raise NotImplementedError
+    def _sample(self, sample_name: str, labels: Mapping[str, str]) -> float:
+        """The current value of one series (0 when it has no sample yet), read through the public ``collect``."""
+        self._child(labels)  # checks the label names
+        wanted = {name: str(value) for name, value in labels.items()}
+        for family in self._metric.collect():
+            for sample in family.samples:
+                if sample.name == sample_name and sample.labels == wanted:
+                    return float(sample.value)
+        return 0.0
 
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        lines += [f"{name}{_format_labels(labels)} {_format_value(value)}" for name, labels, value in self.samples()]
-        return lines
 
+class Counter(_Labelled):
+    """A monotonically increasing count; ``name`` ends in ``_total`` and is exposed as is."""
 
-class Counter(_Metric):
-    """A monotonically increasing count; its name ends in ``_total``."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[LabelValues, float] = {} if labelnames else {(): 0.0}
+    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (), *, registry: CollectorRegistry):
+        if not name.endswith("_total"):
+            raise ValueError(f"a counter's name ends in _total, got {name!r}")
+        super().__init__(prometheus_client.Counter(name, help_text, labelnames, registry=registry), name, labelnames)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         if amount < 0:
             raise ValueError(f"counter {self.name} cannot decrease (amount {amount})")
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
+        self._child(labels).inc(amount)  # type: ignore[attr-defined]
 
     def value(self, **labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> Iterable[Sample]:
-        for key, value in sorted(self._values.items()):
-            yield self.name, dict(zip(self.labelnames, key, strict=True)), value
+        return self._sample(self.name, labels)
 
 
-class Gauge(_Metric):
-    """A value that goes up and down, or one read from ``function`` at scrape time."""
+class Gauge(_Labelled):
+    """A value that goes up and down, or one read from a function at scrape time (:meth:`set_function`)."""
 
-    kind = "gauge"
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labelnames: Sequence[str] = (),
-        function: Callable[[], float] | None = None,
-    ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[LabelValues, float] = {} if labelnames else {(): 0.0}
-        self._function = function
-
-    def set_function(self, function: Callable[[], float] | None) -> None:
-        """Read the (unlabelled) value from ``function`` at scrape time instead."""
-        if function is not None and self.labelnames:
-            raise ValueError(f"gauge {self.name} has labels; a function gives one value")
-        self._function = function
+    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (), *, registry: CollectorRegistry):
+        super().__init__(prometheus_client.Gauge(name, help_text, labelnames, registry=registry), name, labelnames)
 
     def set(self, value: float, **labels: str) -> None:
-        self._values[self._key(labels)] = float(value)
+        self._child(labels).set(value)  # type: ignore[attr-defined]
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
+        self._child(labels).inc(amount)  # type: ignore[attr-defined]
 
     def dec(self, amount: float = 1.0, **labels: str) -> None:
-        self.inc(-amount, **labels)
+        self._child(labels).dec(amount)  # type: ignore[attr-defined]
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        """Read the (unlabelled) value from ``function`` at every scrape."""
+        if self.labelnames:
+            raise ValueError(f"gauge {self.name} has labels; a function gives one value")
+        self._metric.set_function(function)  # type: ignore[attr-defined]
 
     def value(self, **labels: str) -> float:
-        if self._function is not None:
-            return float(self._function())
-        return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> Iterable[Sample]:
-        if self._function is not None:
-            yield self.name, {}, float(self._function())
-            return
-        for key, value in sorted(self._values.items()):
-            yield self.name, dict(zip(self.labelnames, key, strict=True)), value
+        return self._sample(self.name, labels)
 
 
-class Histogram(_Metric):
+class Histogram(_Labelled):
     """Observations counted into cumulative buckets (``le``), with their sum and count."""
-
-    kind = "histogram"
 
     def __init__(
         self,
         name: str,
         help_text: str,
         labelnames: Sequence[str] = (),
+        *,
+        registry: CollectorRegistry,
         buckets: Sequence[float] = LATENCY_BUCKETS,
     ) -> None:
-        super().__init__(name, help_text, labelnames)
-        if "le" in self.labelnames:
-            raise ValueError("'le' is reserved for histogram buckets")
-        self.buckets = tuple(sorted(buckets))
-        # label values -> (per-bucket counts, sum, count); counts are not cumulative here.
-        self._data: dict[LabelValues, tuple[list[int], list[float]]] = {}
+        metric = prometheus_client.Histogram(name, help_text, labelnames, registry=registry, buckets=buckets)
+        super().__init__(metric, name, labelnames)
 
     def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        counts, totals = self._data.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0, 0.0]))
-        index = next((i for i, bound in enumerate(self.buckets) if value <= bound), len(self.buckets))
-        counts[index] += 1
-        totals[0] += value
-        totals[1] += 1
+        self._child(labels).observe(value)  # type: ignore[attr-defined]
 
     def count(self, **labels: str) -> int:
-        data = self._data.get(self._key(labels))
-        return int(data[1][1]) if data else 0
+        return int(self._sample(f"{self.name}_count", labels))
 
     def total(self, **labels: str) -> float:
-        data = self._data.get(self._key(labels))
-        return data[1][0] if data else 0.0
-
-    def samples(self) -> Iterable[Sample]:
-        for key, (counts, (total, count)) in sorted(self._data.items()):
-            labels = dict(zip(self.labelnames, key, strict=True))
-            cumulative = 0
-            for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
-                cumulative += n
-                yield f"{self.name}_bucket", {**labels, "le": _format_value(bound)}, cumulative
-            yield f"{self.name}_sum", labels, total
-            yield f"{self.name}_count", labels, count
+        return self._sample(f"{self.name}_sum", labels)
 
 
-M = TypeVar("M", bound=_Metric)
+class _ScrapeTimeCollector:
+    """Adapts a function returning metric families to prometheus-client's collector interface."""
+
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterable[Metric]:
+        return self._collect()
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # series come and go with the sessions: nothing to declare up front
 
 
-class Registry:
-    """Metrics in registration order, plus collectors called at scrape time."""
+class _WithoutCreated:
+    """A registry's families minus the ``*_created`` samples (not part of the gateway's exposition)."""
 
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
-        self.collectors: list[Callable[[], Iterable[_Metric]]] = []
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
 
-    def register(self, metric: M) -> M:
-        if metric.name in self._metrics:
-            raise ValueError(f"metric {metric.name} is registered twice")
-        self._metrics[metric.name] = metric
-        return metric
-
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in self._metrics.values():
-            lines += metric.render()
-        for collect in self.collectors:
-            for metric in collect():
-                lines += metric.render()
-        return "\n".join(lines) + "\n"
+    def collect(self) -> Iterable[Metric]:
+        for family in self._registry.collect():  # fresh family objects on every scrape
+            family.samples = [s for s in family.samples if not s.name.endswith(_CREATED_SUFFIX)]
+            yield family
 
 
 class GatewayMetrics:
-    """Every metric the gateway exports, in one registry."""
+    """Every metric the gateway exports, in one registry of its own."""
 
     def __init__(self) -> None:
-        r = self.registry = Registry()
-        self.offers = r.register(Counter("dronedepth_offers_total", "Signalling requests by outcome.", ["outcome"]))
-        self.peer_connections = r.register(
-            Counter("dronedepth_peer_connections_total", "WebRTC peer connections created.")
+        r = self.registry = CollectorRegistry()
+        self.offers = Counter("dronedepth_offers_total", "Signalling requests by outcome.", ["outcome"], registry=r)
+        self.peer_connections = Counter(
+            "dronedepth_peer_connections_total", "WebRTC peer connections created.", registry=r
         )
-        self.sessions_active = r.register(Gauge("dronedepth_sessions_active", "Drone sessions open now."))
-        self.sessions_closed = r.register(
-            Counter("dronedepth_sessions_closed_total", "Drone sessions closed, by reason.", ["reason"])
+        self.sessions_active = Gauge("dronedepth_sessions_active", "Drone sessions open now.", registry=r)
+        self.sessions_closed = Counter(
+            "dronedepth_sessions_closed_total", "Drone sessions closed, by reason.", ["reason"], registry=r
         )
-        self.frames_received = r.register(
-            Counter("dronedepth_frames_received_total", "Video frames decoded from all drones.")
+        self.frames_received = Counter(
+            "dronedepth_frames_received_total", "Video frames decoded from all drones.", registry=r
         )
-        self.frames_processed = r.register(
-            Counter("dronedepth_frames_processed_total", "Frames turned into a keypoints message.")
+        self.frames_processed = Counter(
+            "dronedepth_frames_processed_total", "Frames turned into a keypoints message.", registry=r
         )
-        self.frames_dropped = r.register(
-            Counter("dronedepth_frames_dropped_total", "Frames not processed, by reason.", ["reason"])
+        self.frames_dropped = Counter(
+            "dronedepth_frames_dropped_total", "Frames not processed, by reason.", ["reason"], registry=r
         )
-        self.stage_seconds = r.register(
-            Histogram("dronedepth_stage_duration_seconds", "Time per frame spent in each stage.", ["stage"])
+        self.stage_seconds = Histogram(
+            "dronedepth_stage_duration_seconds", "Time per frame spent in each stage.", ["stage"], registry=r
         )
-        self.inference_available = r.register(
-            Gauge("dronedepth_inference_available", "1 while depth inference works, 0 during an outage.")
+        self.inference_available = Gauge(
+            "dronedepth_inference_available", "1 while depth inference works, 0 during an outage.", registry=r
         )
         self.inference_available.set(1)
-        self.uptime = r.register(Gauge("dronedepth_uptime_seconds", "Seconds since the gateway started."))
-        self.triton_errors = r.register(
-            Counter("dronedepth_triton_errors_total", "Failed depth requests, by reason.", ["reason"])
+        self.uptime = Gauge("dronedepth_uptime_seconds", "Seconds since the gateway started.", registry=r)
+        self.triton_errors = Counter(
+            "dronedepth_triton_errors_total", "Failed depth requests, by reason.", ["reason"], registry=r
         )
-        self.messages_received = r.register(
-            Counter("dronedepth_messages_received_total", "Data-channel messages received from drones.")
+        self.messages_received = Counter(
+            "dronedepth_messages_received_total", "Data-channel messages received from drones.", registry=r
         )
-        self.errors_sent = r.register(
-            Counter("dronedepth_errors_sent_total", "Error messages sent to drones, by code.", ["code"])
+        self.errors_sent = Counter(
+            "dronedepth_errors_sent_total", "Error messages sent to drones, by code.", ["code"], registry=r
         )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=r)  # python_info
+
+    def add_collector(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        """Also expose the families ``collect`` returns at each scrape (e.g. per-drone series of live sessions)."""
+        self.registry.register(_ScrapeTimeCollector(collect))
 
     def render(self) -> str:
-        return self.registry.render()
+        """The text exposition (:data:`CONTENT_TYPE`) of every metric, process metrics included."""
+        return generate_latest(_WithoutCreated(self.registry)).decode("utf-8")  # type: ignore[arg-type]

@@ -20,37 +20,30 @@ import logging
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from dronedepth.gateway.app import create_app
 from dronedepth.gateway.config import GatewayConfig
 from dronedepth.gateway.inference import DepthClient, DepthService
-from dronedepth.gateway.metrics import Counter, GatewayMetrics, Gauge
+from dronedepth.gateway.metrics import GatewayMetrics
+from dronedepth.gateway.outputs.previews import PreviewHub
 from dronedepth.gateway.outputs.sinks import SinkSet
 from dronedepth.gateway.outputs.stream import StreamHub
 from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
 from dronedepth.gateway.session import DroneSession, SessionContext
-from dronedepth.gateway.signaling import create_app
-from dronedepth.gateway.web import PreviewHub
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from dronedepth import protocol
-from dronedepth.errors import ConfigError, DroneDepthError, ProtocolError
+from dronedepth.errors import ConfigError, GatewayBusy, GatewayFull, ProtocolError
 
 if TYPE_CHECKING:
     from dronedepth.gateway.outputs.sinks import ResultSink
 
-__all__ = ["Gateway", "GatewayBusy", "GatewayFull"]
+__all__ = ["Gateway"]
 
 log = logging.getLogger(__name__)
-
-
-class GatewayFull(DroneDepthError):
-    """The gateway already serves its maximum number of drones."""
-
-
-class GatewayBusy(DroneDepthError):
-    """An offer for the same drone id is being handled right now."""
 
 
 class Gateway:
@@ -104,7 +97,7 @@ class Gateway:
         self._port: int | None = None
         self._stopping = False
         self._started_at = 0.0
-        self.metrics.registry.collectors.append(self._collect)
+        self.metrics.add_collector(self._collect)
         self.metrics.inference_available.set_function(lambda: 1.0 if self.depth.available else 0.0)
         self.metrics.uptime.set_function(lambda: time.monotonic() - self._started_at if self._started_at else 0.0)
 
@@ -128,7 +121,7 @@ class Gateway:
 
     @property
     def app(self) -> web.Application:
-        """The aiohttp app (the routes of :func:`~gateway.signaling.create_app`); add more before :meth:`start`."""
+        """The aiohttp app (the routes of :func:`~dronedepth.gateway.app.create_app`); add more before :meth:`start`."""
         if self._app is None:
             self._app = create_app(self)
         return self._app
@@ -280,7 +273,7 @@ class Gateway:
         """Answer ``offer`` with a new session for ``drone_id``; returns the answer SDP.
 
         A drone that offers again under its id replaces its old session.
-        Raises :class:`GatewayFull`, :class:`GatewayBusy` or
+        Raises :class:`~dronedepth.errors.GatewayFull`, :class:`~dronedepth.errors.GatewayBusy` or
         :class:`~dronedepth.errors.ProtocolError` (the offer cannot be applied);
         nothing is left behind when it raises.
         """
@@ -351,20 +344,20 @@ class Gateway:
 
     # ------------------------------------------------------------------ metrics
 
-    def _collect(self) -> list[Any]:
+    def _collect(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
         """Per-drone series of the live sessions (they go away with the session)."""
-        frames = Counter(
-            "dronedepth_drone_frames_total", "Frames of each connected drone, by outcome.", ["drone", "outcome"]
+        frames = CounterMetricFamily(
+            "dronedepth_drone_frames", "Frames of each connected drone, by outcome.", labels=["drone", "outcome"]
         )
-        latency = Gauge(
+        latency = GaugeMetricFamily(
             "dronedepth_drone_last_latency_seconds",
             "Receive-to-send time of each connected drone's latest result.",
-            ["drone"],
+            labels=["drone"],
         )
         for drone_id, session in sorted(self.sessions.items()):
-            frames.inc(session.frames_received, drone=drone_id, outcome="received")
-            frames.inc(session.frames_processed, drone=drone_id, outcome="processed")
-            frames.inc(sum(session.dropped.values()), drone=drone_id, outcome="dropped")
+            frames.add_metric([drone_id, "received"], session.frames_received)
+            frames.add_metric([drone_id, "processed"], session.frames_processed)
+            frames.add_metric([drone_id, "dropped"], sum(session.dropped.values()))
             if "total" in session.last_timing:
-                latency.set(session.last_timing["total"] / 1e3, drone=drone_id)
+                latency.add_metric([drone_id], session.last_timing["total"] / 1e3)
         return [frames, latency]

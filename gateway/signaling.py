@@ -1,30 +1,25 @@
-"""HTTP endpoints of the gateway (aiohttp): signalling and operations.
+"""``POST /offer``: WebRTC signalling, a drone's SDP offer in, the gateway's answer out.
 
-- ``POST /offer``: a drone's SDP offer (JSON ``{"sdp", "type": "offer"}``,
-  ``Authorization: Bearer <token>``) → the answer (JSON ``{"sdp", "type":
-  "answer", "drone_id"}``). Refusals are JSON ``{"error": CODE, "message":
-  TEXT}`` with 400, 401, 409, 413 or 503, and create no peer connection.
-- ``GET /health``: liveness (always 200 while the process serves HTTP).
-- ``GET /ready``: 200 when the depth server answers and the model is ready, else 503.
-- ``GET /metrics``: Prometheus text exposition.
-- ``GET /stream/<drone>`` (:mod:`gateway.streaming`) and the web pages ``/``,
-  ``/drone``, ``/api/drones`` (:mod:`gateway.web`), mounted here too.
-
-``docs/protocol.md`` describes the signalling and operations in prose. The token is compared in
-constant time and never logged.
+A drone's offer (JSON ``{"sdp", "type": "offer"}``, ``Authorization: Bearer
+<token>``) → the answer (JSON ``{"sdp", "type": "answer", "drone_id"}``).
+Refusals are JSON ``{"error": CODE, "message": TEXT}`` with 400, 401, 409, 413
+or 503, and create no peer connection. The token check is
+:mod:`dronedepth.gateway.auth`'s; the gateway comes from ``request.app``
+(:data:`~dronedepth.gateway.app_keys.GATEWAY`). ``docs/protocol.md``
+describes the signalling in prose.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from aiohttp import web
-from dronedepth.gateway.metrics import CONTENT_TYPE
+from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY
+from dronedepth.gateway.auth import CHALLENGE, authorization_problem
 
 from dronedepth import protocol
-from dronedepth.errors import ProtocolError
+from dronedepth.errors import GatewayBusy, GatewayFull, ProtocolError
 from dronedepth.protocol import (
     BODY_TOO_LARGE,
     DRONE_BUSY,
@@ -37,56 +32,17 @@ from dronedepth.protocol import (
     UNAUTHORIZED,
 )
 
-if TYPE_CHECKING:
-    from dronedepth.gateway.server import Gateway
-
-__all__ = ["check_offer_sdp", "create_app", "drone_id_from"]
+__all__ = ["check_offer_sdp", "drone_id_from", "offer"]
 
 log = logging.getLogger(__name__)
 
 DRONE_ID_QUERY: Final = "drone"
 
-_GATEWAY: Final = web.AppKey("gateway", object)
 _RETRY_AFTER_S: Final = "5"
 
 
 def _json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status, headers=headers)
-
-
-def create_app(gateway: Gateway) -> web.Application:
-    """The aiohttp application serving ``gateway``: signalling, operations, ``/stream`` and the web pages."""
-    from dronedepth.gateway.outputs.stream import add_stream_routes
-    from dronedepth.gateway.web import add_web_routes
-
-    app = web.Application(client_max_size=gateway.config.max_body_bytes)
-    app[_GATEWAY] = gateway
-    app.router.add_post("/offer", _offer)
-    app.router.add_get("/health", _health)
-    app.router.add_get("/ready", _ready)
-    app.router.add_get("/metrics", _metrics)
-    add_stream_routes(app, gateway.stream_hub, gateway.config.token)
-    add_web_routes(app, gateway)
-    return app
-
-
-def _gateway(request: web.Request) -> Gateway:
-    return request.app[_GATEWAY]  # type: ignore[return-value]
-
-
-def _authorized(request: web.Request, token: str | None) -> str | None:
-    """None when the request may go on, else why not (without echoing what was sent)."""
-    if token is None:
-        return None
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if not header:
-        return "missing Authorization header"
-    if scheme.lower() != "bearer" or not given.strip():
-        return "the Authorization header must be 'Bearer <token>'"
-    if not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
-        return "wrong token"
-    return None
 
 
 def drone_id_from(request: web.Request) -> str | None:
@@ -138,8 +94,9 @@ def check_offer_sdp(sdp: str) -> None:
             raise ProtocolError(INVALID_SDP, f"no common video codec: offered {offered}, supported VP8/H264")
 
 
-async def _offer(request: web.Request) -> web.Response:
-    gateway = _gateway(request)
+async def offer(request: web.Request) -> web.Response:
+    """``POST /offer``: answer a drone's SDP offer with a new session, or refuse it (JSON error)."""
+    gateway = request.app[GATEWAY]
     metrics = gateway.metrics
     remote = request.remote or "?"
 
@@ -148,9 +105,9 @@ async def _offer(request: web.Request) -> web.Response:
         log.warning("refused an offer from %s: %s (%d %s)", remote, message, status, code)
         return _json_error(status, code, message, headers)
 
-    problem = _authorized(request, gateway.config.token)
+    problem = authorization_problem(request, request.app[ACCESS_TOKEN])
     if problem is not None:
-        return refuse(401, UNAUTHORIZED, problem, {"WWW-Authenticate": 'Bearer realm="dronedepth"'})
+        return refuse(401, UNAUTHORIZED, problem, CHALLENGE)
     limit = gateway.config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return refuse(413, BODY_TOO_LARGE, f"the body of {request.content_length} bytes exceeds {limit} bytes")
@@ -159,19 +116,16 @@ async def _offer(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return refuse(413, BODY_TOO_LARGE, f"the body exceeds {limit} bytes")
     try:
-        offer = protocol.SessionDescription.from_json(body)
-        if offer.type != "offer":
-            raise ProtocolError(protocol.INVALID_MESSAGE, f"'type' must be 'offer', got {offer.type!r}")
-        check_offer_sdp(offer.sdp)
+        description = protocol.SessionDescription.from_json(body)
+        if description.type != "offer":
+            raise ProtocolError(protocol.INVALID_MESSAGE, f"'type' must be 'offer', got {description.type!r}")
+        check_offer_sdp(description.sdp)
         drone_id = drone_id_from(request) or gateway.new_drone_id()
     except ProtocolError as exc:
         status = 413 if exc.code == protocol.MESSAGE_TOO_LARGE else 400
         return refuse(status, exc.code, exc.message)
-
-    from dronedepth.gateway.server import GatewayBusy, GatewayFull
-
     try:
-        answer_sdp = await gateway.open_session(offer, drone_id, remote=remote)
+        answer_sdp = await gateway.open_session(description, drone_id, remote=remote)
     except GatewayFull as exc:
         return refuse(503, GATEWAY_FULL, str(exc), {"Retry-After": _RETRY_AFTER_S})
     except GatewayBusy as exc:
@@ -181,27 +135,3 @@ async def _offer(request: web.Request) -> web.Response:
     metrics.offers.inc(outcome="accepted")
     payload: dict[str, Any] = {"sdp": answer_sdp, "type": "answer", "drone_id": drone_id}
     return web.json_response(payload, headers={DRONE_ID_HEADER: drone_id})
-
-
-async def _health(request: web.Request) -> web.Response:
-    gateway = _gateway(request)
-    return web.json_response({"status": "ok", "sessions": len(gateway.sessions)})
-
-
-async def _ready(request: web.Request) -> web.Response:
-    gateway = _gateway(request)
-    ready = await gateway.depth.ready()
-    body: dict[str, Any] = {
-        "status": "ready" if ready else "unavailable",
-        "depth_server": str(gateway.depth.client),
-        "sessions": len(gateway.sessions),
-        "max_drones": gateway.config.max_drones,
-    }
-    if ready:
-        body["depth_kind"] = gateway.depth.depth_kind
-    return web.json_response(body, status=200 if ready else 503)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    text = _gateway(request).metrics.render()
-    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})

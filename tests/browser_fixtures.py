@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import pytest
 from dronedepth.gateway.inference import DepthClient
+from dronedepth.gateway.outputs.previews import PreviewHub
 from dronedepth.gateway.server import Gateway
-from dronedepth.gateway.web import PreviewHub
 from gateway_fixtures import running_gateway
 
 from dronedepth.samples import sample_photos

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import numpy as np
 from aiohttp import web
 from dronedepth.gateway.outputs.sinks import FrameRecord
-from dronedepth.gateway.outputs.stream import StreamHub, add_stream_routes
+from dronedepth.gateway.outputs.stream import StreamHub
 from dronedepth.gateway.pipeline import FrameResult
 from dronedepth.gateway.projection import convert_axes
+from dronedepth.gateway.stream_route import add_stream_routes
 
 from dronedepth.protocol import CameraMessage, KeypointsMessage
 

@@ -407,10 +407,10 @@ async def test_foxglove_server_publishes_a_connected_drone() -> None:
 
 async def test_outputs_share_one_ros_encoder_and_the_extra_sink_comes_last(tmp_path: Path) -> None:
     from dronedepth.gateway.outputs.foxglove import FoxgloveSink
+    from dronedepth.gateway.outputs.previews import PreviewHub
     from dronedepth.gateway.outputs.rosbag import BagSink
     from dronedepth.gateway.outputs.sinks import SinkSet
     from dronedepth.gateway.outputs.stream import StreamHub
-    from dronedepth.gateway.web import PreviewHub
 
     extra = SinkSet()
     async with running_gateway(record_bag_dir=tmp_path / "bags", foxglove_port=0, sink=extra) as gateway:

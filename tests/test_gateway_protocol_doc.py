@@ -49,11 +49,10 @@ def test_every_signalling_refusal_is_documented(doc: str) -> None:
 
 def test_the_gateway_and_the_drone_use_the_protocol_constants() -> None:
     from dronedepth.drone import signaling as drone_signaling
-    from dronedepth.gateway import signaling, web
+    from dronedepth.gateway import signaling, stream_route, web
     from dronedepth.gateway.outputs import recording, sinks
-    from dronedepth.gateway.outputs import stream as streaming
 
-    for module in (signaling, sinks, streaming, web, recording, drone_signaling):
+    for module in (signaling, sinks, stream_route, web, recording, drone_signaling):
         assert module.DRONE_ID_PATTERN is protocol.DRONE_ID_PATTERN, module.__name__  # type: ignore[attr-defined]
     assert signaling.DRONE_ID_HEADER is protocol.DRONE_ID_HEADER
 
@@ -105,8 +104,9 @@ def test_documented_json_examples_decode(doc: str) -> None:
 
 def test_metrics_and_drop_reasons_are_documented(doc: str) -> None:
     text = GatewayMetrics().render()
-    for name in re.findall(r"^# TYPE (\S+)", text, re.MULTILINE):
+    for name in re.findall(r"^# TYPE (dronedepth_\S+)", text, re.MULTILINE):
         assert f"`{name}" in doc, name
+    assert "`process_cpu_seconds_total`" in doc and "`python_info`" in doc
     import dronedepth.gateway.session as session_module
 
     reasons = [v for k, v in vars(session_module).items() if k.isupper() and isinstance(v, str)]

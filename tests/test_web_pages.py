@@ -28,9 +28,10 @@ import pytest
 from aiohttp import ClientSession
 from browser_fixtures import ARTIFACTS, BROWSER_TIMEOUT_MS, chromium, photo_paths, web_gateway, write_y4m
 from dronedepth.gateway.inference import TritonDepthClient
+from dronedepth.gateway.outputs.previews import PreviewHub, encode_preview, find_preview_hub
 from dronedepth.gateway.outputs.sinks import FrameRecord
 from dronedepth.gateway.server import Gateway
-from dronedepth.gateway.web import STATIC_DIR, PreviewHub, add_web_routes, encode_preview, find_preview_hub
+from dronedepth.gateway.web import STATIC_DIR
 from gateway_fixtures import TOKEN, FakeDepthClient, TestDrone, camera_for, gateway_config, photo, wait_until
 from multidict import CIMultiDict
 from numpy.typing import NDArray
@@ -291,7 +292,6 @@ async def test_without_a_hub_drones_are_listed_without_previews():
     rgb = photo(320, 240)
     gw = Gateway(gateway_config(), FakeDepthClient())
     gw.preview_hub = None  # before start(): the gateway keeps no previews
-    add_web_routes(gw.app, gw)  # idempotent: create_app has mounted them already
     await gw.start()
     assert gw.sinks is not None and not [s for s in gw.sinks.sinks if isinstance(s, PreviewHub)]
     drone = TestDrone(rgb, fps=10)

@@ -8,28 +8,26 @@ subscriber has a one-frame slot: a frame that arrives while the previous one is
 still unsent replaces it (counted as dropped), so a slow viewer sees fewer,
 fresh frames and never makes the gateway buffer more than one frame for it.
 
-:func:`add_stream_routes` mounts the endpoint on the gateway's aiohttp app.
-Authentication is the gateway's bearer token, in ``Authorization: Bearer <token>``
-or, for browsers (which cannot set WebSocket headers), ``?token=<token>``.
+The route itself (authentication, the drone id) is
+:func:`dronedepth.gateway.stream_route.add_stream_routes`; it hands each
+accepted request to :meth:`StreamHub.serve`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import threading
 from typing import Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
-
-from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
-from dronedepth.stream_format import StreamFrame, encode_frame
 from dronedepth.gateway.outputs.sinks import FrameRecord
 
-__all__ = ["DEFAULT_MAX_POINTS", "STREAM_ROUTE", "StreamHub", "add_stream_routes", "stream_frame"]
+from dronedepth.stream_format import StreamFrame, encode_frame
+
+__all__ = ["DEFAULT_MAX_POINTS", "STREAM_ROUTE", "StreamHub", "json_refusal", "stream_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +98,7 @@ class StreamHub:
 
     ``write`` is called from worker threads; everything else about
     subscribers runs on the event loop the app runs on (bound at startup by
-    :func:`add_stream_routes`). A drone nobody watches costs nothing per frame.
+    :func:`~dronedepth.gateway.stream_route.add_stream_routes`). A drone nobody watches costs nothing per frame.
     """
 
     def __init__(self, *, max_points: int = DEFAULT_MAX_POINTS, max_subscribers: int = 32) -> None:
@@ -213,17 +211,18 @@ class StreamHub:
         except (ConnectionError, RuntimeError) as exc:  # the client went away mid-send
             log.debug("stream %s: send stopped: %r", subscriber.drone_id, exc)
 
-    async def _serve(self, request: web.Request, drone_id: str) -> web.StreamResponse:
+    async def serve(self, request: web.Request, drone_id: str) -> web.StreamResponse:
+        """Stream ``drone_id``'s frames to the WebSocket client of ``request`` until it leaves or the hub closes."""
         ws = web.WebSocketResponse(heartbeat=_HEARTBEAT_S, max_msg_size=64 * 1024)
         if not ws.can_prepare(request).ok:
-            raise _refusal(
+            raise json_refusal(
                 web.HTTPBadRequest,
                 "not_websocket",
                 f"{request.path} is a WebSocket endpoint: connect with a WebSocket client",
             )
         subscriber = self._subscribe(drone_id, ws)
         if subscriber is None:
-            raise _refusal(
+            raise json_refusal(
                 web.HTTPServiceUnavailable,
                 "unavailable",
                 f"the gateway is stopping or already serves {self.max_subscribers} stream clients",
@@ -255,50 +254,10 @@ class StreamHub:
         return ws
 
 
-def _refusal(
+def json_refusal(
     status: type[web.HTTPException], code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.HTTPException:
     """An HTTP error with the same JSON body as the signalling endpoints' (``{"error", "message"}``)."""
     return status(
         text=json.dumps({"error": code, "message": message}), content_type="application/json", headers=headers
     )
-
-
-def _presented_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.query.get("token")
-
-
-def add_stream_routes(app: web.Application, hub: StreamHub, token: str | None) -> None:
-    """Mount ``GET /stream/{drone}`` on ``app`` (before it starts); ``token`` None disables auth."""
-    expected = None if token is None else token.encode()
-
-    async def stream(request: web.Request) -> web.StreamResponse:
-        if expected is not None:
-            presented = _presented_token(request)
-            # compare_digest: the time taken must not reveal how much of the token matched.
-            if presented is None or not hmac.compare_digest(presented.encode(), expected):
-                raise _refusal(
-                    web.HTTPUnauthorized,
-                    UNAUTHORIZED,
-                    "missing or wrong token: send 'Authorization: Bearer <token>' or add ?token=<token>",
-                    {"WWW-Authenticate": 'Bearer realm="dronedepth"'},
-                )
-        drone_id = request.match_info["drone"]
-        if not DRONE_ID_PATTERN.fullmatch(drone_id):
-            raise _refusal(
-                web.HTTPBadRequest,
-                INVALID_DRONE_ID,
-                f"drone id {drone_id!r} must be {DRONE_ID_RULE}",
-            )
-        return await hub._serve(request, drone_id)
-
-    async def bind(app: web.Application) -> None:
-        hub.bind(asyncio.get_running_loop())
-
-    app.on_startup.append(bind)
-    app.on_shutdown.append(hub.shutdown)
-    app.router.add_get(STREAM_ROUTE, stream)

@@ -1,0 +1,39 @@
+"""The gateway's aiohttp application: every HTTP route, composed in one place.
+
+- ``POST /offer`` (:mod:`~dronedepth.gateway.signaling`),
+- ``GET /health``, ``/ready``, ``/metrics`` (:mod:`~dronedepth.gateway.ops`),
+- ``GET /stream/<drone>`` (:mod:`~dronedepth.gateway.stream_route`),
+- the web pages ``/``, ``/drone``, ``/assets/...`` and the API ``/api/drones...``
+  (:mod:`~dronedepth.gateway.web`).
+
+The route modules import neither this module nor the server: their handlers
+read the gateway and the token from the app (:mod:`~dronedepth.gateway.app_keys`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from dronedepth.gateway import signaling
+from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY
+from dronedepth.gateway.ops import add_ops_routes
+from dronedepth.gateway.stream_route import add_stream_routes
+from dronedepth.gateway.web import add_web_routes
+
+if TYPE_CHECKING:
+    from dronedepth.gateway.server import Gateway
+
+__all__ = ["create_app"]
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    """The aiohttp application serving ``gateway``: signalling, operations, ``/stream`` and the web pages."""
+    app = web.Application(client_max_size=gateway.config.max_body_bytes)
+    app[GATEWAY] = gateway
+    app[ACCESS_TOKEN] = gateway.config.token
+    app.router.add_post("/offer", signaling.offer)
+    add_ops_routes(app)
+    add_stream_routes(app, gateway.stream_hub, gateway.config.token)
+    add_web_routes(app)
+    return app
