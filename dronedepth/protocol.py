@@ -40,9 +40,10 @@ VIDEO_CLOCK_RATE: Final = 90_000
 
 DRONE_ID_HEADER: Final = "X-Drone-Id"
 """HTTP header of ``POST /offer`` (request and answer) carrying the drone's id."""
-DRONE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""Every drone id (``fullmatch``): ids name folders, files, ROS topics and URL paths, so no '.' or '/'."""
-DRONE_ID_RULE: Final = "1 to 64 characters among A-Z, a-z, 0-9, '_' and '-'"
+DRONE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""Every drone id (``fullmatch``): ids name folders, files, ROS topics and URL paths, so no '.' or '/';
+the first character is a letter or digit so that no id reads as a command-line option (``-rf``)."""
+DRONE_ID_RULE: Final = "1 to 64 characters among A-Z, a-z, 0-9, '_' and '-', starting with a letter or digit"
 """:data:`DRONE_ID_PATTERN` in words, for error messages."""
 
 CameraModel = Literal["pinhole", "fisheye"]
