@@ -9,7 +9,8 @@ labelled :data:`DATA_CHANNEL_LABEL` carrying JSON text messages, each with a
 ``type`` field:
 
 - drone → gateway: :class:`CameraMessage` (``camera``), :class:`PoseMessage` (``pose``)
-- gateway → drone: :class:`KeypointsMessage` (``keypoints``), :class:`ErrorMessage` (``error``)
+- gateway → drone: :class:`KeypointsMessage` (``keypoints``), :class:`ObstaclesMessage` (``obstacles``),
+  :class:`ErrorMessage` (``error``)
 
 ``docs/protocol.md`` is the prose version of this module. The module needs
 only numpy and the standard library, so a drone can import it.
@@ -690,13 +691,17 @@ class ObstaclesMessage:
         )
 
 
-Message = CameraMessage | PoseMessage | KeypointsMessage | ErrorMessage
+Message = CameraMessage | PoseMessage | KeypointsMessage | ObstaclesMessage | ErrorMessage
 _MESSAGE_TYPES: Final[
-    dict[str, type[CameraMessage] | type[PoseMessage] | type[KeypointsMessage] | type[ErrorMessage]]
+    dict[
+        str,
+        type[CameraMessage] | type[PoseMessage] | type[KeypointsMessage] | type[ObstaclesMessage] | type[ErrorMessage],
+    ]
 ] = {
     CameraMessage.type: CameraMessage,
     PoseMessage.type: PoseMessage,
     KeypointsMessage.type: KeypointsMessage,
+    ObstaclesMessage.type: ObstaclesMessage,
     ErrorMessage.type: ErrorMessage,
 }
 
