@@ -1,0 +1,309 @@
+"""Obstacle distances around the drone from one frame's dense metric depth: pure numpy, no I/O.
+
+Frames. Points start in the camera optical frame (x right, y down, z
+forward), go to the body ``base_link`` (FLU) through the camera mount
+``body_from_camera``, then to the **level** frame: the body frame turned by
+its roll and pitch so that z points straight up against gravity and x is the
+body's heading projected onto the horizontal plane (yaw is kept: sectors
+turn with the drone). Without an attitude the body is assumed level (the
+camera's own horizontal as mounted): the profile says so
+(``gravity_aligned`` False).
+
+Sectors. Azimuths follow MAVLink's ``MAV_FRAME_BODY_FRD`` so the flight
+controller can take them as they are: 0° is the body's forward direction,
+positive angles turn **clockwise seen from above** (towards the right wing).
+Sector ``i`` is centred on ``angle_offset_deg + i * sector_width_deg`` and
+covers half a width either side. The layout (:class:`SectorLayout`) covers
+the camera's horizontal field of view and depends only on the intrinsics and
+the mount, so it is computed once per camera.
+
+Distances. For each sector the nearest horizontal range (metres, from the
+body origin) of the points inside the vertical band
+``[-band_below_m, +band_above_m]`` around the drone's height, farther than
+``min_range_m``. Points lower than ``height_above_ground_m - ground_margin_m``
+below the body are ground and never obstacles. A sector whose band points are
+all beyond ``max_range_m`` is :data:`~dronedepth.protocol.OBSTACLE_FREE`; a
+sector with no band point at all (not seen, or only invalid depth) is
+:data:`~dronedepth.protocol.OBSTACLE_NO_DATA`: unknown, never free.
+
+The depth must be metric (metres): relative depth has no scale and gives no
+obstacle distances.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from dronedepth.gateway.projection import RayGrid
+from numpy.typing import NDArray
+
+from dronedepth.frames import Transform, matrix_from_quaternion
+from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
+
+__all__ = [
+    "ObstacleConfig",
+    "ObstacleProfile",
+    "SectorLayout",
+    "level_from_body",
+    "obstacle_profile",
+    "obstacle_profile_from_depth",
+    "sector_layout",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ObstacleConfig:
+    """What counts as an obstacle; lengths in metres."""
+
+    band_below_m: float = 1.0
+    band_above_m: float = 1.0
+    min_range_m: float = 0.3
+    max_range_m: float = 20.0
+    ground_margin_m: float = 0.3
+    """With a known height above ground, points within this of the ground are ground."""
+
+    def __post_init__(self) -> None:
+        for name in ("band_below_m", "band_above_m", "min_range_m", "max_range_m", "ground_margin_m"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"obstacles: {name} must be a finite number >= 0, got {value!r}")
+        if not self.min_range_m < self.max_range_m:
+            raise ValueError(
+                f"obstacles: min_range_m ({self.min_range_m}) must be below max_range_m ({self.max_range_m})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class SectorLayout:
+    """Sector ``i`` is centred on ``angle_offset_deg + i * sector_width_deg`` (body FRD, clockwise from forward)."""
+
+    sector_width_deg: float
+    angle_offset_deg: float
+    count: int
+
+    @property
+    def centres_deg(self) -> NDArray[np.float64]:
+        return self.angle_offset_deg + self.sector_width_deg * np.arange(self.count)
+
+
+@dataclass(frozen=True, slots=True)
+class ObstacleProfile:
+    """Nearest obstacle per sector of one frame.
+
+    ``distances_m[i]`` is a range in metres in ``[min_range_m, max_range_m]``,
+    or :data:`OBSTACLE_FREE` (nothing within ``max_range_m``), or
+    :data:`OBSTACLE_NO_DATA` (the sector was not seen).
+    """
+
+    layout: SectorLayout
+    distances_m: NDArray[np.float32]
+    min_range_m: float
+    max_range_m: float
+    gravity_aligned: bool
+
+    def to_message(self, pts: int, stamp: float, frame_index: int = 0) -> ObstaclesMessage:
+        """The ``obstacles`` message for the frame with this ``pts`` (90 kHz) and capture ``stamp`` (Unix s)."""
+        return ObstaclesMessage(
+            pts=pts,
+            stamp=stamp,
+            frame_index=frame_index,
+            gravity_aligned=self.gravity_aligned,
+            sector_width_deg=self.layout.sector_width_deg,
+            angle_offset_deg=self.layout.angle_offset_deg,
+            min_range_m=self.min_range_m,
+            max_range_m=self.max_range_m,
+            distances_m=tuple(round(float(d), 3) for d in self.distances_m),
+        )
+
+
+def sector_layout(rays: RayGrid, body_from_camera: Transform, sector_width_deg: float) -> SectorLayout:
+    """The sectors covering the camera's horizontal field of view as mounted (body level).
+
+    Sector centres sit on multiples of ``sector_width_deg`` (so one is centred
+    straight ahead); the outermost ones are those holding the widest rays.
+    """
+    if not (math.isfinite(sector_width_deg) and 0 < sector_width_deg <= 360):
+        raise ValueError(f"obstacles: sector width must be in (0, 360] degrees, got {sector_width_deg!r}")
+    directions = rays.rays.reshape(-1, 3)
+    directions = directions[np.isfinite(directions).all(axis=1)]
+    body = directions.astype(np.float64) @ matrix_from_quaternion(body_from_camera.rotation).T
+    horizontal = np.hypot(body[:, 0], body[:, 1])
+    body = body[horizontal > 1e-6 * np.abs(body[:, 2])]  # rays straight up or down have no azimuth
+    if len(body) == 0:
+        raise ValueError("obstacles: the camera sees no horizontal direction (it looks straight up or down)")
+    azimuth = np.sort(np.degrees(np.arctan2(-body[:, 1], body[:, 0])))  # FLU y is left: clockwise = -atan2(y, x)
+    # The view is the circle minus its largest azimuth gap (a rear camera straddles ±180°).
+    gaps = np.diff(azimuth, append=azimuth[0] + 360.0)
+    widest = int(np.argmax(gaps))
+    start = float(azimuth[(widest + 1) % len(azimuth)])
+    span = 360.0 - float(gaps[widest])
+    first = math.floor(start / sector_width_deg + 0.5)
+    last = math.floor((start + span) / sector_width_deg + 0.5)
+    count = min(last - first + 1, math.floor(360.0 / sector_width_deg))
+    offset = (first * sector_width_deg + 180.0) % 360.0 - 180.0
+    return SectorLayout(sector_width_deg=float(sector_width_deg), angle_offset_deg=offset, count=count)
+
+
+def level_from_body(world_from_body_rotation: NDArray[np.float64] | None) -> NDArray[np.float64]:
+    """The rotation removing roll and pitch from an attitude (a unit xyzw quaternion, ENU world from FLU body).
+
+    ``None`` (no attitude known) gives the identity: the body is taken as level.
+    """
+    if world_from_body_rotation is None:
+        return np.eye(3)
+    world_from_body = matrix_from_quaternion(world_from_body_rotation)
+    # Heading of the body's x axis in the horizontal plane; undo that yaw so only roll and pitch remain removed.
+    yaw = math.atan2(world_from_body[1, 0], world_from_body[0, 0])
+    c, s = math.cos(yaw), math.sin(yaw)
+    body_heading_from_world = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
+    return body_heading_from_world @ world_from_body
+
+
+def obstacle_profile(
+    points_optical: NDArray[np.float32],
+    layout: SectorLayout,
+    body_from_camera: Transform,
+    attitude: NDArray[np.float64] | None,
+    config: ObstacleConfig,
+    height_above_ground_m: float | None = None,
+) -> ObstacleProfile:
+    """The profile of metric optical-frame points ``(N, 3)`` (metres).
+
+    ``attitude`` is the body's orientation (unit xyzw quaternion, ENU world
+    from FLU body; only roll and pitch are used), ``None`` when unknown.
+    ``height_above_ground_m`` (e.g. from a downward range finder), when known,
+    removes the ground even where the band reaches below it.
+    """
+    points = np.asarray(points_optical, dtype=np.float32)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"obstacles: points must be an (N, 3) array, got shape {points.shape}")
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(points).all(axis=1)
+    return _profile(
+        points[:, 0],
+        points[:, 1],
+        points[:, 2],
+        finite,
+        layout,
+        body_from_camera,
+        attitude,
+        config,
+        height_above_ground_m,
+    )
+
+
+def obstacle_profile_from_depth(
+    depth_m: NDArray[np.float32],
+    rays: RayGrid,
+    layout: SectorLayout,
+    body_from_camera: Transform,
+    attitude: NDArray[np.float64] | None,
+    config: ObstacleConfig,
+    mask: NDArray[np.bool_] | None = None,
+    height_above_ground_m: float | None = None,
+) -> ObstacleProfile:
+    """The profile of a metric z-depth map ``(H, W)`` (metres) with the camera's precomputed ray grid.
+
+    ``mask`` selects the trusted pixels (e.g. the frame's
+    :func:`~dronedepth.gateway.projection.valid_depth_mask`, already computed
+    for the point cloud); every finite positive depth on a valid ray counts
+    in any case. The whole grid is processed in place of
+    :func:`~dronedepth.gateway.projection.points_from_depth`'s compacted
+    points: skipping the boolean gather makes the profile ~3x faster.
+    """
+    depth = np.asarray(depth_m, dtype=np.float32)
+    if depth.shape != (rays.height, rays.width):
+        raise ValueError(f"obstacles: depth has shape {depth.shape}, the ray grid is {rays.height}x{rays.width}")
+    if mask is not None and mask.shape != depth.shape:
+        raise ValueError(f"obstacles: mask has shape {mask.shape}, the depth {depth.shape}")
+    with np.errstate(invalid="ignore"):
+        valid = (depth > 0) & (depth < np.inf)
+    if mask is not None:
+        valid &= mask
+    if rays.valid is not None:
+        valid &= rays.valid
+    z = depth.reshape(-1)
+    return _profile(
+        rays.rays[..., 0].reshape(-1) * z,
+        rays.rays[..., 1].reshape(-1) * z,
+        z,
+        valid.reshape(-1),
+        layout,
+        body_from_camera,
+        attitude,
+        config,
+        height_above_ground_m,
+    )
+
+
+def _profile(
+    px: NDArray[np.float32],
+    py: NDArray[np.float32],
+    pz: NDArray[np.float32],
+    valid: NDArray[np.bool_],
+    layout: SectorLayout,
+    body_from_camera: Transform,
+    attitude: NDArray[np.float64] | None,
+    config: ObstacleConfig,
+    height_above_ground_m: float | None,
+) -> ObstacleProfile:
+    """The core on optical coordinates ``px, py, pz`` (one entry per point) and a mask of the usable ones.
+
+    Every array stays full-length (rejected points go to a spare bin) because
+    boolean gathers cost more here than the arithmetic they would save.
+    """
+    if height_above_ground_m is not None and not (math.isfinite(height_above_ground_m) and height_above_ground_m >= 0):
+        raise ValueError(f"obstacles: height above ground must be finite and >= 0 m, got {height_above_ground_m!r}")
+    level_from_body_rotation = level_from_body(attitude)
+    rotation = (level_from_body_rotation @ matrix_from_quaternion(body_from_camera.rotation)).astype(np.float32)
+    offset = (level_from_body_rotation @ body_from_camera.translation).astype(np.float32)
+
+    def level_axis(row: int) -> NDArray[np.float32]:
+        # Row by row rather than ``points @ rotation.T``: numpy's matmul with an inner size of 3 is far slower.
+        axis = px * rotation[row, 0]
+        axis += py * rotation[row, 1]
+        axis += pz * rotation[row, 2]
+        axis += offset[row]
+        return axis
+
+    x, y, z = level_axis(0), level_axis(1), level_axis(2)
+    lowest = -config.band_below_m
+    if height_above_ground_m is not None:
+        lowest = max(lowest, -(height_above_ground_m - config.ground_margin_m))
+    range_squared = x * x
+    range_squared += y * y
+    with np.errstate(invalid="ignore"):
+        usable = valid & (z >= np.float32(lowest))
+        usable &= z <= np.float32(config.band_above_m)
+        usable &= range_squared >= np.float32(config.min_range_m**2)
+
+    # Sector number clockwise from the first sector's left edge: FRD azimuth = -atan2(y, x) in FLU,
+    # minus that edge, folded onto [0, 2π), divided by the width (truncation floors non-negative values).
+    width = math.radians(layout.sector_width_deg)
+    first_edge = math.radians(layout.angle_offset_deg) - width / 2
+    relative = np.arctan2(y, x)
+    np.negative(relative, out=relative)
+    relative -= np.float32(first_edge)
+    np.add(relative, np.float32(2 * math.pi), out=relative, where=relative < 0)
+    relative *= np.float32(1.0 / width)
+    with np.errstate(invalid="ignore"):  # NaN of invalid pixels: their index is overwritten below
+        index = relative.astype(np.int32)
+    np.minimum(index, layout.count, out=index)  # sectors out of view share the spare bin with rejected points
+    index[~usable] = layout.count
+
+    nearest_squared = np.full(layout.count + 1, np.inf, dtype=np.float32)
+    with np.errstate(invalid="ignore"):  # NaN ranges of invalid pixels land in the spare bin
+        np.minimum.at(nearest_squared, index, range_squared)
+    seen = np.isfinite(nearest_squared[: layout.count])
+    nearest = np.sqrt(nearest_squared[: layout.count])
+    distances = np.where(nearest <= config.max_range_m, nearest, np.float32(OBSTACLE_FREE)).astype(np.float32)
+    distances[~seen] = OBSTACLE_NO_DATA
+    return ObstacleProfile(
+        layout=layout,
+        distances_m=distances,
+        min_range_m=config.min_range_m,
+        max_range_m=config.max_range_m,
+        gravity_aligned=attitude is not None,
+    )
