@@ -35,13 +35,20 @@ def plane() -> tuple[np.ndarray, np.ndarray]:
     return points, colors
 
 
-def test_render_point_cloud_draws_points_and_highlights(plane: tuple[np.ndarray, np.ndarray]) -> None:
+def test_render_point_cloud_draws_the_plane_head_on_unmirrored(plane: tuple[np.ndarray, np.ndarray]) -> None:
+    # Seen from straight behind the original camera, the 80x60 frontal plane is a centred 4:3 rectangle
+    # (2x2 splats of points ~2.5 px apart: ~60 % of its pixels) with its (u=0, v=0) corner at the top left.
     points, colors = plane
-    image = render_point_cloud(points, colors, size=(320, 240), highlight=points[:1])
+    image = render_point_cloud(points, colors, size=(320, 240), yaw_deg=0.0, pitch_deg=0.0, highlight=points[:1])
     green = (image[..., 1] == 255) & (image[..., 0] == 0)
-    red = (image[..., 0] > 200) & (image[..., 1] < 100)
-    assert green.sum() > 1000
-    assert red.any()
+    rows, cols = np.nonzero(green)
+    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+    assert abs((left + right) / 2 - 160) <= 2 and abs((top + bottom) / 2 - 120) <= 2
+    assert (right - left) / (bottom - top) == pytest.approx(80 / 60, rel=0.03)
+    assert green[top : bottom + 1, left : right + 1].mean() > 0.4, "points, not a sparse scatter"
+    red_rows, red_cols = np.nonzero((image[..., 0] > 200) & (image[..., 1] < 100))
+    assert red_rows.size, "the highlight is drawn"
+    assert red_cols.mean() < left + 10 and red_rows.mean() < top + 10, "the first point's corner is top-left"
 
 
 def test_render_point_cloud_nearest_point_wins(plane: tuple[np.ndarray, np.ndarray]) -> None:
