@@ -7,6 +7,7 @@ sub-package folder missing from ``[tool.setuptools] packages`` and package data 
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,11 @@ def test_wheel_ships_the_package_data(wheel_names: set[str]) -> None:
     assert static
     data = [*photos, ROOT / "dronedepth" / "data" / "README.md", *static, *configs]
     assert sorted(installed_path(p) for p in data if installed_path(p) not in wheel_names) == []
+
+
+@pytest.mark.parametrize("package", ["dronedepth.export", "dronedepth.gateway"])
+def test_lazy_public_names_resolve_under_the_namespace(package: str) -> None:
+    # These packages load their public names on first access by module name: a name still spelled
+    # with the old top-level package ("export.weights") would only fail here.
+    module = importlib.import_module(package)
+    assert [name for name in module.__all__ if getattr(module, name, None) is None] == []
