@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from dronedepth.drone.sources import (
     CameraSource,
-    FrameSource,
     ImageFolderSource,
     SyntheticSource,
     VideoFileSource,
@@ -227,18 +226,3 @@ def test_sizes_are_validated():
     source = SyntheticSource(64, 48)
     with pytest.raises(ConfigError, match="--height"):
         source.set_output_size(64, 0)
-
-
-def test_frame_source_is_an_iterable_interface():
-    class Three(FrameSource):
-        def __init__(self) -> None:
-            super().__init__(4, 2, None, None)
-            self.left = 3
-
-        def read(self):
-            if not self.left:
-                return None
-            self.left -= 1
-            return self._finish(np.zeros((2, 4, 3), np.uint8), 0.0)
-
-    assert len(list(Three())) == 3
