@@ -232,16 +232,13 @@ def _summary_dict(summary: Any) -> dict[str, Any]:
 def _render_pictures(latest: LatestFrames, out: Path, facts: dict[str, Any]) -> None:
     import cv2
     from dronedepth.gateway.outputs.render import depth_preview, render_point_cloud
-    from dronedepth.gateway.outputs.sinks import to_optical
 
     note = "RANDOM-INIT MODEL: depth is meaningless" if facts.get("random_init") else None
     for drone_id, record in latest.frames.items():
         result = record.result
         preview = depth_preview(record.rgb, result.depth, result.message.depth_kind, note=note)
         cv2.imwrite(str(out / drone_id / "depth_preview.png"), preview[:, :, ::-1])
-        points = to_optical(result.points, result.message.axes)
-        highlight = to_optical(result.message.points, result.message.axes)
-        render = render_point_cloud(points, result.colors, highlight=highlight)
+        render = render_point_cloud(result.points, result.colors, highlight=result.message.points)
         cv2.imwrite(str(out / drone_id / "pointcloud.png"), render[:, :, ::-1])
 
 

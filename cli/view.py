@@ -156,10 +156,10 @@ def render_snapshot(frame: StreamFrame, size: tuple[int, int] = DEFAULT_SIZE) ->
     from dronedepth.gateway.outputs.render import render_point_cloud
 
     return render_point_cloud(
-        frame.to_optical(frame.cloud_xyz),
+        frame.cloud_xyz,
         frame.cloud_rgb,
         size=size,
-        highlight=frame.to_optical(frame.keypoints_xyz),
+        highlight=frame.keypoints_xyz,
     )
 
 
@@ -253,9 +253,9 @@ def _live(args: argparse.Namespace, url: str, token: str | None) -> int:
         while vis.poll_events():
             frame = latest.take()
             if frame is not None:
-                cloud.points = o3d.utility.Vector3dVector(frame.to_optical(frame.cloud_xyz).astype(np.float64))
+                cloud.points = o3d.utility.Vector3dVector(frame.cloud_xyz.astype(np.float64))
                 cloud.colors = o3d.utility.Vector3dVector(frame.cloud_rgb.astype(np.float64) / 255.0)
-                keypoints.points = o3d.utility.Vector3dVector(frame.to_optical(frame.keypoints_xyz).astype(np.float64))
+                keypoints.points = o3d.utility.Vector3dVector(frame.keypoints_xyz.astype(np.float64))
                 keypoints.paint_uniform_color((1.0, 0.15, 0.15))
                 if shown == 0:
                     vis.add_geometry(cloud)  # resets the view to fit the first cloud

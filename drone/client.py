@@ -13,7 +13,10 @@ A session is one ``RTCPeerConnection``:
    flight at a size change with the new camera (``camera_mismatch``, frame
    dropped); nothing else is lost;
 4. for each ``keypoints`` message, match its ``pts`` to the frame's capture
-   time, record the glass-to-result latency and write a line to the results file.
+   time, record the glass-to-result latency and write a line to the results file
+   (the message as received: points in the gateway's ``--axes``). Decoding
+   turns the points back into the camera optical frame, whatever the gateway's
+   ``--axes``, so everything onboard (waypoints included) sees optical points.
 
 A session ends when the peer connection fails or closes, the data channel
 closes, or the gateway says nothing for ``result_timeout`` seconds (unless it

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Final, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from dronedepth.axes import AXES, Axes, axes_from_optical, optical_from_axes
 from dronedepth.contract import DEPTH_KINDS, DepthKind
 from dronedepth.errors import ProtocolError
 from dronedepth.frames import Transform, body_from_camera, enu_from_ned_pose, enu_from_ned_vector, normalised_quaternion
@@ -348,10 +349,13 @@ class CameraMessage:
 class KeypointsMessage:
     """Gateway → drone: the sparse 3D keypoints of one processed frame.
 
-    ``points`` are in the frame named by ``axes`` (default ``optical``: x right,
-    y down, z forward), in metres when ``depth_kind`` is ``metric``; when it is
-    ``relative`` the third coordinate is scaled by an unknown factor and the
-    numbers are not metres. ``pixels`` are (u, v) in the frame's pixel grid.
+    ``points`` are always in the camera optical frame (x right, y down, z
+    forward), in metres when ``depth_kind`` is ``metric``; when it is
+    ``relative`` they are scaled by an unknown factor and are not metres.
+    ``axes`` (one of :data:`dronedepth.axes.AXES`) names the frame the points
+    take **on the wire** only: :meth:`to_dict` converts them to it and
+    :meth:`from_dict` back to optical (:mod:`dronedepth.axes`). ``pixels`` are
+    (u, v) in the frame's pixel grid.
     """
 
     pts: int
@@ -362,7 +366,7 @@ class KeypointsMessage:
     width: int
     height: int
     frame_index: int = 0
-    axes: str = "optical"
+    axes: Axes = "optical"
     timing: Mapping[str, float] = field(default_factory=dict)
     descriptor_type: str | None = None
     descriptors: NDArray[Any] | None = None
@@ -370,6 +374,8 @@ class KeypointsMessage:
     type: ClassVar[str] = "keypoints"
 
     def __post_init__(self) -> None:
+        if self.axes not in AXES:
+            raise ProtocolError(INVALID_MESSAGE, f"keypoints: axes must be one of {', '.join(AXES)}, got {self.axes!r}")
         n = len(self.points)
         if self.points.shape != (n, 3) or self.pixels.shape != (n, 2) or self.scores.shape != (n,):
             raise ProtocolError(
@@ -389,7 +395,7 @@ class KeypointsMessage:
             "height": self.height,
             "depth_kind": self.depth_kind,
             "axes": self.axes,
-            "points": np.round(self.points.astype(np.float64), 4).tolist(),
+            "points": np.round(axes_from_optical(self.points, self.axes).astype(np.float64), 4).tolist(),
             "pixels": np.round(self.pixels.astype(np.float64), 2).tolist(),
             "scores": np.round(self.scores.astype(np.float64), 4).tolist(),
             "timing": {k: round(v, 2) for k, v in self.timing.items()},
@@ -419,16 +425,19 @@ class KeypointsMessage:
         kind = payload.get("depth_kind")
         if kind not in DEPTH_KINDS:
             raise ProtocolError(INVALID_MESSAGE, f"{where}: depth_kind must be one of {DEPTH_KINDS}, got {kind!r}")
+        axes = payload.get("axes", "optical")
+        if axes not in AXES:
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: axes must be one of {', '.join(AXES)}, got {axes!r}")
         return cls(
             pts=_integer(payload, "pts", where),
-            points=points,
+            points=optical_from_axes(points, axes),
             pixels=pixels,
             scores=scores,
             depth_kind=kind,
             width=_integer(payload, "width", where),
             height=_integer(payload, "height", where),
             frame_index=int(payload.get("frame_index", 0)),
-            axes=str(payload.get("axes", "optical")),
+            axes=axes,
             timing=dict(payload.get("timing", {})),
             descriptor_type=payload.get("descriptor_type"),
             descriptors=descriptors,

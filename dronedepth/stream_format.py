@@ -34,8 +34,10 @@ Body, every array row-major::
     float32[K][2] keypoint uv (pixel coordinates of the frame)
     float32[K]    keypoint score
 
-Points are in the frame named by ``axes`` (the gateway's ``--axes``);
-:meth:`StreamFrame.to_optical` converts them to the REP-103 optical frame.
+On the wire, points (cloud and keypoints) are in the frame named by ``axes``
+(the gateway's ``--axes``, see :mod:`dronedepth.axes`). A :class:`StreamFrame`
+always holds them in the REP-103 optical frame (x right, y down, z forward):
+:func:`encode_frame` converts them to ``axes`` and :func:`decode_frame` back.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from dronedepth.axes import AXES, Axes, axes_from_optical, optical_from_axes
 from dronedepth.contract import DEPTH_KINDS, DepthKind
 from dronedepth.errors import ProtocolError
 from dronedepth.protocol import INVALID_MESSAGE
@@ -67,16 +70,6 @@ VERSION: Final = 1
 _HEADER: Final = struct.Struct("<4sHHIIqdBBHHHII")
 HEADER_SIZE: Final = _HEADER.size  # 48
 
-AXES: Final[tuple[str, ...]] = ("optical", "opengl", "seed")
-"""``axes`` codes: the index in this tuple (the gateway's ``--axes`` values)."""
-_OPTICAL_SIGNS: Final[dict[str, NDArray[np.float32]]] = {
-    # Each frame differs from the optical one by axis sign flips only
-    # (gateway.projection.AXES_FROM_OPTICAL is diagonal), so converting back is
-    # multiplying by the same signs. A test pins the two tables together.
-    "optical": np.array([1.0, 1.0, 1.0], np.float32),
-    "opengl": np.array([1.0, -1.0, -1.0], np.float32),
-    "seed": np.array([1.0, -1.0, 1.0], np.float32),
-}
 MAX_POINTS: Final = 1 << 24
 """Largest cloud or keypoint count a decoder accepts (a corrupt count must not allocate gigabytes)."""
 
@@ -85,15 +78,18 @@ MAX_POINTS: Final = 1 << 24
 class StreamFrame:
     """One frame of a drone's stream: a point cloud and keypoints.
 
-    Arrays from :func:`decode_frame` are read-only views of the received
-    message (no copy); ``np.array(frame.cloud_xyz)`` gives a writable copy.
+    ``cloud_xyz`` and ``keypoints_xyz`` are in the optical frame; ``axes`` is
+    the frame they take on the wire. Arrays from :func:`decode_frame` are
+    read-only views of the received message (no copy; the point arrays are
+    converted copies unless ``axes`` is ``optical``); ``np.array(frame.cloud_xyz)``
+    gives a writable copy.
     """
 
     frame_index: int
     pts: int
     stamp: float
     depth_kind: DepthKind
-    axes: str
+    axes: Axes
     width: int
     height: int
     cloud_xyz: NDArray[np.float32]
@@ -121,12 +117,6 @@ class StreamFrame:
             if got != want:
                 raise ProtocolError(INVALID_MESSAGE, f"stream frame: {name} has shape {got}, expected {want}")
 
-    def to_optical(self, points: NDArray[np.float32]) -> NDArray[np.float32]:
-        """``points`` (in this frame's ``axes``) in the REP-103 optical frame: x right, y down, z forward."""
-        if self.axes == "optical":
-            return points
-        return np.multiply(points, _OPTICAL_SIGNS[self.axes], dtype=np.float32)
-
 
 def _padding(rgb_bytes: int) -> int:
     return -rgb_bytes % 4
@@ -138,7 +128,7 @@ def encoded_size(cloud_count: int, keypoint_count: int) -> int:
 
 
 def encode_frame(frame: StreamFrame) -> bytes:
-    """Serialise ``frame`` (one allocation, one copy of each array)."""
+    """Serialise ``frame``, its points in ``frame.axes`` (one allocation, one copy of each array)."""
     n, k = len(frame.cloud_xyz), len(frame.keypoints_xyz)
     if n > MAX_POINTS or k > MAX_POINTS:
         raise ProtocolError(INVALID_MESSAGE, f"stream frame: {n} cloud points / {k} keypoints exceed {MAX_POINTS}")
@@ -166,19 +156,22 @@ def encode_frame(frame: StreamFrame) -> bytes:
     offset = HEADER_SIZE
     # np.frombuffer views into the bytearray: assigning converts dtype (and byte
     # order, on a big-endian host) while copying straight into place.
-    for array, dtype, width in (
-        (frame.cloud_xyz, "<f4", 3),
-        (frame.cloud_rgb, "u1", 3),
-        (None, "u1", _padding(3 * n)),
-        (frame.keypoints_xyz, "<f4", 3),
-        (frame.keypoints_uv, "<f4", 2),
-        (frame.keypoints_score, "<f4", 1),
+    for array, dtype, width, is_xyz in (
+        (frame.cloud_xyz, "<f4", 3, True),
+        (frame.cloud_rgb, "u1", 3, False),
+        (None, "u1", _padding(3 * n), False),
+        (frame.keypoints_xyz, "<f4", 3, True),
+        (frame.keypoints_uv, "<f4", 2, False),
+        (frame.keypoints_score, "<f4", 1, False),
     ):
         rows = 1 if array is None else len(array)
         count = rows * width
         if array is not None and count:
             view = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
-            view[:] = np.reshape(array, -1)
+            if is_xyz:
+                axes_from_optical(array, frame.axes, out=view.reshape(rows, 3))
+            else:
+                view[:] = np.reshape(array, -1)
         offset += count * np.dtype(dtype).itemsize
     return bytes(buffer)
 
@@ -221,10 +214,10 @@ def decode_frame(data: bytes | bytearray | memoryview) -> StreamFrame:
             (rows, width) if width > 1 else (rows,)
         )
 
-    cloud_xyz = take("<f4", n, 3)
+    cloud_xyz = optical_from_axes(take("<f4", n, 3), AXES[axes])
     cloud_rgb = take("u1", n, 3)
     offset += _padding(3 * n)
-    keypoints_xyz = take("<f4", k, 3)
+    keypoints_xyz = optical_from_axes(take("<f4", k, 3), AXES[axes])
     keypoints_uv = take("<f4", k, 2)
     keypoints_score = take("<f4", k, 1)
     return StreamFrame(

@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dronedepth.axes import AXES
 from dronedepth.contract import GATEWAY_PORT, MODEL_NAME
 from dronedepth.errors import ConfigError
 
@@ -25,7 +26,6 @@ __all__ = ["add_arguments", "build", "run"]
 log = logging.getLogger("dronedepth.gateway")
 
 _KEYPOINT_METHODS = ("orb", "sift", "fast", "gftt", "grid")
-_AXES = ("optical", "opengl", "seed")
 
 
 def _positive_int(text: str) -> int:
@@ -119,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     proc.add_argument(
         "--axes",
-        choices=_AXES,
+        choices=AXES,
         default="optical",
         help="frame of the returned points: optical (x right, y down, z forward), opengl (y up, z back), "
         "seed (y up, z forward, left-handed) (default: %(default)s)",

@@ -17,16 +17,10 @@ from typing import TYPE_CHECKING, Final
 import cv2
 import numpy as np
 from dronedepth.gateway.keypoints import KeypointConfig, KeypointDetector, lift_keypoints
-from dronedepth.gateway.projection import (
-    AXES_FROM_OPTICAL,
-    Axes,
-    convert_axes,
-    points_from_depth,
-    ray_grid,
-    valid_depth_mask,
-)
+from dronedepth.gateway.projection import points_from_depth, ray_grid, valid_depth_mask
 from numpy.typing import NDArray
 
+from dronedepth.axes import AXES, Axes
 from dronedepth.contract import DEPTH_KINDS, DepthKind
 from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.protocol import CAMERA_MISMATCH, CameraMessage, KeypointsMessage
@@ -47,7 +41,8 @@ class ProcessingConfig:
     ``max_range`` and ``edge_threshold`` go to
     :func:`~gateway.projection.valid_depth_mask` (``max_range`` is in metres for
     metric models and in relative-depth units otherwise). ``axes`` is the frame
-    of the returned points and keypoints. ``min_disparity`` only applies to
+    the keypoints message puts its points in on the wire (the results stay in
+    the optical frame). ``min_disparity`` only applies to
     relative models (see :func:`relative_depth`).
     """
 
@@ -61,8 +56,8 @@ class ProcessingConfig:
     min_disparity: float = DEFAULT_MIN_DISPARITY
 
     def __post_init__(self) -> None:
-        if self.axes not in AXES_FROM_OPTICAL:
-            raise ConfigError(f"axes must be one of {', '.join(AXES_FROM_OPTICAL)}; got {self.axes!r}")
+        if self.axes not in AXES:
+            raise ConfigError(f"axes must be one of {', '.join(AXES)}; got {self.axes!r}")
         if self.max_range is not None and not self.max_range > 0:
             raise ConfigError(f"max_range must be positive, got {self.max_range!r}")
         if self.edge_threshold is not None and not self.edge_threshold > 0:
@@ -77,8 +72,9 @@ class ProcessingConfig:
 class FrameResult:
     """Everything computed for one frame.
 
-    ``points`` (all valid pixels, row-major order) and ``colors`` (uint8 RGB,
-    one row per point) are in the configured axes; ``depth`` is the z-depth
+    ``points`` (all valid pixels, row-major order; camera optical frame, x
+    right, y down, z forward, like the message's points) and ``colors`` (uint8
+    RGB, one row per point); ``depth`` is the z-depth
     used: metres for metric models, ``1 / disparity`` (NaN where invalid, not
     metres) for relative ones. ``valid`` is the ``(H, W)`` mask the points came from.
     """
@@ -172,7 +168,6 @@ class FrameProcessor:
             valid &= rays.valid
         points = points_from_depth(z, rays, valid)
         colors = _masked_rgb(rgb, valid)
-        points = convert_axes(points, config.axes)
         after_projection = time.perf_counter()
         timing["projection"] = (after_projection - start) * 1e3
 
@@ -180,7 +175,6 @@ class FrameProcessor:
         keypoints = self._detector.detect(gray)
         keypoint_points, kept = lift_keypoints(keypoints, z, rays, valid, window=config.keypoints.window)
         keypoints = keypoints.subset(kept)
-        keypoint_points = convert_axes(keypoint_points, config.axes)
         after_keypoints = time.perf_counter()
         timing["keypoints"] = (after_keypoints - after_projection) * 1e3
 

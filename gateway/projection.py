@@ -9,7 +9,8 @@ Conventions, shared with OpenCV, Open3D and :class:`dronedepth.protocol.CameraMe
 - **Depth is z-depth**, not range along the ray: a pixel with depth ``z`` and
   undistorted ray ``r = (x, y, 1)`` is the point ``z * r``.
 - **Optical frame** (REP-103 camera optical frame, OpenCV, Open3D): x right,
-  y down, z forward. Other output frames are produced by :func:`convert_axes`.
+  y down, z forward. Every point here is in it; other frames exist only on
+  the wire (:mod:`dronedepth.axes`).
 
 Lens distortion is paid once per camera and resolution: :func:`ray_grid`
 undistorts every pixel centre with OpenCV and caches the result, so turning a
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
 import cv2
 import numpy as np
@@ -30,28 +31,13 @@ from numpy.typing import NDArray
 from dronedepth.protocol import CameraMessage
 
 __all__ = [
-    "AXES_FROM_OPTICAL",
-    "Axes",
     "RayGrid",
-    "convert_axes",
     "pixel_rays",
     "points_from_depth",
     "project_points",
     "ray_grid",
     "valid_depth_mask",
 ]
-
-Axes = Literal["optical", "opengl", "seed"]
-
-AXES_FROM_OPTICAL: Final[dict[str, NDArray[np.float64]]] = {
-    # x right, y down, z forward (REP-103 optical, OpenCV, Open3D); right-handed.
-    "optical": np.diag([1.0, 1.0, 1.0]),
-    # x right, y up, z backward (OpenGL camera, three.js, Blender camera); right-handed.
-    "opengl": np.diag([1.0, -1.0, -1.0]),
-    # x right, y up, z forward; LEFT-handed (Unity-style), mirrored in right-handed tools.
-    "seed": np.diag([1.0, -1.0, 1.0]),
-}
-"""``target_from_optical`` rotation/reflection matrices, one per :data:`Axes` value."""
 
 _UNDISTORT_CRITERIA: Final = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-10)
 """OpenCV's default (5 iterations) leaves errors of ~0.1 px with strong distortion."""
@@ -311,28 +297,6 @@ def points_from_depth(
     np.multiply(rays._y[flat], z, out=out[:, 1])
     out[:, 2] = z
     return out
-
-
-def convert_axes(points: NDArray[np.float32], axes: Axes) -> NDArray[np.float32]:
-    """Express optical-frame points ``(N, 3)`` in the frame named by ``axes``.
-
-    - ``optical``: x right, y down, z forward (REP-103 camera optical frame,
-      OpenCV, Open3D). Right-handed. The input is returned unchanged (no copy).
-    - ``opengl``: x right, y up, z backward (OpenGL/three.js camera). Right-handed;
-      a 180° rotation about x of the optical frame.
-    - ``seed``: x right, y up, z forward. **Left-handed** (determinant −1, a
-      mirror of the optical frame): clouds in this frame appear mirrored in
-      right-handed tools (ROS, Open3D, Foxglove, CloudCompare). Use it only for
-      consumers that expect a left-handed frame (e.g. Unity).
-
-    See :data:`AXES_FROM_OPTICAL` for the matrices.
-    """
-    if axes not in AXES_FROM_OPTICAL:
-        raise ValueError(f"axes must be one of {', '.join(AXES_FROM_OPTICAL)}; got {axes!r}")
-    if axes == "optical":
-        return points
-    sign = np.diagonal(AXES_FROM_OPTICAL[axes]).astype(np.float32)
-    return np.multiply(points, sign, dtype=np.float32)
 
 
 def project_points(points_optical: NDArray[np.floating], camera: CameraMessage) -> NDArray[np.float32]:

@@ -36,7 +36,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from dronedepth.gateway.config import GatewayConfig
 from dronedepth.gateway.inference import DepthService
 from dronedepth.gateway.metrics import GatewayMetrics
-from dronedepth.gateway.outputs.sinks import FrameRecord
+from dronedepth.gateway.outputs.sinks import CaptureClock, FrameRecord
 from dronedepth.gateway.pipeline import FrameProcessor, FrameResult
 
 from dronedepth import protocol
@@ -182,6 +182,7 @@ class DroneSession:
         self.created_at = time.monotonic()
         self._last_frame_at = self.created_at
         self._slot = LatestFrame()
+        self._capture_clock = CaptureClock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._video_track: MediaStreamTrack | None = None
         self._processor: FrameProcessor | None = None
@@ -570,7 +571,9 @@ class DroneSession:
         sink = self._ctx.sink
         assert sink is not None
         # The record shares the frame's arrays (the sinks only read them): nothing is copied.
-        work = functools.partial(_write_record, sink, self.drone_id, item.received_wall, camera, rgb, result)
+        # Stamped with the drone's capture clock (the frame's pts), not this frame's arrival.
+        captured = self._capture_clock.capture_time(int(item.frame.pts or 0), item.received_wall)
+        work = functools.partial(_write_record, sink, self.drone_id, captured, camera, rgb, result)
         future = self._sink_write = self._ctx.executor.submit(work)
         # SinkSet isolates and logs its sinks' failures; a bare sink's are logged here.
         try:

@@ -10,7 +10,6 @@ from aiohttp import web
 from dronedepth.gateway.outputs.sinks import FrameRecord
 from dronedepth.gateway.outputs.stream import StreamHub
 from dronedepth.gateway.pipeline import FrameResult
-from dronedepth.gateway.projection import convert_axes
 from dronedepth.gateway.stream_route import add_stream_routes
 
 from dronedepth.protocol import CameraMessage, KeypointsMessage
@@ -31,20 +30,20 @@ def make_record(
     stamp: float = STAMP,
     seed: int = 0,
 ) -> FrameRecord:
-    """A processed frame with random optical points (z > 0) expressed in ``axes``."""
+    """A processed frame with random optical-frame points (z > 0); ``axes`` is its wire frame."""
     rng = np.random.default_rng(seed)
     optical = np.column_stack([rng.uniform(-2, 2, n), rng.uniform(-1, 1, n), rng.uniform(0.5, 9, n)]).astype(np.float32)
     kp_optical = optical[:k].copy()
     message = KeypointsMessage(
         pts=frame_index * 3000,
-        points=convert_axes(kp_optical, axes),  # type: ignore[arg-type]
+        points=kp_optical,
         pixels=rng.uniform(0, [width, height], (k, 2)).astype(np.float32),
         scores=rng.uniform(0, 1, k).astype(np.float32),
         depth_kind=depth_kind,  # type: ignore[arg-type]
         width=width,
         height=height,
         frame_index=frame_index,
-        axes=axes,
+        axes=axes,  # type: ignore[arg-type]
     )
     u = np.linspace(0, 255, width, dtype=np.float32)
     rgb = np.zeros((height, width, 3), np.uint8)
@@ -57,7 +56,7 @@ def make_record(
     result = FrameResult(
         message=message,
         cloud=None,
-        points=convert_axes(optical, axes),  # type: ignore[arg-type]
+        points=optical,
         colors=rng.integers(0, 256, (n, 3), dtype=np.uint8),
         depth=depth,
     )

@@ -82,7 +82,7 @@ async def test_publishes_every_topic_as_ros2_cdr(sink: FoxgloveSink) -> None:
         msg = decode(received.data[13:])
         assert msg.header.frame_id == "drone_7/camera_optical_frame" and stamp_of(msg) == record.stamp_ns
         cloud = cloud_array(msg)
-        np.testing.assert_array_equal(np.column_stack([cloud["x"], cloud["y"], cloud["z"]]), record.points_optical())
+        np.testing.assert_array_equal(np.column_stack([cloud["x"], cloud["y"], cloud["z"]]), record.result.points)
         np.testing.assert_array_equal(unpack_rgb(cloud["rgb"]), record.result.colors)
         encoded_kinds = {key[1] for key in record._memo if isinstance(key, tuple)}
         assert encoded_kinds == {"points"}, "only subscribed topics are encoded"

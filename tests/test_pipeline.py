@@ -90,14 +90,18 @@ def test_distorted_camera_keypoints_project_back_with_the_lens_model(rgb):
 
 
 @pytest.mark.parametrize(("axes", "sign"), [("opengl", [1, -1, -1]), ("seed", [1, -1, 1])])
-def test_points_and_keypoints_follow_the_configured_axes(rgb, axes, sign):
+def test_points_stay_optical_and_only_the_wire_takes_the_configured_axes(rgb, axes, sign):
     depth = scene_depth(CAMERA)
     optical = FrameProcessor(ProcessingConfig(), "metric").process(rgb, depth, CAMERA, pts=0, frame_index=0)
     other = FrameProcessor(ProcessingConfig(axes=axes), "metric").process(rgb, depth, CAMERA, pts=0, frame_index=0)
     assert other.message.axes == axes
-    np.testing.assert_array_equal(other.message.points, optical.message.points * np.float32(sign))
-    np.testing.assert_array_equal(other.points, optical.points * np.float32(sign))
+    np.testing.assert_array_equal(other.message.points, optical.message.points)
+    np.testing.assert_array_equal(other.points, optical.points)
+    assert (other.points[:, 2] > 0).all(), "optical: every point is in front of the camera"
     np.testing.assert_allclose(np.asarray(other.cloud.points), other.points, rtol=1e-7)
+    wire = other.message.to_dict()
+    assert wire["axes"] == axes
+    np.testing.assert_allclose(wire["points"], optical.message.points * np.float32(sign), atol=5e-5)
 
 
 def test_relative_models_give_relative_depth_never_metres(rgb):

@@ -3,9 +3,7 @@ import numpy as np
 import open3d as o3d
 import pytest
 from dronedepth.gateway.projection import (
-    AXES_FROM_OPTICAL,
     RayGrid,
-    convert_axes,
     pixel_rays,
     points_from_depth,
     project_points,
@@ -244,34 +242,6 @@ def test_flat_and_sloped_surfaces_are_kept():
 def test_valid_depth_mask_needs_a_2d_map():
     with pytest.raises(ValueError, match="2-D"):
         valid_depth_mask(np.ones((2, 2, 2), np.float32))
-
-
-# --- axes -------------------------------------------------------------------------------------------
-
-
-def test_axes_handedness_and_values():
-    assert np.linalg.det(AXES_FROM_OPTICAL["optical"]) == pytest.approx(1.0)
-    assert np.linalg.det(AXES_FROM_OPTICAL["opengl"]) == pytest.approx(1.0)
-    assert np.linalg.det(AXES_FROM_OPTICAL["seed"]) == pytest.approx(-1.0)  # left-handed
-    p = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
-    assert convert_axes(p, "optical") is p
-    np.testing.assert_array_equal(convert_axes(p, "opengl"), [[1.0, -2.0, -3.0]])
-    np.testing.assert_array_equal(convert_axes(p, "seed"), [[1.0, -2.0, 3.0]])
-    assert convert_axes(p, "seed").dtype == np.float32
-    for axes in ("opengl", "seed"):
-        np.testing.assert_array_equal(convert_axes(p, axes), p @ AXES_FROM_OPTICAL[axes].T)
-
-
-def test_axes_right_handed_cross_product():
-    x, y, z = np.eye(3, dtype=np.float32)
-    for axes, handed in (("optical", 1), ("opengl", 1), ("seed", -1)):
-        cx, cy, cz = convert_axes(np.stack([x, y, z]), axes)
-        assert np.dot(np.cross(cx, cy), cz) == pytest.approx(handed)
-
-
-def test_unknown_axes_are_refused():
-    with pytest.raises(ValueError, match="axes must be one of optical, opengl, seed; got 'enu'"):
-        convert_axes(np.zeros((1, 3), np.float32), "enu")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

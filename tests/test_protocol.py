@@ -130,6 +130,43 @@ def test_keypoints_round_trip_with_descriptors() -> None:
     assert (decoded.pts, decoded.frame_index, decoded.depth_kind) == (3000, 7, "metric")
 
 
+def _keypoints(points: list[list[float]], axes: str) -> KeypointsMessage:
+    n = len(points)
+    return KeypointsMessage(
+        pts=0,
+        points=np.array(points, np.float32).reshape(n, 3),
+        pixels=np.zeros((n, 2), np.float32),
+        scores=np.ones(n, np.float32),
+        depth_kind="metric",
+        width=64,
+        height=48,
+        axes=axes,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("axes", "on_the_wire"),
+    [("optical", [1.5, 2.25, 4.0]), ("opengl", [1.5, -2.25, -4.0]), ("seed", [1.5, -2.25, 4.0])],
+)
+def test_keypoints_are_optical_in_memory_and_in_axes_on_the_wire(axes: str, on_the_wire: list[float]) -> None:
+    message = _keypoints([[1.5, 2.25, 4.0]], axes)  # 1.5 m right, 2.25 m below, 4 m ahead
+    payload = json.loads(protocol.encode(message))
+    assert payload["axes"] == axes and payload["points"] == [on_the_wire]
+    decoded = protocol.decode(protocol.encode(message))
+    assert isinstance(decoded, KeypointsMessage) and decoded.axes == axes
+    np.testing.assert_array_equal(decoded.points, [[1.5, 2.25, 4.0]])
+
+
+def test_keypoints_with_unknown_axes_are_refused_both_ways() -> None:
+    with pytest.raises(ProtocolError, match="axes must be one of optical, opengl, seed, got 'enu'"):
+        _keypoints([], "enu")
+    payload = json.loads(protocol.encode(_keypoints([[0.0, 0.0, 1.0]], "optical")))
+    payload["axes"] = "ned"
+    with pytest.raises(ProtocolError, match="got 'ned'") as info:
+        protocol.decode(json.dumps(payload))
+    assert info.value.code == protocol.INVALID_MESSAGE
+
+
 def test_keypoints_with_inconsistent_shapes_are_refused() -> None:
     with pytest.raises(ProtocolError, match="inconsistent shapes"):
         KeypointsMessage(

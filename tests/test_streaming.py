@@ -12,12 +12,12 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from dronedepth.gateway.outputs.sinks import FrameRecord, RecorderSink, SinkSet, to_optical
+from dronedepth.gateway.outputs.sinks import FrameRecord, RecorderSink, SinkSet
 from dronedepth.gateway.outputs.stream import StreamHub, stream_frame
-from dronedepth.gateway.projection import AXES_FROM_OPTICAL, convert_axes
 from output_fixtures import STAMP, make_record, serve_stream_hub
 
 from dronedepth import stream_format
+from dronedepth.axes import AXES
 from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.stream_format import StreamFrame, decode_frame, encode_frame, encoded_size
 
@@ -59,11 +59,14 @@ def test_round_trip_keeps_every_field() -> None:
     decoded = decode_frame(data)
     assert_frames_equal(decoded, frame)
     assert decoded.cloud_xyz.dtype == np.float32 and decoded.cloud_rgb.dtype == np.uint8
-    assert not decoded.cloud_xyz.flags.writeable, "decoded arrays are views of the message"
+    assert not decoded.cloud_rgb.flags.writeable, "decoded arrays are views of the message"
+    optical = decode_frame(encode_frame(sample_frame(axes="optical")))
+    assert not optical.cloud_xyz.flags.writeable, "optical points need no conversion: views too"
 
 
 def test_layout_matches_the_documented_bytes() -> None:
-    frame = sample_frame(n=7, k=3)
+    frame = sample_frame(n=7, k=3)  # opengl on the wire: y and z negated
+    sign = np.array([1, -1, -1], np.float32)
     data = encode_frame(frame)
     assert data[:4] == b"DDSF"
     version, header_size, frame_index, flags = struct.unpack_from("<HHII", data, 4)
@@ -73,13 +76,13 @@ def test_layout_matches_the_documented_bytes() -> None:
     kind, axes, width, height, reserved, n, k = struct.unpack_from("<BBHHHII", data, 32)
     assert (kind, axes, width, height, reserved, n, k) == (1, 1, 640, 480, 0, 7, 3)
     offset = 48
-    np.testing.assert_array_equal(np.frombuffer(data, "<f4", 21, offset).reshape(7, 3), frame.cloud_xyz)
+    np.testing.assert_array_equal(np.frombuffer(data, "<f4", 21, offset).reshape(7, 3), frame.cloud_xyz * sign)
     offset += 84
     np.testing.assert_array_equal(np.frombuffer(data, "u1", 21, offset).reshape(7, 3), frame.cloud_rgb)
     offset += 21
     assert data[offset : offset + 3] == b"\0\0\0" and (offset + 3) % 4 == 0, "padding aligns the float arrays"
     offset += 3
-    np.testing.assert_array_equal(np.frombuffer(data, "<f4", 9, offset).reshape(3, 3), frame.keypoints_xyz)
+    np.testing.assert_array_equal(np.frombuffer(data, "<f4", 9, offset).reshape(3, 3), frame.keypoints_xyz * sign)
     np.testing.assert_array_equal(np.frombuffer(data, "<f4", 6, offset + 36).reshape(3, 2), frame.keypoints_uv)
     np.testing.assert_array_equal(np.frombuffer(data, "<f4", 3, offset + 60), frame.keypoints_score)
     assert len(data) == offset + 72
@@ -117,13 +120,19 @@ def test_frame_with_inconsistent_arrays_is_refused() -> None:
         StreamFrame(**{**{f: getattr(frame, f) for f in frame.__dataclass_fields__}, "axes": "enu"})
 
 
-@pytest.mark.parametrize("axes", list(AXES_FROM_OPTICAL))
-def test_to_optical_inverts_the_gateways_axes(axes: str) -> None:
-    optical = sample_frame().cloud_xyz
-    frame = sample_frame(axes=axes)
-    np.testing.assert_array_equal(frame.to_optical(convert_axes(optical, axes)), optical)  # type: ignore[arg-type]
-    np.testing.assert_array_equal(to_optical(convert_axes(optical, axes), axes), optical)  # type: ignore[arg-type]
-    assert set(stream_format.AXES) == set(AXES_FROM_OPTICAL), "the stream codes cover every --axes value"
+@pytest.mark.parametrize("axes", AXES)
+def test_points_are_optical_in_memory_and_in_axes_on_the_wire(axes: str) -> None:
+    """A point 1 m right, 2 m below, 3 m ahead, as a web page (wire) and a Python reader (decode) get it."""
+    optical = np.array([[1.0, 2.0, 3.0]], np.float32)
+    on_the_wire = {"optical": [1.0, 2.0, 3.0], "opengl": [1.0, -2.0, -3.0], "seed": [1.0, -2.0, 3.0]}[axes]
+    frame = dataclasses.replace(sample_frame(n=1, k=1, axes=axes), cloud_xyz=optical, keypoints_xyz=optical)
+    data = encode_frame(frame)
+    assert data[33] == stream_format.AXES.index(axes)
+    np.testing.assert_array_equal(np.frombuffer(data, "<f4", 3, 48), on_the_wire)  # the cloud
+    np.testing.assert_array_equal(np.frombuffer(data, "<f4", 3, 48 + 12 + 3 + 1), on_the_wire)  # the keypoint
+    decoded = decode_frame(data)
+    np.testing.assert_array_equal(decoded.cloud_xyz, optical)
+    np.testing.assert_array_equal(decoded.keypoints_xyz, optical)
 
 
 def test_stream_frame_thins_the_cloud_by_stride() -> None:
@@ -309,13 +318,19 @@ def test_frame_record_validates_and_stamps() -> None:
 
 
 def test_recorder_sink_writes_the_recorders_files(tmp_path: Path) -> None:
+    from dronedepth.gateway.outputs.recording import session_folders
+
     sink = RecorderSink(tmp_path, cloud_every=2)
-    for i in range(3):
-        sink.write(make_record(frame_index=i))
+    records = [make_record(frame_index=i) for i in range(3)]
+    for record in records:
+        sink.write(record)
     sink.write(make_record("drone-2"))
     sink.close_drone("drone-1")
     sink.close()
-    lines = (tmp_path / "drone-1" / "keypoints.jsonl").read_text().splitlines()
-    assert [json.loads(line)["frame_index"] for line in lines] == [0, 1, 2]
-    assert sorted(p.name for p in (tmp_path / "drone-1").glob("*.ply")) == ["cloud_000000.ply", "cloud_000002.ply"]
-    assert (tmp_path / "drone-2" / "keypoints.jsonl").exists()
+    (folder,) = session_folders(tmp_path, "drone-1")
+    lines = [json.loads(line) for line in (folder / "keypoints.jsonl").read_text().splitlines()]
+    assert [line["frame_index"] for line in lines] == [0, 1, 2]
+    assert [line["stamp_ns"] for line in lines] == [r.stamp_ns for r in records], "stamped with the capture time"
+    assert sorted(p.name for p in folder.glob("*.ply")) == ["cloud_000000.ply", "cloud_000002.ply"]
+    (other,) = session_folders(tmp_path, "drone-2")
+    assert (other / "keypoints.jsonl").exists()

@@ -84,7 +84,7 @@ def test_render_snapshot_draws_in_the_optical_frame() -> None:
     record = make_record(n=3000, axes="opengl")
     frame = decode_frame(encode_frame(stream_frame(record)))
     expected = render_point_cloud(
-        record.points_optical(), record.result.colors, size=(200, 150), highlight=record.keypoints_optical()
+        record.result.points, record.result.colors, size=(200, 150), highlight=record.message.points
     )
     np.testing.assert_array_equal(viewer.render_snapshot(frame, (200, 150)), expected)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from dronedepth.drone.waypoints import horizontal_fov_deg, plan_waypoints
 
-from dronedepth.protocol import CameraMessage
+from dronedepth.axes import AXES
+from dronedepth.protocol import CameraMessage, KeypointsMessage, decode, encode
 
 
 def _at(azimuth_deg: float, distance: float, y: float = 0.0) -> list[float]:
@@ -110,3 +111,26 @@ def test_horizontal_fov_of_a_camera():
 def test_bad_settings_raise(kwargs):
     with pytest.raises(ValueError):
         plan_waypoints(np.zeros((1, 3)), "metric", **kwargs)
+
+
+@pytest.mark.parametrize("axes", AXES)
+def test_the_drone_plans_the_same_waypoints_whatever_the_gateways_axes(axes):
+    """Keypoints go through the wire as the drone receives them: encoded in ``axes``, decoded back."""
+    optical = np.array([_at(-40, 3.0), _at(0, 12.0, y=0.5), _at(40, 1.5), _at(10, 7.0, y=-0.3)], np.float32)
+    sent = KeypointsMessage(
+        pts=0,
+        points=optical,
+        pixels=np.zeros((len(optical), 2), np.float32),
+        scores=np.ones(len(optical), np.float32),
+        depth_kind="metric",
+        width=64,
+        height=48,
+        axes=axes,
+    )
+    received = decode(encode(sent), accept=(KeypointsMessage.type,))
+    assert isinstance(received, KeypointsMessage)
+    on_the_wire = np.round(optical.astype(np.float64), 4).astype(np.float32)  # the message precision
+    reference = plan_waypoints(on_the_wire, "metric", hfov_deg=90, sectors=3)
+    planned = plan_waypoints(received.points, received.depth_kind, hfov_deg=90, sectors=3)
+    assert reference.obstacles and reference.free, "the reference sees obstacles and free space"
+    assert planned.to_dict() == reference.to_dict()

@@ -214,7 +214,7 @@ class RosEncoder:
         return RosMessage(self.topic(record, kind), msgtype, self.typestore.serialize_cdr(message, msgtype))
 
     def _build_points(self, record: FrameRecord, header: Any) -> Any:
-        points = record.points_optical()
+        points = record.result.points
         colors = record.result.colors
         if self.max_points is not None and len(points) > self.max_points:
             step = -(-len(points) // self.max_points)
@@ -235,7 +235,7 @@ class RosEncoder:
     def _build_keypoints(self, record: FrameRecord, header: Any) -> Any:
         message = record.message
         packed = np.empty((len(message.points), 6), np.float32)
-        packed[:, 0:3] = record.keypoints_optical()
+        packed[:, 0:3] = message.points
         packed[:, 3] = message.scores
         packed[:, 4:6] = message.pixels
         return self._cloud(header, packed.view(np.uint8).reshape(-1), len(packed), 24, self._keypoint_fields)

@@ -27,19 +27,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dronedepth.errors import ConfigError
-from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, CameraMessage, KeypointsMessage
-from dronedepth.gateway.projection import AXES_FROM_OPTICAL
+from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, VIDEO_CLOCK_RATE, CameraMessage, KeypointsMessage
 
 if TYPE_CHECKING:
-    from dronedepth.gateway.outputs.recording import Recorder
+    from dronedepth.gateway.outputs.recording import FaultHandler, Recorder, RecordingLimits
 
 __all__ = [
+    "CaptureClock",
     "FrameData",
     "FrameRecord",
     "RecorderSink",
     "ResultSink",
     "SinkSet",
-    "to_optical",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,30 +66,38 @@ class FrameData(Protocol):
         """The Open3D cloud or None; only :class:`RecorderSink` (its PLY files) reads it."""
 
 
-def to_optical(points: NDArray[np.float32], axes: str) -> NDArray[np.float32]:
-    """Points given in ``axes`` (a :data:`gateway.projection.Axes`) back in the optical frame.
+class CaptureClock:
+    """Capture times of one session's frames on the ``time.time()`` clock, from their ``pts``.
 
-    Every supported frame is a rotation or reflection of the optical one, so
-    the inverse is the transpose; for the diagonal ones (all of them today) it
-    is a sign flip, done without a matrix product. ``optical`` is returned as is.
+    The drone derives each frame's ``pts`` (90 kHz ticks) from its capture
+    clock, and the receiver starts them at 0 (see ``drone/track.py``), so
+    ``pts / 90 000`` is the time since the session's first capture, on the
+    drone's clock. The gateway cannot read that clock's epoch, so it estimates
+    it as the earliest ``received_wall - pts / 90 000`` seen: the frame that
+    travelled fastest. Stamps keep the drone's spacing between frames exactly
+    (none of the network's or decoder's jitter), are never later than the frame
+    arrived, and are late by at most the fastest frame's transport time. One
+    per session; not thread-safe.
     """
-    if axes == "optical":
-        return points
-    try:
-        target_from_optical = AXES_FROM_OPTICAL[axes]
-    except KeyError:
-        raise ConfigError(f"unknown axes {axes!r}: expected one of {', '.join(AXES_FROM_OPTICAL)}") from None
-    if np.count_nonzero(target_from_optical - np.diag(np.diagonal(target_from_optical))) == 0:
-        return np.multiply(points, np.diagonal(target_from_optical).astype(np.float32), dtype=np.float32)
-    # row-vector form of optical = M.T @ target
-    return np.asarray(points @ target_from_optical.astype(np.float32), dtype=np.float32)
+
+    def __init__(self) -> None:
+        self._epoch: float | None = None
+
+    def capture_time(self, pts: int, received_wall: float) -> float:
+        """The capture time (seconds since the Unix epoch) of the frame with ``pts`` received at ``received_wall``."""
+        since_first = pts / VIDEO_CLOCK_RATE
+        epoch = received_wall - since_first
+        if self._epoch is None or epoch < self._epoch:
+            self._epoch = epoch
+        return self._epoch + since_first
 
 
 @dataclass(frozen=True, eq=False)
 class FrameRecord:
     """One processed frame with what sinks need to describe it.
 
-    ``stamp_ns`` is the capture time (nanoseconds since the Unix epoch);
+    ``stamp_ns`` is the capture time (nanoseconds since the Unix epoch, see
+    :class:`CaptureClock`); the result's points are in the camera optical frame;
     ``camera`` is the intrinsics of *this* frame's size; ``rgb`` the frame
     ``(H, W, 3)`` uint8. Arrays are shared, never modified by sinks.
     """
@@ -132,13 +139,6 @@ class FrameRecord:
         if value is _MISSING:
             value = self._memo[key] = build()
         return value  # type: ignore[no-any-return]
-
-    def points_optical(self) -> NDArray[np.float32]:
-        """The cloud's points in the optical frame, whatever the gateway's ``--axes``."""
-        return self.memo("points_optical", lambda: to_optical(self.result.points, self.message.axes))
-
-    def keypoints_optical(self) -> NDArray[np.float32]:
-        return self.memo("keypoints_optical", lambda: to_optical(self.message.points, self.message.axes))
 
 
 @runtime_checkable

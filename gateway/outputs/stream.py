@@ -41,7 +41,9 @@ def stream_frame(record: FrameRecord, max_points: int = DEFAULT_MAX_POINTS) -> S
     """The stream message of ``record``: its points thinned by a regular stride to at most ``max_points``.
 
     The points come in row-major pixel order, so a stride keeps an even
-    spread over the image (and costs nothing, unlike a voxel grid).
+    spread over the image (and costs nothing, unlike a voxel grid). They stay
+    in the optical frame: :func:`~dronedepth.stream_format.encode_frame` writes
+    them in the message's ``axes`` (the gateway's ``--axes``).
     """
     points, colors = record.result.points, record.result.colors
     if len(points) > max_points:
