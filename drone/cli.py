@@ -89,6 +89,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--max-frames", type=int, metavar="N", help="stop after sending N frames (default: no limit)")
     s.add_argument("--loop", action="store_true", help="restart a video file at its end (folders always loop)")
 
+    p = parser.add_argument_group("pose (optional: send the body's pose with the frames, see docs/drone.md)")
+    p.add_argument(
+        "--pose",
+        metavar="FILE|synthetic",
+        help="a TUM trajectory 't tx ty tz qx qy qz qw' of the body (t from its first line = time since the "
+        "first frame at --fps), or 'synthetic' for the synthetic scene's exact pose",
+    )
+    p.add_argument(
+        "--pose-frame",
+        choices=("enu", "ned"),
+        default="enu",
+        help="axes of the --pose file: enu (ENU world, FLU body; ROS) or ned (NED world, FRD body; PX4, ArduPilot)",
+    )
+
     i = parser.add_argument_group(
         "intrinsics (required except for the synthetic source; scaled automatically when frames are resized)"
     )
@@ -196,6 +210,8 @@ def config_from_args(args: argparse.Namespace, camera: CameraMessage | None) -> 
         max_attempts=args.max_retries,
         connect_timeout=args.connect_timeout,
         result_timeout=args.result_timeout,
+        pose=args.pose,
+        pose_frame=args.pose_frame,
     )
 
 

@@ -39,15 +39,16 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from dronedepth.drone.intrinsics import missing_intrinsics_error
 from dronedepth.drone.results import LatencyStats, ResultsWriter
 from dronedepth.drone.signaling import DRONE_ID_PATTERN, offer_url, post_offer
-from dronedepth.drone.sources import CapturedFrame, FrameSource, open_source
+from dronedepth.drone.sources import CapturedFrame, FrameSource, SyntheticSource, open_source
 from dronedepth.drone.track import SourceTrack
+from dronedepth.drone.trajectory import PoseSource, StampedPose, TumPoseSource
 from dronedepth.drone.waypoints import Waypoints, horizontal_fov_deg, plan_waypoints
 
 from dronedepth.errors import ConfigError, InferenceUnavailable, ProtocolError
@@ -57,9 +58,11 @@ from dronedepth.protocol import (
     INFERENCE_UNAVAILABLE,
     INVALID_MESSAGE,
     NO_CAMERA,
+    VIDEO_CLOCK_RATE,
     CameraMessage,
     ErrorMessage,
     KeypointsMessage,
+    PoseMessage,
     SessionDescription,
     decode,
     encode,
@@ -117,6 +120,11 @@ class DroneConfig:
     """Reconnect when the gateway has sent nothing for this long during a session."""
     drain_timeout: float = 10.0
     """After the last frame, wait this long after the latest result for the remaining ones."""
+    pose: str | None = None
+    """Where poses come from: ``None`` (send none), ``synthetic`` (the synthetic source's exact
+    pose) or a TUM trajectory file (see :mod:`drone.trajectory`)."""
+    pose_frame: Literal["enu", "ned"] = "enu"
+    """The axes of a TUM file: ENU world / FLU body, or NED world / FRD body."""
 
     def __post_init__(self) -> None:
         offer_url(self.gateway)  # validates
@@ -133,6 +141,10 @@ class DroneConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         for name in ("reconnect_delay", "reconnect_max_delay", "connect_timeout", "result_timeout", "drain_timeout"):
             _positive(name, getattr(self, name))
+        if self.pose_frame not in ("enu", "ned"):
+            raise ConfigError(f"pose_frame must be 'enu' or 'ned', got {self.pose_frame!r}")
+        if self.pose == "synthetic" and self.source != "synthetic":
+            raise ConfigError("--pose synthetic needs --source synthetic (only that scene knows its own pose)")
         if self.reconnect_max_delay < self.reconnect_delay:
             raise ConfigError(
                 f"reconnect_max_delay ({self.reconnect_max_delay}) must not be below "
@@ -172,6 +184,18 @@ class DroneSummary:
             f"frames {self.frames_sent} · results {self.results} · latency p50 {ms(self.latency_p50_ms)} ms "
             f"p95 {ms(self.latency_p95_ms)} ms · errors {self.errors} · reconnects {self.reconnects} · {self.state}"
         )
+
+
+def _pose_message(pts: int, pose: StampedPose) -> PoseMessage:
+    return PoseMessage(
+        pts=pts,
+        position=tuple(pose.world_from_body.translation.tolist()),  # type: ignore[arg-type]
+        orientation=tuple(pose.world_from_body.rotation.tolist()),  # type: ignore[arg-type]
+        frame_id=pose.frame_id,
+        convention=pose.convention,
+        height_above_ground=pose.height_above_ground_m,
+        velocity=None if pose.velocity_m_s is None else tuple(pose.velocity_m_s.tolist()),  # type: ignore[arg-type]
+    )
 
 
 class DroneClient:
@@ -214,6 +238,10 @@ class DroneClient:
         self._last_waypoint_log = -math.inf
         self._drone_id: str | None = None
         self._running = False
+        self._pose_source: PoseSource | None = None
+        self._pose_origin: float | None = None
+        self._last_pose_pts: int | None = None
+        self._poses_sent = 0
 
     # -- public --------------------------------------------------------------------------------------------
 
@@ -277,6 +305,7 @@ class DroneClient:
                     executor, lambda: open_source(c.source, width=c.width, height=c.height, fps=c.fps, loop=c.loop)
                 )
             self._base_camera = self._resolve_camera(source)
+            self._pose_source = self._open_pose_source(source)
             if self.config.results_path is not None:
                 self._writer = ResultsWriter(self.config.results_path)
             log.info(
@@ -302,6 +331,8 @@ class DroneClient:
             if source is not None and self._given_source is None:
                 await self._loop.run_in_executor(executor, source.close)
             executor.shutdown(wait=False, cancel_futures=True)
+            if self._pose_source is not None and self._pose_source is not source:
+                self._pose_source.close()
             if self._writer is not None:
                 self._writer.close()
             self._running = False
@@ -321,6 +352,21 @@ class DroneClient:
         except ProtocolError as exc:
             raise ConfigError(f"the intrinsics do not fit the frames of source {source.name!r}: {exc.message}") from exc
         return camera
+
+    def _open_pose_source(self, source: FrameSource) -> PoseSource | None:
+        spec = self.config.pose
+        if spec is None:
+            return None
+        if spec == "synthetic":
+            if not isinstance(source, SyntheticSource):
+                raise ConfigError(f"--pose synthetic needs the synthetic source, not {source.name!r}")
+            return source
+        return TumPoseSource(spec, fps=self.config.fps, ned=self.config.pose_frame == "ned")
+
+    @property
+    def poses_sent(self) -> int:
+        """``pose`` messages sent so far."""
+        return self._poses_sent
 
     def _ice_servers(self) -> list[RTCIceServer]:
         c = self.config
@@ -376,7 +422,7 @@ class DroneClient:
             executor=executor,
             start=camera_sent,
             may_continue=self._may_continue,
-            on_frame=lambda pts, frame: self._on_frame(channel, frame),
+            on_frame=lambda pts, frame: self._on_frame(channel, pts, frame),
         )
         pc.addTrack(track)
 
@@ -529,11 +575,36 @@ class DroneClient:
         self._camera = camera
         self._camera_sent_at = time.monotonic()
 
-    def _on_frame(self, channel: RTCDataChannel, frame: CapturedFrame) -> None:
+    def _on_frame(self, channel: RTCDataChannel, pts: int, frame: CapturedFrame) -> None:
         self._frames_sent += 1
         height, width = frame.rgb.shape[:2]
         if self._camera is None or (self._camera.width, self._camera.height) != (width, height):
             self._send_camera(channel, width, height)
+        if self._pose_source is not None:
+            self._send_poses(channel, pts, frame)
+
+    def _send_poses(self, channel: RTCDataChannel, pts: int, frame: CapturedFrame) -> None:
+        """Send the pose source's poses for this frame, stamped on the video clock (docs/protocol.md)."""
+        assert self._pose_source is not None
+        if pts == 0:  # a new track: its first frame is the clock's zero
+            self._pose_origin, self._last_pose_pts = frame.capture_time, None
+        if self._pose_origin is None:
+            return
+        for pose in self._pose_source.poses_for_frame(self._frames_sent - 1, frame.capture_time):
+            if pose.capture_time == frame.capture_time:
+                stamp = pts  # this frame's own pose: exactly its pts
+            else:
+                stamp = round((pose.capture_time - self._pose_origin) * VIDEO_CLOCK_RATE)
+            if self._last_pose_pts is not None and stamp <= self._last_pose_pts:
+                continue  # the gateway refuses poses that do not move forward in time
+            try:
+                message = _pose_message(stamp, pose)
+            except ProtocolError as exc:
+                log.warning("not sending a bad pose: %s", exc.message)
+                continue
+            channel.send(encode(message))
+            self._last_pose_pts = stamp
+            self._poses_sent += 1
 
     def _on_message(self, text: str | bytes, channel: RTCDataChannel, track: SourceTrack) -> None:
         received = time.monotonic()

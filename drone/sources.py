@@ -30,13 +30,16 @@ from typing import Final, NamedTuple
 
 import cv2
 import numpy as np
+from dronedepth.drone.trajectory import StampedPose
 from numpy.typing import NDArray
 
 from dronedepth.errors import ConfigError
+from dronedepth.frames import Transform
 from dronedepth.protocol import CameraMessage
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "BoxFront",
     "CameraSource",
     "CapturedFrame",
     "FrameSource",
@@ -322,6 +325,19 @@ class ImageFolderSource(FrameSource):
         return self._finish(bgr, time.monotonic())
 
 
+class BoxFront(NamedTuple):
+    """Ground truth: the camera-facing side of a synthetic obstacle in the scene's ``map`` (ENU, metres).
+
+    A vertical rectangle at ``x`` (its distance along the flight from the map's
+    origin), spanning ``y_min``..``y_max`` sideways and 0..``top`` above the ground.
+    """
+
+    x: float
+    y_min: float
+    y_max: float
+    top: float
+
+
 class SyntheticSource(FrameSource):
     """A generated scene seen by a camera flying forward: no camera or file needed.
 
@@ -334,12 +350,22 @@ class SyntheticSource(FrameSource):
     Frame ``n`` shows the scene at ``t = n / fps``: the output is deterministic
     for a given size, ``fps`` and ``seed``, and depth cues (perspective, texture
     gradient, occlusion, haze) are consistent with the intrinsics.
+
+    The flight is known exactly, so the source is also a pose source
+    (:class:`drone.trajectory.PoseSource`) and gives ground truth: in the
+    scene's ``map`` (ENU: x along the flight, y left, z up; origin on the
+    ground below the start) the body (FLU, level, facing +x, the camera the
+    default forward-looking mount at its origin) is at
+    ``(SPEED_M_S·t, −SWAY_M·sin(SWAY_RAD_S·t), CAMERA_HEIGHT_M)``
+    (:meth:`world_from_body`); :meth:`box_fronts` lists the obstacles.
     """
 
     CAMERA_HEIGHT_M: Final = 1.6
     SPEED_M_S: Final = 1.5
     PERIOD_M: Final = 24.0
     """The obstacle layout repeats every ``PERIOD_M`` metres along the flight."""
+    SWAY_M: Final = 0.8
+    SWAY_RAD_S: Final = 0.4
 
     def __init__(
         self,
@@ -405,12 +431,44 @@ class SyntheticSource(FrameSource):
             rgb = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
         return CapturedFrame(rgb, time.monotonic())
 
-    def render(self, index: int) -> NDArray[np.uint8]:
-        """The frame at ``t = index / fps`` at the native size (pure function of the index)."""
+    def _camera_offset(self, index: int) -> tuple[float, float]:
+        """The camera's sideways (right) and forward offset from its start at frame ``index``, metres."""
         assert self.fps is not None
         t = index / self.fps
-        cam_z = self.SPEED_M_S * t
-        cam_x = 0.8 * math.sin(0.4 * t)
+        return self.SWAY_M * math.sin(self.SWAY_RAD_S * t), self.SPEED_M_S * t
+
+    def world_from_body(self, index: int) -> Transform:
+        """Ground truth: ``map_from_base_link`` (ENU/FLU, metres) at frame ``index``."""
+        right, forward = self._camera_offset(index)
+        return Transform(np.array([0.0, 0.0, 0.0, 1.0]), np.array([forward, -right, self.CAMERA_HEIGHT_M]))
+
+    def poses_for_frame(self, index: int, capture_time: float) -> Sequence[StampedPose]:
+        """The exact pose of frame ``index``, stamped with its capture time (:class:`PoseSource`)."""
+        assert self.fps is not None
+        t = index / self.fps
+        velocity = np.array([self.SPEED_M_S, -self.SWAY_M * self.SWAY_RAD_S * math.cos(self.SWAY_RAD_S * t), 0.0])
+        return (
+            StampedPose(
+                capture_time,
+                self.world_from_body(index),
+                height_above_ground_m=self.CAMERA_HEIGHT_M,
+                velocity_m_s=velocity,
+            ),
+        )
+
+    def box_fronts(self, x_min: float, x_max: float) -> list[BoxFront]:
+        """Ground truth: the obstacles whose front lies at ``x_min ≤ x ≤ x_max`` in the ``map``, nearest first."""
+        fronts = []
+        for z0, x, width_m, height_m, _ in self._obstacles:
+            for k in range(math.floor((x_min - z0) / self.PERIOD_M), math.floor((x_max - z0) / self.PERIOD_M) + 1):
+                front = z0 + k * self.PERIOD_M
+                if x_min <= front <= x_max:
+                    fronts.append(BoxFront(front, -(x + width_m / 2), -(x - width_m / 2), height_m))
+        return sorted(fronts)
+
+    def render(self, index: int) -> NDArray[np.uint8]:
+        """The frame at ``t = index / fps`` at the native size (pure function of the index)."""
+        cam_x, cam_z = self._camera_offset(index)
         h, w = self.native_height, self.native_width
         # Sky: gradient plus clouds drifting with the sideways sway.
         shift = int(cam_x * 40) % w

@@ -27,6 +27,7 @@ from dronedepth.protocol import (
     CameraMessage,
     ErrorMessage,
     KeypointsMessage,
+    PoseMessage,
     SessionDescription,
     decode,
     encode,
@@ -86,6 +87,8 @@ class FakeGateway:
         """The event loop's clock (seconds) at each offer's arrival."""
         self.drone_ids: list[str | None] = []
         self.cameras: list[CameraMessage] = []
+        self.poses: list[PoseMessage] = []
+        """Every ``pose`` received, as decoded (ENU/FLU)."""
         self.received_pts: list[list[int]] = []
         self.frames_before_camera = 0
         self.keypoints_sent = 0
@@ -157,7 +160,10 @@ class FakeGateway:
 
             @channel.on("message")  # type: ignore[attr-defined]
             def on_message(text: str | bytes) -> None:
-                message = decode(text, accept=(CameraMessage.type,))
+                message = decode(text, accept=(CameraMessage.type, PoseMessage.type))
+                if isinstance(message, PoseMessage):
+                    self.poses.append(message)
+                    return
                 assert isinstance(message, CameraMessage)
                 if peer.camera is None:
                     for greeting in self.greeting:
