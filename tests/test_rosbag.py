@@ -62,9 +62,10 @@ def read_prefix(mcap_path: Path) -> dict[str, list[Any]]:
         try:
             for record in StreamReader(f, emit_chunks=True).records:
                 if isinstance(record, Chunk):
-                    if record.compression or len(record.data) != record.uncompressed_size:
+                    try:
+                        inner = breakup_chunk(record)  # zstd-compressed chunks
+                    except Exception:
                         break  # the writer died while writing this chunk
-                    inner = breakup_chunk(record)
                 else:
                     inner = [record]
                 for item in inner:

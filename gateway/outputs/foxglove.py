@@ -19,10 +19,10 @@ import threading
 from typing import Final
 
 import foxglove
-
-from dronedepth.errors import ConfigError
 from dronedepth.gateway.outputs.rosbag import TOPIC_KINDS, RosEncoder
 from dronedepth.gateway.outputs.sinks import FrameRecord
+
+from dronedepth.errors import ConfigError
 
 __all__ = ["DEFAULT_PORT", "FoxgloveSink"]
 

@@ -31,13 +31,15 @@ from typing import Any, Final
 
 import cv2
 import numpy as np
+from dronedepth.gateway.outputs.recording import FaultHandler, RecordingBudget, RecordingLimits
+from dronedepth.gateway.outputs.sinks import FrameRecord
 from numpy.typing import NDArray
 from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.typesys import Stores, get_typestore
 
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import CameraMessage
-from dronedepth.gateway.outputs.sinks import FrameRecord
 
 __all__ = [
     "OPTICAL_FRAME",
@@ -297,19 +299,25 @@ class RosEncoder:
 
 
 class _DroneBag:
-    """One rosbag2 (MCAP storage) being written."""
+    """One rosbag2 (MCAP storage, zstd-compressed chunks) being written."""
 
-    def __init__(self, path: Path, encoder: RosEncoder, drone_id: str) -> None:
+    def __init__(
+        self, path: Path, encoder: RosEncoder, drone_id: str, limits: RecordingLimits, on_fault: FaultHandler | None
+    ) -> None:
         self.path = path
         self.encoder = encoder
         self.drone_id = drone_id
         self.depth_kinds: set[str] = set()
         self.frames = 0
-        self._writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self.budget = RecordingBudget(path, drone_id, limits, on_fault)
+        self._writer: Writer | None = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+        # Chunk compression: a QVGA drone writes ~15 MB/s uncompressed, mostly depth and points.
+        self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
         self._writer.open()
         self._connections: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._can_flush = _supports_flush(self._writer)
+        self._size = self._file_size()
         if not self._can_flush:
             log.warning("this rosbags version hides its MCAP chunks: bag %s is only readable after a clean close", path)
 
@@ -317,20 +325,39 @@ class _DroneBag:
         messages = self.encoder.encode_all(record)
         with self._lock:
             if self._writer is None:
+                if self.budget.stopped is not None:
+                    return
                 raise ValueError(f"bag {self.path} is closed")
-            for message in messages:
-                connection = self._connections.get(message.topic)
-                if connection is None:
-                    text, rihs01 = self.encoder.definition(message.msgtype)
-                    connection = self._connections[message.topic] = self._writer.add_connection(
-                        message.topic, message.msgtype, msgdef=text, rihs01=rihs01
-                    )
-                # Log time = capture time, so `ros2 bag play` replays at the drone's pace.
-                self._writer.write(connection, record.stamp_ns, message.data)
+            # Uncompressed size: an upper bound of what the frame adds to the bag.
+            if not self.budget.admit(sum(len(message.data) for message in messages)):
+                self._finish()  # a size or disk limit: close the bag properly, so it stays readable
+                return
+            try:
+                for message in messages:
+                    connection = self._connections.get(message.topic)
+                    if connection is None:
+                        text, rihs01 = self.encoder.definition(message.msgtype)
+                        connection = self._connections[message.topic] = self._writer.add_connection(
+                            message.topic, message.msgtype, msgdef=text, rihs01=rihs01
+                        )
+                    # Log time = capture time, so `ros2 bag play` replays at the drone's pace.
+                    self._writer.write(connection, record.stamp_ns, message.data)
+                if self._can_flush:
+                    self._flush()
+            except OSError as exc:
+                self._abort()
+                self.budget.stop("write_failed", f"{exc.strerror or exc}")
+                return
             self.depth_kinds.add(record.message.depth_kind)
             self.frames += 1
-            if self._can_flush:
-                self._flush()
+            size = self._file_size()
+            self.budget.spent(size - self._size)
+            self._size = size
+
+    def _file_size(self) -> int:
+        storage = getattr(self._writer, "storage", None)
+        bio = getattr(storage, "bio", None)
+        return bio.tell() if bio is not None else 0
 
     def _flush(self) -> None:
         """End the MCAP chunk and push it to the OS, so a killed process leaves every written frame readable.
@@ -345,15 +372,34 @@ class _DroneBag:
             storage.close_chunk()
         storage.bio.flush()
 
-    def close(self) -> None:
-        with self._lock:
-            writer, self._writer = self._writer, None  # type: ignore[assignment]
-            if writer is None:
-                return
+    def _abort(self) -> None:
+        """Release the bag's file after a failed write or close (its descriptor would pin the disk space)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.abort()
+            except OSError as exc:  # the buffered tail cannot be written; the descriptor is closed all the same
+                log.debug("aborting bag %s: %s", self.path, exc)
+
+    def _finish(self) -> None:
+        """Write the index and metadata and close the file (under the lock); on failure release it anyway."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        try:
             writer.set_custom_data("dronedepth.drone_id", self.drone_id)
             writer.set_custom_data("dronedepth.depth_kind", ",".join(sorted(self.depth_kinds)) or "none")
             writer.close()
+        except OSError as exc:
+            self._writer = writer
+            self._abort()
+            self.budget.stop("write_failed", f"closing the bag: {exc.strerror or exc}")
+            return
         log.info("bag %s closed: %d frames", self.path, self.frames)
+
+    def close(self) -> None:
+        with self._lock:
+            self._finish()
 
 
 def _supports_flush(writer: Writer) -> bool:
@@ -371,12 +417,23 @@ class BagSink:
 
     A bag starts with the drone's first frame and ends with
     :meth:`close_drone` (a reconnecting drone gets a new bag) or
-    :meth:`close`. Every frame is flushed as it is written, so the bag of a
+    :meth:`close`, or stops early within ``limits`` (see
+    :mod:`gateway.outputs.recording`: a size or disk limit closes it properly,
+    a failed write abandons it, releasing its file). Every frame is flushed as it is written, so the bag of a
     killed gateway is readable up to its last frame (see ``docs/outputs.md``).
     """
 
-    def __init__(self, directory: Path | str, *, encoder: RosEncoder | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        encoder: RosEncoder | None = None,
+        limits: RecordingLimits | None = None,
+        on_fault: FaultHandler | None = None,
+    ) -> None:
         self.directory = Path(directory)
+        self.limits = limits or RecordingLimits()
+        self.on_fault = on_fault
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -408,7 +465,9 @@ class BagSink:
             bag = self._bags.get(record.drone_id)
             if bag is None:
                 path = self._new_path(record.drone_id)
-                bag = self._bags[record.drone_id] = _DroneBag(path, self.encoder, record.drone_id)
+                bag = self._bags[record.drone_id] = _DroneBag(
+                    path, self.encoder, record.drone_id, self.limits, self.on_fault
+                )
                 log.info("drone %s: recording rosbag2 %s", record.drone_id, path)
         bag.write(record)
 

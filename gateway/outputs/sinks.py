@@ -201,25 +201,40 @@ class SinkSet:
 
 
 class RecorderSink:
-    """:class:`gateway.recording.Recorder` (keypoints JSONL + periodic PLY) per drone, as a sink."""
+    """:class:`gateway.outputs.recording.Recorder` (keypoints JSONL + periodic PLY) per drone session, as a sink.
 
-    def __init__(self, directory: Path | str, cloud_every: int = 10) -> None:
+    A drone's first frame after :meth:`close_drone` starts a new session folder.
+    ``limits`` and ``on_fault`` go to every recorder (see :mod:`gateway.outputs.recording`).
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        cloud_every: int = 10,
+        *,
+        limits: RecordingLimits | None = None,
+        on_fault: FaultHandler | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.cloud_every = cloud_every
+        self.limits = limits
+        self.on_fault = on_fault
         self._recorders: dict[str, Recorder] = {}
         self._lock = threading.Lock()
 
     def _recorder(self, drone_id: str) -> Recorder:
-        from dronedepth.gateway.outputs.recording import Recorder  # imports Open3D: only when recording
+        from dronedepth.gateway.outputs.recording import Recorder
 
         with self._lock:
             recorder = self._recorders.get(drone_id)
             if recorder is None:
-                recorder = self._recorders[drone_id] = Recorder(self.directory, drone_id, cloud_every=self.cloud_every)
+                recorder = self._recorders[drone_id] = Recorder(
+                    self.directory, drone_id, cloud_every=self.cloud_every, limits=self.limits, on_fault=self.on_fault
+                )
             return recorder
 
     def write(self, record: FrameRecord) -> None:
-        self._recorder(record.drone_id).write(record.result)  # type: ignore[arg-type]
+        self._recorder(record.drone_id).write(record.result, stamp_ns=record.stamp_ns)  # type: ignore[arg-type]
 
     def close_drone(self, drone_id: str) -> None:
         with self._lock:
