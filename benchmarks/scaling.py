@@ -61,7 +61,7 @@ def gateway_process(
     command = [
         sys.executable,
         "-m",
-        "dronedepth",
+        "dronedepth.cli",
         "gateway",
         "--triton-url",
         triton_url,

@@ -123,7 +123,7 @@ def export_model(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
         command = [
             sys.executable,
             "-m",
-            "dronedepth",
+            "dronedepth.cli",
             "export",
             *weights,
             "--out",
