@@ -82,7 +82,19 @@ def test_every_message_field_is_documented(doc: str) -> None:
         descriptors=np.zeros((1, 32), np.uint8),
     )
     error = protocol.ErrorMessage("x", "y")
-    for message in (camera, keypoints, error):
+    obstacles = protocol.ObstaclesMessage(
+        pts=0,
+        stamp=0.0,
+        gravity_aligned=True,
+        sector_width_deg=5.0,
+        angle_offset_deg=0.0,
+        min_range_m=0.3,
+        max_range_m=20.0,
+        distances_m=(1.0,),
+    )
+    assert f"`{protocol.OBSTACLE_FREE:g}` (`protocol.OBSTACLE_FREE`)" in doc
+    assert f"`{protocol.OBSTACLE_NO_DATA:g}` (`protocol.OBSTACLE_NO_DATA`)" in doc
+    for message in (camera, keypoints, obstacles, error):
         for field in message.to_dict():
             assert _in_a_table_row(doc, field), (message.type, field)
 
@@ -98,6 +110,7 @@ def test_documented_json_examples_decode(doc: str) -> None:
         protocol.CameraMessage,
         protocol.PoseMessage,
         protocol.KeypointsMessage,
+        protocol.ObstaclesMessage,
         protocol.ErrorMessage,
     }
 
