@@ -40,10 +40,14 @@ _STEPS = ("preprocess", "model", "upsample", "projection", "pointcloud")
 
 def load_same_weights(facts: dict[str, Any]) -> Any:
     """The PyTorch model with the served model's weights, or raise ``LookupError`` saying why not."""
+    from dronedepth.export.architecture import PosEmbedInterp
     from dronedepth.export.weights import load_hf, load_random_init
 
     source = str(facts.get("weight_source", ""))
-    pos = facts.get("pos_embed_interp") or "official"
+    recorded_pos = facts.get("pos_embed_interp") or "official"
+    if recorded_pos not in ("official", "transformers"):
+        raise LookupError(f"the model facts name an unknown pos_embed_interp {recorded_pos!r}")
+    pos: PosEmbedInterp = "transformers" if recorded_pos == "transformers" else "official"
     if facts.get("random_init"):
         seed_match = re.search(r"seed (\d+)", source)
         metric_match = re.search(r"metric (indoor|outdoor)", source)
@@ -97,9 +101,9 @@ def naive_baseline(
         depth, times = infer_image(rgb)
         t0 = time.perf_counter()
         height, width = depth.shape
-        x, y = np.meshgrid(np.arange(width), np.arange(height))
-        x = (x - camera.cx) / camera.fx
-        y = (y - camera.cy) / camera.fy
+        u, v = np.meshgrid(np.arange(width), np.arange(height))
+        x = (u - camera.cx) / camera.fx
+        y = (v - camera.cy) / camera.fy
         points = np.stack((np.multiply(x, depth), np.multiply(y, depth), depth), axis=-1).reshape(-1, 3)
         colors = rgb.reshape(-1, 3) / 255.0
         t1 = time.perf_counter()

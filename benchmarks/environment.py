@@ -105,7 +105,7 @@ def machine_info() -> dict[str, Any]:
 
 def server_env_versions() -> dict[str, str | None]:
     """Versions in the embedded Triton's own virtualenv (it runs the model's ONNX Runtime there)."""
-    wanted = {"onnxruntime": None, "numpy": None, "nvidia_pytriton": None}
+    wanted: dict[str, str | None] = {"onnxruntime": None, "numpy": None, "nvidia_pytriton": None}
     try:
         from dronedepth.serving.environment import locate_server_env
 

@@ -93,7 +93,7 @@ def _explain_gap(doc: dict[str, Any]) -> None:
     bare_mean = efficiency["bare_onnxruntime"]["latency_ms"]["mean"]
 
     def mean(prefix: str) -> float:
-        row = next((r for k, r in rows.items() if k.startswith(prefix)), {})
+        row: dict[str, Any] = next((r for k, r in rows.items() if k.startswith(prefix)), {})
         return float(row.get("mean") or 0.0)
 
     alone = efficiency.get("triton_alone") or {}

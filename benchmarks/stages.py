@@ -83,7 +83,8 @@ def stage_rows(run: PipelineRun) -> list[dict[str, Any]]:
         rows.append(_row(label, "gateway", timing[key]))
     triton = run.triton
     n = int(triton.get("requests", 0))
-    client_mean = summarize(timing["inference"]).mean if timing["inference"] else None
+    client_summary = summarize(timing["inference"])
+    client_mean = client_summary.mean if client_summary else None
     server = triton.get("server_request_ms")
     if server is not None:
         for part, label in (

@@ -293,8 +293,9 @@ class DPTHead(nn.Module):
 
     def forward(self, features: list[Tensor], patch_h: int | Tensor, patch_w: int | Tensor) -> Tensor:
         maps = []
+        # Traced with 0-d tensor sizes (dynamic H, W): torch's stubs only know int/SymInt sizes.
         for i, tokens in enumerate(features):
-            x = tokens.permute(0, 2, 1).reshape(tokens.shape[0], tokens.shape[-1], patch_h, patch_w)
+            x = tokens.permute(0, 2, 1).reshape(tokens.shape[0], tokens.shape[-1], patch_h, patch_w)  # type: ignore[arg-type]
             maps.append(self.resize_layers[i](self.projects[i](x)))
         s = self.scratch
         l1, l2, l3, l4 = s.layer1_rn(maps[0]), s.layer2_rn(maps[1]), s.layer3_rn(maps[2]), s.layer4_rn(maps[3])
@@ -303,7 +304,8 @@ class DPTHead(nn.Module):
         path = s.refinenet2(path, l2, like=l1)
         path = s.refinenet1(path, l1)
         out = s.output_conv1(path)
-        out = F.interpolate(out, size=(patch_h * PATCH_SIZE, patch_w * PATCH_SIZE), mode="bilinear", align_corners=True)
+        size = (patch_h * PATCH_SIZE, patch_w * PATCH_SIZE)
+        out = F.interpolate(out, size=size, mode="bilinear", align_corners=True)  # type: ignore[arg-type]
         return s.output_conv2(out)
 
 

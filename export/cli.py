@@ -122,11 +122,11 @@ def run(args: argparse.Namespace) -> int:
 def export_from_args(args: argparse.Namespace) -> str:
     """Do the export described by parsed arguments; returns the summary text."""
     # Heavy imports only when the command runs.
-    from dronedepth.export.facts import ModelFacts
+    from dronedepth.export.facts import ModelFacts, Precision
     from dronedepth.export.graph import check_input_size
     from dronedepth.export.onnx_export import export_onnx
     from dronedepth.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity
-    from dronedepth.export.repository import OrtTensorRT, TritonModelConfig, describe, write_repository
+    from dronedepth.export.repository import Device, OrtTensorRT, TritonModelConfig, describe, write_repository
     from dronedepth.export.tensorrt import TrtProfile, build_engine, default_profile, engine_parity, require_tensorrt
     from dronedepth.export.weights import load_model
 
@@ -143,13 +143,13 @@ def export_from_args(args: argparse.Namespace) -> str:
         raise ConfigError(
             "--trt (a TensorRT plan) and --ort-trt (ONNX Runtime's TensorRT) exclude each other: pick one"
         )
-    device = args.device or ("gpu" if args.trt else "cpu")
+    device: Device = args.device or ("gpu" if args.trt else "cpu")
     profile = TrtProfile.parse(args.trt_profile) if args.trt_profile else default_profile(args.max_batch_size)
     if args.trt and profile.max[0] < args.max_batch_size:
         raise ConfigError(f"--trt-profile max batch {profile.max[0]} is below --max-batch-size {args.max_batch_size}")
-    precision = args.precision or ("fp16" if args.trt else "fp32")
+    precision: Precision = args.precision or ("fp16" if args.trt else "fp32")
     queue_timeout_us = None if args.queue_timeout_ms is None else int(args.queue_timeout_ms * 1000)
-    onnx_precision = "fp32" if args.trt else precision  # TensorRT builds FP16 itself from the FP32 graph
+    onnx_precision: Precision = "fp32" if args.trt else precision  # TensorRT builds FP16 itself from the FP32 graph
     if args.trt:
         require_tensorrt()  # fail before minutes of export
     total = 4 + int(args.trt)

@@ -89,7 +89,7 @@ class ModelFacts:
             raise ConfigError(f"{where}: precision must be fp32 or fp16, not {precision!r}")
         return cls(
             encoder=need(PARAM_ENCODER),
-            depth_kind=kind,  # type: ignore[arg-type]
+            depth_kind=kind,
             max_depth=max_depth if kind == "metric" else None,
             input_size=input_size,
             precision=precision,  # type: ignore[arg-type]

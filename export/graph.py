@@ -32,11 +32,15 @@ def check_input_size(input_size: int) -> int:
 class DepthGraph(nn.Module):
     """uint8 NHWC RGB frames -> float32 NHW depth (the whole Triton model)."""
 
+    # Buffers, registered in __init__ (nn.Module's attribute lookup would type them Tensor | Module).
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, model: DepthAnythingV2, input_size: int = DEFAULT_INPUT_SIZE, half: bool = False) -> None:
         super().__init__()
         self.model = model.set_traceable(True)
         self.input_size = check_input_size(input_size)
-        self.half = half
+        self.fp16 = half
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -53,7 +57,7 @@ class DepthGraph(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         x = self.preprocess(image)
-        if self.half:
+        if self.fp16:
             x = x.half()
         depth = self.model(x).float()
         depth = F.interpolate(

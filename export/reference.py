@@ -47,9 +47,8 @@ def preprocess_official(rgb: NDArray[np.uint8], input_size: int = DEFAULT_INPUT_
 
     height, width = rgb.shape[:2]
     new_h, new_w = lower_bound_size_numpy(height, width, input_size)
-    image = rgb / 255.0
-    image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
-    image = (image - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    resized = cv2.resize(rgb / 255.0, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
+    image = (resized - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     return np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
 
 

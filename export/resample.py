@@ -35,8 +35,9 @@ def cubic_matrix(in_size: int | Tensor, out_size: int | Tensor, step: Tensor) ->
     """
     in_size = as_size(in_size)
     out_size = as_size(out_size)
-    # Integer Range then Cast: TensorRT's parser takes dynamic Range limits only as integers.
-    src = (torch.arange(out_size).to(torch.float32) + 0.5) * step.to(torch.float32) - 0.5
+    # Integer Range then Cast: TensorRT's parser takes dynamic Range limits only as integers. torch's stubs
+    # type arange's limit as a Python number; a 0-d tensor is what keeps the size dynamic in the traced graph.
+    src = (torch.arange(out_size).to(torch.float32) + 0.5) * step.to(torch.float32) - 0.5  # type: ignore[call-overload]
     left = torch.floor(src)
     t = src - left
     a = CUBIC_A
@@ -48,7 +49,7 @@ def cubic_matrix(in_size: int | Tensor, out_size: int | Tensor, step: Tensor) ->
         ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0,
         ((a * (s + 1.0) - 5.0 * a) * (s + 1.0) + 8.0 * a) * (s + 1.0) - 4.0 * a,
     )
-    columns = torch.arange(in_size).to(torch.float32).unsqueeze(0)
+    columns = torch.arange(in_size).to(torch.float32).unsqueeze(0)  # type: ignore[call-overload]
     last = (in_size - 1).to(torch.float32)
     matrix: Tensor | None = None
     for k, weight in enumerate(weights):

@@ -50,7 +50,7 @@ class TrtProfile:
     def parse(cls, text: str) -> TrtProfile:
         """``BxHxW:BxHxW:BxHxW`` (min:opt:max), e.g. ``1x240x320:1x480x640:8x720x1280``."""
         parts = text.strip().split(":")
-        shapes = []
+        shapes: list[tuple[int, ...]] = []
         for part in parts:
             if not re.fullmatch(r"\d+x\d+x\d+", part.strip()):
                 shapes = []

@@ -36,7 +36,7 @@ for _enc, _size in _HUB_SIZES.items():
     if _enc != "vitg":  # no Giant metric models (and the Giant relative one is not published either)
         HUB_IDS[(_enc, "indoor")] = f"depth-anything/Depth-Anything-V2-Metric-Indoor-{_size}-hf"
         HUB_IDS[(_enc, "outdoor")] = f"depth-anything/Depth-Anything-V2-Metric-Outdoor-{_size}-hf"
-_DATASET_OF = {"indoor": "hypersim", "outdoor": "vkitti"}
+_DATASET_OF: dict[Literal["indoor", "outdoor"], str] = {"indoor": "hypersim", "outdoor": "vkitti"}
 _METRIC_OF_DATASET = {v: k for k, v in _DATASET_OF.items()}
 
 
@@ -424,7 +424,7 @@ def load_hf(
         and list(backbone["out_indices"]) != spec.hf_out_indices
     ):
         mismatch.append(f"out_indices {backbone['out_indices']} (expected {spec.hf_out_indices})")
-    if raw.get("neck_hidden_sizes") and list(raw["neck_hidden_sizes"]) != list(spec.out_channels):  # type: ignore[call-overload]
+    if raw.get("neck_hidden_sizes") and list(raw["neck_hidden_sizes"]) != list(spec.out_channels):
         mismatch.append(f"neck_hidden_sizes {raw['neck_hidden_sizes']} (expected {list(spec.out_channels)})")
     if raw.get("fusion_hidden_size") and raw["fusion_hidden_size"] != spec.features:
         mismatch.append(f"fusion_hidden_size {raw['fusion_hidden_size']} (expected {spec.features})")
