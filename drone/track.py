@@ -141,7 +141,7 @@ class SourceTrack(VideoStreamTrack):
         elif now - self._due > self.period:
             self._due = now  # fell behind (slow source or encoder): do not burst to catch up
 
-    async def recv(self) -> VideoFrame:  # type: ignore[override]
+    async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
         if self._gate is not None:
