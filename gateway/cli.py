@@ -35,6 +35,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _byte_size(text: str) -> int:
+    """``512M``, ``2G``, ``1048576``: bytes (binary multiples)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.rstrip("KMGTkmgt"), text[len(text.rstrip("KMGTkmgt")) :].upper()
+    try:
+        value = int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"must be a size such as 512M or 2G, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -148,6 +161,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="record each drone session as a rosbag2 (MCAP) in DIR: camera_info, image, depth, points, keypoints",
     )
     rec.add_argument(
+        "--record-max-bytes",
+        type=_byte_size,
+        metavar="SIZE",
+        help="stop recording a drone session after SIZE (e.g. 2G) in --record or --record-bag (default: no limit)",
+    )
+    rec.add_argument(
+        "--record-min-free",
+        type=_byte_size,
+        default=512 * 1024 * 1024,
+        metavar="SIZE",
+        help="stop recording (once, with an error and a metric) below SIZE free on the disk (default: 512M)",
+    )
+    rec.add_argument(
         "--foxglove",
         type=_port,
         nargs="?",
@@ -225,6 +251,8 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
         record_dir=args.record,
         record_every=args.record_every,
         record_bag_dir=args.record_bag,
+        record_max_bytes=args.record_max_bytes,
+        record_min_free=args.record_min_free,
         foxglove_port=args.foxglove,
         foxglove_host=args.foxglove_host,
         tls_cert=args.tls_cert,

@@ -57,6 +57,10 @@ class GatewayConfig:
     """With ``record_dir``: write a point cloud every this many processed frames."""
     record_bag_dir: Path | None = None
     """Record every drone session as a rosbag2 (MCAP storage) under this folder."""
+    record_max_bytes: int | None = None
+    """With ``record_dir`` / ``record_bag_dir``: bytes one drone session may record in each (None: no limit)."""
+    record_min_free: int = 512 * 1024 * 1024
+    """Recording stops (cleanly, once, with a logged error and a metric) below this many free bytes."""
     foxglove_port: int | None = None
     """Serve a live Foxglove WebSocket on this port (0: a free one); ``None``: no Foxglove server."""
     foxglove_host: str = "127.0.0.1"

