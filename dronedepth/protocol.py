@@ -82,17 +82,85 @@ ASPECT_TOLERANCE: Final = 0.01
 :meth:`CameraMessage.scaled` rescales the intrinsics (1 %: resizing with each side
 rounded to an even number of pixels changes the aspect by far less; a crop by far more)."""
 
+MAX_IMAGE_SIDE_PX: Final = 16384
+"""Longest side of a camera message's image (16K; the gateway's frame-pixel limit is far smaller)."""
+MIN_FOCAL_PX: Final = 2.0
+"""Shortest focal length accepted, in pixels (a lens of 2 px sees far beyond 180° across any image)."""
+MAX_FOCAL_WIDTHS: Final = 100
+"""Longest focal length accepted, in image widths (a 0.6° field of view)."""
+MAX_DISTORTION_COEFFICIENT: Final = 1000.0
+"""Largest magnitude of a distortion coefficient (OpenCV's rational-model calibrations stay far below)."""
+
 _PINHOLE_DISTORTION_LENGTHS: Final = (0, 4, 5, 8)
 _FISHEYE_DISTORTION_LENGTHS: Final = (0, 4)
+
+
+MAX_JSON_DEPTH: Final = 32
+"""Deepest nesting of JSON arrays and objects accepted in a message or an ``/offer`` body."""
+MAX_JSON_INT_DIGITS: Final = 20
+"""Longest JSON integer accepted (the largest value on the wire, a 64-bit ``pts``, has 20 digits)."""
+_JSON_ESCAPE: Final = re.compile(r"\\.", re.DOTALL)
+_JSON_STRING: Final = re.compile(r'"[^"]*"')
+_OPENING: Final = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSING: Final = np.frombuffer(b"]}", dtype=np.uint8)
+
+
+def _json_depth(text: str) -> int:
+    """The deepest bracket nesting of ``text``, brackets inside strings not counted: linear time, no recursion."""
+    # Escapes first, so that every '"' left opens or closes a string and both patterns run in linear time.
+    outside_strings = _JSON_STRING.sub("", _JSON_ESCAPE.sub("", text))
+    codes = np.frombuffer(outside_strings.encode("utf-8"), dtype=np.uint8)
+    steps = np.isin(codes, _OPENING).astype(np.int32) - np.isin(codes, _CLOSING)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise ValueError(f"integer {text[:24]}... has more than {MAX_JSON_INT_DIGITS} digits")
+    return int(text)
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    """Parse JSON from a peer with bounds: the one parser of data-channel messages and ``/offer`` bodies.
+
+    Nesting deeper than :data:`MAX_JSON_DEPTH` is refused before ``json.loads``
+    recurses into it; ``NaN``/``Infinity``, floats that overflow and integers
+    longer than :data:`MAX_JSON_INT_DIGITS` digits are refused, so every number
+    that comes out is finite and fits a float. Raises
+    ``ProtocolError(INVALID_JSON)`` naming ``what`` ("message", "body").
+    """
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if _json_depth(text) > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        return json.loads(text, parse_float=_finite_float, parse_int=_bounded_int, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(INVALID_JSON, f"{what} is not valid JSON: {exc}") from None
 
 
 def _number(payload: Mapping[str, Any], key: str, where: str) -> float:
     value = payload.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(INVALID_MESSAGE, f"{where}: '{key}' must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ProtocolError(INVALID_MESSAGE, f"{where}: '{key}' must be finite, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ProtocolError(INVALID_MESSAGE, f"{where}: '{key}' must be a finite number, got {str(value)[:24]}")
+    return number
 
 
 def _integer(payload: Mapping[str, Any], key: str, where: str) -> int:
@@ -121,16 +189,13 @@ class SessionDescription:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SessionDescription:
-        try:
-            payload = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProtocolError(INVALID_JSON, f"body is not valid JSON: {exc}") from exc
+        payload = parse_json(text, "body")
         if not isinstance(payload, dict):
             raise ProtocolError(INVALID_MESSAGE, "body must be a JSON object with 'sdp' and 'type'")
         return cls(sdp=payload.get("sdp"), type=payload.get("type"))  # type: ignore[arg-type]
 
     def to_json(self) -> str:
-        return json.dumps({"sdp": self.sdp, "type": self.type})
+        return json.dumps({"sdp": self.sdp, "type": self.type}, allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,10 +291,25 @@ class CameraMessage:
         for name, value in named.items():
             if not math.isfinite(value):
                 raise ProtocolError(INVALID_CAMERA, f"{where}: {name} must be finite, got {value!r}")
-        if self.fx <= 0 or self.fy <= 0:
+        if self.width > MAX_IMAGE_SIDE_PX or self.height > MAX_IMAGE_SIDE_PX:
             raise ProtocolError(
-                INVALID_CAMERA, f"{where}: focal lengths must be positive, got fx={self.fx}, fy={self.fy}"
+                INVALID_CAMERA,
+                f"{where}: {self.width}x{self.height} has a side longer than {MAX_IMAGE_SIDE_PX} pixels",
             )
+        # Physical bounds keep every ray and point finite (a focal length of 1e-300 px made -Infinity points).
+        longest_focal = MAX_FOCAL_WIDTHS * self.width
+        if not (MIN_FOCAL_PX <= self.fx <= longest_focal and MIN_FOCAL_PX <= self.fy <= longest_focal):
+            raise ProtocolError(
+                INVALID_CAMERA,
+                f"{where}: focal lengths must be between {MIN_FOCAL_PX} and {longest_focal:g} pixels "
+                f"({MAX_FOCAL_WIDTHS}x the width), got fx={self.fx:g}, fy={self.fy:g}",
+            )
+        for i, c in enumerate(self.distortion):
+            if abs(c) > MAX_DISTORTION_COEFFICIENT:
+                raise ProtocolError(
+                    INVALID_CAMERA,
+                    f"{where}: distortion[{i}] = {c:g} is outside ±{MAX_DISTORTION_COEFFICIENT:g}",
+                )
         if not (0 <= self.cx <= self.width and 0 <= self.cy <= self.height):
             raise ProtocolError(
                 INVALID_CAMERA,
@@ -717,7 +797,7 @@ _MESSAGE_TYPES: Final[
 
 def encode(message: Message) -> str:
     """Serialise a message for the data channel."""
-    return json.dumps(message.to_dict(), separators=(",", ":"))
+    return json.dumps(message.to_dict(), separators=(",", ":"), allow_nan=False)
 
 
 def decode(text: str | bytes, accept: Sequence[str] | None = None) -> Message:
@@ -729,10 +809,7 @@ def decode(text: str | bytes, accept: Sequence[str] | None = None) -> Message:
         raise ProtocolError(
             MESSAGE_TOO_LARGE, f"message of {len(text)} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes"
         )
-    try:
-        payload = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(INVALID_JSON, f"message is not valid JSON: {exc}") from exc
+    payload = parse_json(text, "message")
     if not isinstance(payload, dict):
         raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object with a 'type' field")
     kind = payload.get("type")

@@ -65,7 +65,6 @@ def test_a_ned_pose_is_converted_to_enu_on_decode() -> None:
         ({"orientation": [0, 0, 0, 1.2]}, r"orientation: .*norm 1\.2"),
         ({"orientation": [0, 0, 1]}, "'orientation' must be a list of 4 numbers"),
         ({"position": [0, "x", 0]}, "'position' must be a number"),
-        ({"position": [0, math.nan, 0]}, "must be finite"),
         ({"pts": 1.5}, "'pts' must be an integer"),
         ({"pts": 2**60}, r"within ±2\*\*47"),
         ({"frame_id": "world"}, "frame_id must be one of map, odom"),
