@@ -91,8 +91,10 @@ class ClockOffset:
         self.window_s = window_s
         self._samples: collections.deque[tuple[float, float]] = collections.deque()  # (local, offset), offset rising
         self._last_remote: float | None = None
+        self._offset: float | None = None
 
-    def observe(self, remote_s: float, local_s: float) -> None:
+    def observe(self, remote_s: float, local_s: float) -> float:
+        """Add one message's remote stamp and local receive time; returns the offset now."""
         if self._last_remote is not None and remote_s < self._last_remote - _REBOOT_JUMP_S:
             log.info(
                 "autopilot clock jumped back %.3f s (reboot?): clock offset restarted", self._last_remote - remote_s
@@ -105,11 +107,14 @@ class ClockOffset:
         self._samples.append((local_s, offset))
         while self._samples[0][0] < local_s - self.window_s:
             self._samples.popleft()
+        # One attribute store, so other threads read a consistent value without the deque.
+        self._offset = self._samples[0][1]
+        return self._offset
 
     @property
     def offset(self) -> float | None:
         """Seconds to add to a remote time; ``None`` before the first sample."""
-        return self._samples[0][1] if self._samples else None
+        return self._offset
 
     def to_local(self, remote_s: float) -> float | None:
         offset = self.offset
@@ -326,10 +331,7 @@ class MavlinkLink:
     def _local_time(self, remote_s: float, received: float) -> float:
         # time_usec may be Unix time on some autopilots: a separate estimate for each base.
         clock = self.unix_clock if remote_s > 1e9 else self.boot_clock
-        clock.observe(remote_s, received)
-        local = clock.to_local(remote_s)
-        assert local is not None  # just observed
-        return local
+        return remote_s + clock.observe(remote_s, received)
 
     def _emit_from_attitude(self, attitude: _Attitude) -> None:
         if self._position is None or abs(attitude.local_time - self._position[0]) > _POSITION_MAX_AGE_S:
