@@ -88,7 +88,7 @@ class SectorLayout:
 
     @property
     def centres_deg(self) -> NDArray[np.float64]:
-        return self.angle_offset_deg + self.sector_width_deg * np.arange(self.count)
+        return self.angle_offset_deg + self.sector_width_deg * np.arange(self.count, dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +183,7 @@ def obstacle_profile(
     if points.ndim != 2 or points.shape[1] != 3:
         raise ValueError(f"obstacles: points must be an (N, 3) array, got shape {points.shape}")
     with np.errstate(invalid="ignore"):
-        finite = np.isfinite(points).all(axis=1)
+        finite = np.asarray(np.isfinite(points).all(axis=1), dtype=np.bool_)
     return _profile(
         points[:, 0],
         points[:, 1],
