@@ -26,7 +26,7 @@ async def run_cli(*args: str, env: dict[str, str] | None = None, stop_when=None)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "dronedepth",
+        "dronedepth.cli",
         "drone",
         *args,
         cwd=ROOT,
