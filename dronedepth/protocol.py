@@ -8,7 +8,8 @@ the drone sends video on a WebRTC video track and talks on a data channel
 labelled :data:`DATA_CHANNEL_LABEL` carrying JSON text messages, each with a
 ``type`` field:
 
-- drone → gateway: :class:`CameraMessage` (``camera``), :class:`PoseMessage` (``pose``)
+- drone → gateway: :class:`CameraMessage` (``camera``), :class:`PoseMessage` (``pose``),
+  :class:`AnchorsMessage` (``anchors``)
 - gateway → drone: :class:`KeypointsMessage` (``keypoints``), :class:`ObstaclesMessage` (``obstacles``),
   :class:`ErrorMessage` (``error``)
 
@@ -57,11 +58,13 @@ UNKNOWN_TYPE: Final = "unknown_type"
 MESSAGE_TOO_LARGE: Final = "message_too_large"
 INVALID_CAMERA: Final = "invalid_camera"
 INVALID_POSE: Final = "invalid_pose"
+INVALID_ANCHORS: Final = "invalid_anchors"
 NO_CAMERA: Final = "no_camera"
 CAMERA_MISMATCH: Final = "camera_mismatch"
 FRAME_TOO_LARGE: Final = "frame_too_large"
 INFERENCE_UNAVAILABLE: Final = "inference_unavailable"
 INFERENCE_RESUMED: Final = "inference_resumed"
+CAMERA_RATE_LIMITED: Final = "camera_rate_limited"
 INTERNAL: Final = "internal"
 
 # ``error`` codes of refused signalling requests (JSON ``{"error", "message"}``; HTTP status in brackets).
@@ -72,8 +75,9 @@ INVALID_SDP: Final = "invalid_sdp"  # 400
 BODY_TOO_LARGE: Final = "body_too_large"  # 413
 DRONE_BUSY: Final = "drone_busy"  # 409
 GATEWAY_FULL: Final = "gateway_full"  # 503
+BODY_TIMEOUT: Final = "body_timeout"  # 408
 SIGNALLING_ERROR_CODES: Final = frozenset(
-    {UNAUTHORIZED, INVALID_DRONE_ID, INVALID_SDP, BODY_TOO_LARGE, DRONE_BUSY, GATEWAY_FULL}
+    {UNAUTHORIZED, INVALID_DRONE_ID, INVALID_SDP, BODY_TOO_LARGE, DRONE_BUSY, GATEWAY_FULL, BODY_TIMEOUT}
 )
 """The codes only ``POST /offer`` refusals carry (never an ``error`` message on the data channel)."""
 
@@ -676,6 +680,201 @@ class PoseMessage:
         return message.to_enu_flu()
 
 
+MAX_ANCHORS: Final = 512
+"""Most anchors (pixels and points together) in one ``anchors`` message."""
+MIN_ANCHOR_DEPTH_M: Final = 0.05
+"""Smallest anchor depth accepted: a rangefinder reading 0 (or a few cm) means no return, not a distance."""
+MAX_ANCHOR_DEPTH_M: Final = 1000.0
+"""Largest anchor depth accepted, metres: beyond it a drone's rangefinder or SLAM point is noise."""
+
+
+def _rows(payload: Mapping[str, Any], key: str, length: int, where: str) -> list[tuple[float, ...]]:
+    value = payload.get(key, [])
+    if not isinstance(value, list):
+        raise ProtocolError(INVALID_ANCHORS, f"{where}: '{key}' must be a list, got {value!r}")
+    rows = []
+    for i, row in enumerate(value):
+        if not isinstance(row, list) or len(row) != length:
+            raise ProtocolError(INVALID_ANCHORS, f"{where}: {key}[{i}] must be a list of {length} numbers, got {row!r}")
+        rows.append(tuple(_number({key: v}, key, f"{where}: {key}[{i}]") for v in row))
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorsMessage:
+    """Drone → gateway: sparse points whose metric depth the drone knows, at one instant of the video clock.
+
+    Two kinds, either or both: ``pixels`` ``(u, v)`` of a frame of ``width`` ×
+    ``height`` (pixel centres at integers) with their z-depths ``depths``
+    (metres along the optical axis, not the range along the ray), e.g. a
+    rangefinder's spot; and ``points`` ``(x, y, z)``, metres in the camera
+    optical frame (x right, y down, z forward), e.g. SLAM or VIO landmarks.
+    ``pts`` follows the ``pose`` stamp convention (90 kHz ticks on the video
+    clock). The gateway uses them to put a relative model's depth on a metric
+    scale and to check a metric model's scale.
+    """
+
+    pts: int
+    width: int
+    height: int
+    pixels: tuple[tuple[float, float], ...] = ()
+    depths: tuple[float, ...] = ()
+    points: tuple[tuple[float, float, float], ...] = ()
+
+    type: ClassVar[str] = "anchors"
+
+    def __post_init__(self) -> None:
+        where = "anchors"
+        if isinstance(self.pts, bool) or not isinstance(self.pts, int) or abs(self.pts) > MAX_POSE_TICKS:
+            raise ProtocolError(INVALID_ANCHORS, f"{where}: pts must be an integer within ±2**47, got {self.pts!r}")
+        for name in ("width", "height"):
+            size = getattr(self, name)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ProtocolError(INVALID_ANCHORS, f"{where}: {name} must be a positive integer, got {size!r}")
+        if len(self.pixels) != len(self.depths):
+            raise ProtocolError(
+                INVALID_ANCHORS,
+                f"{where}: one depth per pixel expected, got {len(self.pixels)} pixels and {len(self.depths)} depths",
+            )
+        count = len(self.pixels) + len(self.points)
+        if not 1 <= count <= MAX_ANCHORS:
+            raise ProtocolError(INVALID_ANCHORS, f"{where}: 1 to {MAX_ANCHORS} anchors expected, got {count}")
+        for i, (u, v) in enumerate(self.pixels):
+            # The image spans [-0.5, size - 0.5]: an anchor outside it cannot be matched to the depth map.
+            if not (-0.5 <= u <= self.width - 0.5 and -0.5 <= v <= self.height - 0.5):
+                raise ProtocolError(
+                    INVALID_ANCHORS,
+                    f"{where}: pixels[{i}] = ({u}, {v}) lies outside the {self.width}x{self.height} image",
+                )
+        for i, depth in enumerate(self.depths):
+            self._check_depth(depth, f"depths[{i}]")
+        for i, (x, y, z) in enumerate(self.points):
+            if not all(math.isfinite(c) for c in (x, y, z)) or max(abs(x), abs(y)) > MAX_ANCHOR_DEPTH_M:
+                raise ProtocolError(
+                    INVALID_ANCHORS,
+                    f"{where}: points[{i}] = ({x}, {y}, {z}) must be finite, within ±{MAX_ANCHOR_DEPTH_M:g} m",
+                )
+            self._check_depth(z, f"points[{i}] z")
+
+    @staticmethod
+    def _check_depth(depth: float, name: str) -> None:
+        if not (math.isfinite(depth) and MIN_ANCHOR_DEPTH_M <= depth <= MAX_ANCHOR_DEPTH_M):
+            raise ProtocolError(
+                INVALID_ANCHORS,
+                f"anchors: {name} = {depth!r} m is not a depth between {MIN_ANCHOR_DEPTH_M:g} and "
+                f"{MAX_ANCHOR_DEPTH_M:g} m (a reading of 0 means no return)",
+            )
+
+    @property
+    def time_s(self) -> float:
+        """``pts`` in seconds of the video clock."""
+        return self.pts / VIDEO_CLOCK_RATE
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "pts": self.pts, "width": self.width, "height": self.height}
+        if self.pixels:
+            out["pixels"] = [[float(u), float(v)] for u, v in self.pixels]
+            out["depths"] = [float(z) for z in self.depths]
+        if self.points:
+            out["points"] = [[float(c) for c in p] for p in self.points]
+        return out
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> AnchorsMessage:
+        where = "anchors"
+        try:
+            depths = payload.get("depths", [])
+            if not isinstance(depths, list):
+                raise ProtocolError(INVALID_ANCHORS, f"{where}: 'depths' must be a list of numbers, got {depths!r}")
+            return cls(
+                pts=_integer(payload, "pts", where),
+                width=_integer(payload, "width", where),
+                height=_integer(payload, "height", where),
+                pixels=tuple(_rows(payload, "pixels", 2, where)),  # type: ignore[arg-type]
+                depths=tuple(_number({"depths": z}, "depths", f"{where}: depths[{i}]") for i, z in enumerate(depths)),
+                points=tuple(_rows(payload, "points", 3, where)),  # type: ignore[arg-type]
+            )
+        except ProtocolError as exc:
+            # Every problem with an anchors message is invalid anchors for the peer.
+            raise ProtocolError(INVALID_ANCHORS, exc.message) from None
+
+
+ScaleSource = Literal["model", "ground", "anchors"]
+SCALE_SOURCES: Final[tuple[ScaleSource, ...]] = ("model", "ground", "anchors")
+
+
+@dataclass(frozen=True, slots=True)
+class Scale:
+    """How a frame's depth was put on a metric scale: the ``scale`` object of a result.
+
+    The model's output ``d`` (a relative model's disparity; ``1 / depth`` of a
+    metric model) maps to metric inverse depth by ``1 / Z = a · d + b`` (``a``
+    unitless per unit of ``d``, ``b`` in 1/m). ``source``: ``model`` = no
+    anchors, the model's output as it is (``a`` 1, ``b`` 0: a relative model's
+    depth is then **not metres**); ``ground`` = fitted to the ground plane from
+    height above ground and attitude; ``anchors`` = fitted to the drone's
+    ``anchors`` (with the ground's when both were there). ``residual``: robust
+    RMS of the inliers' relative inverse-depth residual ``(a·d + b)·Z − 1``
+    (unitless, about the relative depth error). ``confidence`` in [0, 1];
+    ``anchors_used``: inlier anchors of the last fit.
+    """
+
+    source: ScaleSource
+    a: float
+    b: float
+    residual: float
+    confidence: float
+    anchors_used: int
+
+    def __post_init__(self) -> None:
+        where = "scale"
+        if self.source not in SCALE_SOURCES:
+            raise ProtocolError(
+                INVALID_MESSAGE, f"{where}: source must be one of {', '.join(SCALE_SOURCES)}, got {self.source!r}"
+            )
+        if not (math.isfinite(self.a) and self.a > 0 and math.isfinite(self.b)):
+            raise ProtocolError(
+                INVALID_MESSAGE, f"{where}: need a finite a > 0 and a finite b, got {self.a!r}, {self.b!r}"
+            )
+        if not (math.isfinite(self.residual) and self.residual >= 0):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: residual must be finite and ≥ 0, got {self.residual!r}")
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: confidence must be in [0, 1], got {self.confidence!r}")
+        if isinstance(self.anchors_used, bool) or not isinstance(self.anchors_used, int) or self.anchors_used < 0:
+            raise ProtocolError(
+                INVALID_MESSAGE, f"{where}: anchors_used must be an integer ≥ 0, got {self.anchors_used!r}"
+            )
+
+    @classmethod
+    def unscaled(cls) -> Scale:
+        """The model's output as it is: no anchors, no fit."""
+        return cls(source="model", a=1.0, b=0.0, residual=0.0, confidence=0.0, anchors_used=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "a": float(self.a),
+            "b": float(self.b),
+            "residual": round(float(self.residual), 5),
+            "confidence": round(float(self.confidence), 3),
+            "anchors_used": self.anchors_used,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: Any) -> Scale:
+        where = "scale"
+        if not isinstance(payload, dict):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: must be an object, got {payload!r}")
+        return cls(
+            source=payload.get("source"),  # type: ignore[arg-type]
+            a=_number(payload, "a", where),
+            b=_number(payload, "b", where),
+            residual=_number(payload, "residual", where),
+            confidence=_number(payload, "confidence", where),
+            anchors_used=_integer(payload, "anchors_used", where),
+        )
+
+
 OBSTACLE_NO_DATA: Final = -1.0
 """``obstacles`` distance of a sector that was not seen: unknown, never free."""
 OBSTACLE_FREE: Final = -2.0
@@ -780,15 +979,21 @@ class ObstaclesMessage:
         )
 
 
-Message = CameraMessage | PoseMessage | KeypointsMessage | ObstaclesMessage | ErrorMessage
+Message = CameraMessage | PoseMessage | AnchorsMessage | KeypointsMessage | ObstaclesMessage | ErrorMessage
 _MESSAGE_TYPES: Final[
     dict[
         str,
-        type[CameraMessage] | type[PoseMessage] | type[KeypointsMessage] | type[ObstaclesMessage] | type[ErrorMessage],
+        type[CameraMessage]
+        | type[PoseMessage]
+        | type[AnchorsMessage]
+        | type[KeypointsMessage]
+        | type[ObstaclesMessage]
+        | type[ErrorMessage],
     ]
 ] = {
     CameraMessage.type: CameraMessage,
     PoseMessage.type: PoseMessage,
+    AnchorsMessage.type: AnchorsMessage,
     KeypointsMessage.type: KeypointsMessage,
     ObstaclesMessage.type: ObstaclesMessage,
     ErrorMessage.type: ErrorMessage,

@@ -174,6 +174,9 @@ class FrameProcessor:
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         keypoints = self._detector.detect(gray)
         keypoint_points, kept = lift_keypoints(keypoints, z, rays, valid, window=config.keypoints.window)
+        finite = np.isfinite(keypoint_points).all(axis=1)
+        if not finite.all():  # a point that overflowed float32 must not reach the wire (no Infinity in JSON)
+            keypoint_points, kept = keypoint_points[finite], kept[finite]
         keypoints = keypoints.subset(kept)
         after_keypoints = time.perf_counter()
         timing["keypoints"] = (after_keypoints - after_projection) * 1e3

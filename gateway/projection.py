@@ -177,9 +177,15 @@ def pixel_rays(pixels: NDArray[np.floating], camera: CameraMessage) -> NDArray[n
     return np.concatenate([xy, np.ones((len(xy), 1))], axis=1)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)
 def ray_grid(camera: CameraMessage) -> RayGrid:
     """The :class:`RayGrid` of ``camera`` at its ``width`` × ``height`` (cached).
+
+    The cache is shared by every session's worker threads (``lru_cache`` is
+    thread-safe; two threads may build the same grid once each) and holds the
+    8 most recently used grids (a 1080p grid takes ~40 MB); sessions build
+    grids in the executor only, and each drone may change cameras only a few
+    times per window (:data:`gateway.session.MAX_CAMERA_CHANGES`).
 
     Pinhole cameras without distortion get the closed form. Distorted ones are
     undistorted with ``cv2.undistortPoints`` / ``cv2.fisheye.undistortPoints``

@@ -9,9 +9,21 @@ Per drone, three tasks run on the event loop and none of them does CPU work:
   :class:`~gateway.pipeline.FrameProcessor` in the shared thread pool, awaits
   depth from the shared :class:`~gateway.inference.DepthService` in between
   (so frames of several drones are in flight together and Triton's dynamic
-  batcher can merge them), and sends one ``keypoints`` message per frame;
+  batcher can merge them), and sends one ``keypoints`` message per frame.
+  It holds one of the service's request slots (``--max-in-flight``) for the
+  inference only, never for CPU work, so a drone with expensive frames cannot
+  keep the slot from the others;
 - the **watchdog** closes the session when no frame has arrived for
   ``idle_timeout`` seconds.
+
+Fair shares of the CPU: each session awaits every job it gives the shared
+thread pool before it submits the next, so a drone has at most one CPU job
+queued or running at a time, and the pool's first-in first-out queue serves
+the drones in turn (round robin): a drone with expensive frames waits for its
+own jobs, not the others for it. The costliest per-camera work (undistorting a
+ray grid) is cached by :func:`~gateway.projection.ray_grid` and bounded by
+allowing each drone at most :data:`MAX_CAMERA_CHANGES` distinct cameras per
+:data:`CAMERA_CHANGE_WINDOW_S` seconds.
 
 Every problem with what the drone sends gets an ``error`` message and the
 session goes on. Conditions that repeat every frame (no camera yet, frame too
@@ -25,7 +37,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -35,6 +47,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from dronedepth.gateway.config import GatewayConfig
 from dronedepth.gateway.inference import DepthService
+from dronedepth.gateway.logthrottle import LogThrottle
 from dronedepth.gateway.metrics import GatewayMetrics
 from dronedepth.gateway.outputs.sinks import CaptureClock, FrameRecord
 from dronedepth.gateway.pipeline import FrameProcessor, FrameResult
@@ -50,15 +63,19 @@ if TYPE_CHECKING:
 __all__ = ["DroneSession", "LatestFrame", "SessionContext"]
 
 log = logging.getLogger(__name__)
+_camera_log = LogThrottle(log)
+"""A drone that changes its camera in a loop logs one line per 10 s, with the count."""
 
 NO_CAMERA_GRACE_S = 1.0
 """Seconds after the data channel opens before frames without a camera get the ``no_camera`` error."""
+MAX_CAMERA_CHANGES = 4
+"""Distinct cameras a drone may set per :data:`CAMERA_CHANGE_WINDOW_S` (each may cost a new ray grid)."""
+CAMERA_CHANGE_WINDOW_S = 10.0
 
 # Drop reasons (the ``reason`` label of dronedepth_frames_dropped_total).
 SUPERSEDED = "superseded"
 NO_CAMERA = "no_camera"
 FRAME_TOO_LARGE = "frame_too_large"
-CAMERA_MISMATCH = "camera_mismatch"
 INFERENCE_UNAVAILABLE = "inference_unavailable"
 INFERENCE_OVERLOADED = "inference_overloaded"
 INFERENCE_TIMEOUT = "inference_timeout"
@@ -188,6 +205,8 @@ class DroneSession:
         self._processor: FrameProcessor | None = None
         self._processor_kind: str | None = None
         self._frame_cameras: dict[tuple[int, int], CameraMessage] = {}
+        self._camera_changes: deque[float] = deque(maxlen=MAX_CAMERA_CHANGES)
+        """``time.monotonic()`` of the latest accepted camera changes."""
         self._sink_write: Future[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
@@ -196,6 +215,7 @@ class DroneSession:
         self._told_no_camera = False
         self._told_too_large: tuple[int, int] | None = None
         self._told_mismatch = False
+        self._told_camera_rate = False
         self._told_inference_error = False
         self._told_internal = False
         self._told_send_failed = False
@@ -321,9 +341,17 @@ class DroneSession:
     def _on_message(self, data: str | bytes) -> None:
         self.messages_received += 1
         self._metrics.messages_received.inc()
+        try:
+            self._handle_message(data)
+        except Exception as exc:
+            # A message fails alone: an exception escaping here would kill the data channel's transport.
+            log.exception("drone %s: message could not be handled", self.drone_id)
+            self._refuse_message(protocol.INTERNAL, f"message could not be handled: {exc!r}")
+
+    def _handle_message(self, data: str | bytes) -> None:
         size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
         if size > protocol.MAX_MESSAGE_BYTES:
-            self.send_error(
+            self._refuse_message(
                 protocol.MESSAGE_TOO_LARGE,
                 f"message of {size} bytes exceeds the limit of {protocol.MAX_MESSAGE_BYTES} bytes",
             )
@@ -331,10 +359,34 @@ class DroneSession:
         try:
             message = protocol.decode(data, accept=(CameraMessage.type,))
         except ProtocolError as exc:
-            self.send_error(exc.code, exc.message)
+            self._refuse_message(exc.code, exc.message)
             return
         assert isinstance(message, CameraMessage)
+        if message != self.camera and not self._camera_change_allowed():
+            return
         self.set_camera(message)
+
+    def _refuse_message(self, code: str, text: str) -> None:
+        self._metrics.messages_refused.inc(reason=code)
+        self.send_error(code, text)
+
+    def _camera_change_allowed(self) -> bool:
+        """Count a change of camera; False (reported once per burst) past the rate limit, keeping the camera."""
+        now = time.monotonic()
+        changes = self._camera_changes
+        if len(changes) == MAX_CAMERA_CHANGES and now - changes[0] < CAMERA_CHANGE_WINDOW_S:
+            self._metrics.camera_changes_refused.inc()
+            self._metrics.messages_refused.inc(reason=protocol.CAMERA_RATE_LIMITED)
+            if not self._told_camera_rate:
+                self._told_camera_rate = self.send_error(
+                    protocol.CAMERA_RATE_LIMITED,
+                    f"more than {MAX_CAMERA_CHANGES} different cameras in {CAMERA_CHANGE_WINDOW_S:.0f} s: "
+                    "this one is ignored and the previous camera stays in use",
+                )
+            return False
+        changes.append(now)
+        self._told_camera_rate = False
+        return True
 
     def set_camera(self, camera: CameraMessage) -> None:
         """Use ``camera`` for the frames that follow."""
@@ -344,7 +396,9 @@ class DroneSession:
         self._frame_cameras.clear()
         self._told_mismatch = False
         distortion = f", distortion {list(camera.distortion)}" if camera.has_distortion else ""
-        log.info(
+        _camera_log.log(
+            logging.INFO,
+            self.drone_id,
             "drone %s: camera %dx%d %s fx=%.1f fy=%.1f cx=%.1f cy=%.1f%s",
             self.drone_id,
             camera.width,
@@ -422,13 +476,7 @@ class DroneSession:
         while True:
             item: _Received = await self._slot.get()
             try:
-                async with self._ctx.depth.admission():
-                    # A frame that arrived while this one waited for a request slot is fresher: use it.
-                    newer = self._slot.take()
-                    if newer is not None:
-                        self._drop(SUPERSEDED)
-                        item = newer
-                    await self._process(item)
+                await self._process(item)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -450,7 +498,7 @@ class DroneSession:
         try:
             camera = self.camera.scaled(width, height)
         except ProtocolError as exc:
-            self._drop(CAMERA_MISMATCH)
+            self._drop(protocol.CAMERA_MISMATCH)
             if not self._told_mismatch:
                 self._told_mismatch = self.send_error(exc.code, exc.message)
             return None
@@ -498,7 +546,15 @@ class DroneSession:
         rgb = await loop.run_in_executor(executor, functools.partial(frame.to_ndarray, format="rgb24"))
         converted = time.monotonic()
         try:
-            depth = await self._ctx.depth.infer(rgb)
+            # The request slot is held for the inference alone: CPU work never keeps it from other drones.
+            async with self._ctx.depth.admission():
+                newer = self._slot.take()
+                if newer is not None:
+                    # A frame that arrived while this one waited for a slot is fresher: process it instead.
+                    self._drop(SUPERSEDED)
+                    self._slot.put(newer)
+                    return
+                depth = await self._ctx.depth.infer(rgb)
         except InferenceUnavailable as exc:
             if self._ctx.depth.available:  # a busy server rejected this one frame: no outage to report
                 self._drop(INFERENCE_TIMEOUT if isinstance(exc, InferenceTimeout) else INFERENCE_OVERLOADED)
