@@ -192,6 +192,17 @@ class GatewayMetrics:
         self.errors_sent = Counter(
             "dronedepth_errors_sent_total", "Error messages sent to drones, by code.", ["code"], registry=r
         )
+        self.messages_refused = Counter(
+            "dronedepth_messages_refused_total",
+            "Data-channel messages from drones refused, by reason (the error code sent back).",
+            ["reason"],
+            registry=r,
+        )
+        self.camera_changes_refused = Counter(
+            "dronedepth_camera_changes_refused_total",
+            "Camera messages refused because their drone changed cameras too often.",
+            registry=r,
+        )
         self.recordings_stopped = Counter(
             "dronedepth_recordings_stopped_total",
             "Drone session recordings stopped early, by reason (write_failed, low_disk, size_limit).",
