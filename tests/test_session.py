@@ -261,7 +261,6 @@ async def test_close_is_idempotent_and_reports_once(parts: dict[str, Any]) -> No
 async def test_rejections_by_a_busy_server_drop_frames_without_an_error() -> None:
     """Through the public surface: a real drone, a real gateway, a depth server that is briefly overloaded."""
 
-
     class BusyDepthClient(FakeDepthClient):
         busy = False
         refused = 0
