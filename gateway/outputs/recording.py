@@ -256,7 +256,10 @@ class Recorder:
     def write(self, result: FrameResult, *, stamp_ns: int) -> None:
         """Record one frame captured at ``stamp_ns`` (ns since the Unix epoch): a JSON line and, when due, a PLY."""
         # The message as sent to the drone plus its capture time; decode() ignores the extra field.
-        line = (json.dumps({**result.message.to_dict(), "stamp_ns": stamp_ns}, separators=(",", ":")) + "\n").encode()
+        line = (
+            json.dumps({**result.message.to_dict(), "stamp_ns": stamp_ns}, separators=(",", ":"), allow_nan=False)
+            + "\n"
+        ).encode()
         with self._lock:
             if self._fd is None:
                 raise ValueError(f"recorder for {self.path} is closed")
