@@ -2,6 +2,8 @@
 
 - ``POST /offer`` (:mod:`~dronedepth.gateway.signaling`),
 - ``GET /health``, ``/ready``, ``/metrics`` (:mod:`~dronedepth.gateway.ops`),
+- every request passes the gateway's connection guard first
+  (:mod:`~dronedepth.gateway.http_guard`: header deadline, cap on waiting connections),
 - ``GET /stream/<drone>`` (:mod:`~dronedepth.gateway.stream_route`),
 - the web pages ``/``, ``/drone``, ``/assets/...`` and the API ``/api/drones...``
   (:mod:`~dronedepth.gateway.web`).
@@ -29,7 +31,7 @@ __all__ = ["create_app"]
 
 def create_app(gateway: Gateway) -> web.Application:
     """The aiohttp application serving ``gateway``: signalling, operations, ``/stream`` and the web pages."""
-    app = web.Application(client_max_size=gateway.config.max_body_bytes)
+    app = web.Application(client_max_size=gateway.config.max_body_bytes, middlewares=[gateway.guard.middleware])
     app[GATEWAY] = gateway
     app[ACCESS_TOKEN] = gateway.config.token
     app.router.add_post("/offer", signaling.offer)

@@ -1,24 +1,56 @@
-"""The gateway's bearer-token check, the one every HTTP endpoint uses.
+"""The gateway's credentials and the one token check every HTTP endpoint uses.
 
-A gateway started with a token wants ``Authorization: Bearer <token>`` on
-``POST /offer``, the JSON API and ``GET /stream/<drone>``; the web pages and
-the stream also take ``?token=<token>``, because a browser cannot set a header
-when it loads a page or opens a WebSocket. The token is compared in constant
-time and never logged or echoed back.
+Two kinds of credential:
+
+- the **operator token** (``GatewayConfig.token``): the web pages, the JSON
+  API, ``/stream/<drone>``, the detail of ``/ready`` and ``/metrics``. Without
+  per-drone tokens it is also the **fleet token** drones present on ``POST
+  /offer`` (small setups): its holder may then connect under any drone id,
+  replacing that drone's session.
+- **per-drone tokens** (``GatewayConfig.drone_tokens``: drone id → SHA-256 hex
+  of the token, so the file holds no secret): once given, ``POST /offer``
+  accepts only these, and a drone token opens or replaces only its own drone's
+  session. It opens no operator endpoint.
+
+A token travels in ``Authorization: Bearer <token>``; the web pages and the
+stream also take ``?token=<token>``, because a browser cannot set a header
+when it loads a page or opens a WebSocket. Tokens are compared in constant time
+(or as SHA-256 digests), never logged or echoed back; header bytes that are
+not ASCII are a wrong token, not an error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
 
-__all__ = ["CHALLENGE", "authorization_problem", "presented_token", "token_matches"]
+__all__ = [
+    "CHALLENGE",
+    "OfferGrant",
+    "authorize_offer",
+    "presented_token",
+    "token_digest",
+    "token_matches",
+]
 
 CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="dronedepth"'}
 """The header every 401 carries (RFC 6750)."""
 TOKEN_QUERY: Final = "token"
+
+
+def _raw(text: str) -> bytes:
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: give back the bytes that were sent.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 hex digest of ``token``: what a per-drone tokens file holds."""
+    return hashlib.sha256(_raw(token)).hexdigest()
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -42,22 +74,34 @@ def token_matches(presented: str | None, expected: str | None) -> bool:
     if expected is None:
         return True
     # compare_digest: the time taken must not reveal how much of the token matched.
-    return presented is not None and hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+    return presented is not None and hmac.compare_digest(_raw(presented), _raw(expected))
 
 
-def authorization_problem(request: web.Request, expected: str | None) -> str | None:
-    """None when the bearer header (only) carries ``expected``, else why not, without echoing what was sent.
+@dataclass(frozen=True)
+class OfferGrant:
+    """Who may open a session: ``drone_id`` bound to a per-drone token, or None for any id (fleet token)."""
 
-    ``POST /offer`` uses it: a drone is a program, so its refusal says precisely what is missing.
+    drone_id: str | None
+
+
+def authorize_offer(
+    request: web.Request, operator_token: str | None, drone_tokens: Mapping[str, str] | None
+) -> OfferGrant | str:
+    """The grant of ``POST /offer``'s bearer header, or why it is refused (never echoing what was sent).
+
+    ``drone_tokens`` maps SHA-256 hex digests of tokens to their drone ids; when given,
+    only those tokens open sessions. A drone is a program, so the refusal says precisely
+    what is missing.
     """
-    if expected is None:
-        return None
-    header = request.headers.get("Authorization", "")
-    if not header:
+    if operator_token is None and not drone_tokens:
+        return OfferGrant(None)
+    if not request.headers.get("Authorization", ""):
         return "missing Authorization header"
     given = _bearer(request)
     if given is None:
         return "the Authorization header must be 'Bearer <token>'"
-    if not token_matches(given, expected):
-        return "wrong token"
-    return None
+    if drone_tokens:
+        # A dict lookup by digest: its timing tells about the digest, never about the token.
+        drone_id = drone_tokens.get(token_digest(given))
+        return "wrong token" if drone_id is None else OfferGrant(drone_id)
+    return OfferGrant(None) if token_matches(given, operator_token) else "wrong token"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dronedepth.contract import GATEWAY_PORT
 from dronedepth.errors import ConfigError
+from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE
 
 if TYPE_CHECKING:
     import ssl
@@ -16,19 +19,24 @@ if TYPE_CHECKING:
     from aiortc import RTCIceServer
     from dronedepth.gateway.pipeline import ProcessingConfig
 
-__all__ = ["DEFAULT_MAX_FRAME_PIXELS", "GatewayConfig", "parse_ice_server", "read_token"]
+__all__ = ["DEFAULT_MAX_FRAME_PIXELS", "GatewayConfig", "parse_ice_server", "read_drone_tokens", "read_token"]
 
 DEFAULT_MAX_FRAME_PIXELS = 1920 * 1080
 TOKEN_ENV = "DRONEDEPTH_TOKEN"
 _ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     """Everything :class:`gateway.server.Gateway` needs besides its depth client.
 
-    ``token`` is the bearer token drones present on ``POST /offer``; ``None``
-    disables authentication and is only accepted with ``allow_no_auth=True``.
+    ``token`` is the operator's bearer token (web pages, API, ``/stream``,
+    metrics detail) and, without ``drone_tokens``, the fleet token drones
+    present on ``POST /offer``; ``None`` disables authentication and is only
+    accepted with ``allow_no_auth=True``. ``drone_tokens`` (drone id → SHA-256
+    hex of its token, :func:`read_drone_tokens`) gives each drone its own
+    credential: then only those open sessions, each for its own drone id.
     ``port=0`` binds a free port (read it back from ``Gateway.port``).
     """
 
@@ -42,6 +50,20 @@ class GatewayConfig:
     max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
     max_body_bytes: int = 64 * 1024
     """Largest ``POST /offer`` body; larger ones get 413."""
+    drone_tokens: Mapping[str, str] | None = None
+    """Per-drone credentials: drone id → SHA-256 hex digest of its token (``--drone-tokens-file``)."""
+    pending_timeout: float = 10.0
+    """An answered offer whose ICE/DTLS has not completed after this many seconds is closed."""
+    max_pending_offers: int = 4
+    """Answered offers still connecting, across all drones; they do not count against ``max_drones``."""
+    max_pending_per_remote: int = 2
+    """Answered offers still connecting from one remote address."""
+    header_timeout: float = 10.0
+    """Seconds an HTTP connection may take to deliver a request's headers, and may stay idle between requests."""
+    body_timeout: float = 10.0
+    """Seconds ``POST /offer`` may take to deliver its body."""
+    max_waiting_connections: int = 64
+    """HTTP connections whose request has not reached a handler yet (unauthenticated); more are closed at once."""
     inference_timeout: float = 5.0
     max_in_flight: int | Literal["auto"] | None = "auto"
     """Depth requests in flight across all drones. ``"auto"``: what the Triton model runs at once (its CPU
@@ -95,6 +117,12 @@ class GatewayConfig:
             "record_every": self.record_every,
             "shutdown_timeout": self.shutdown_timeout,
             "data_channel_buffer_bytes": self.data_channel_buffer_bytes,
+            "pending_timeout": self.pending_timeout,
+            "max_pending_offers": self.max_pending_offers,
+            "max_pending_per_remote": self.max_pending_per_remote,
+            "header_timeout": self.header_timeout,
+            "body_timeout": self.body_timeout,
+            "max_waiting_connections": self.max_waiting_connections,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -110,6 +138,22 @@ class GatewayConfig:
             raise ConfigError(f"{given} needs {missing}: HTTPS takes a certificate and its private key, give both")
         for url in self.ice_servers:
             parse_ice_server(url)
+        if self.drone_tokens is not None:
+            if self.token is None:
+                raise ConfigError("per-drone tokens need an operator token too (--token-file or DRONEDEPTH_TOKEN)")
+            for drone_id, digest in self.drone_tokens.items():
+                if not DRONE_ID_PATTERN.fullmatch(drone_id):
+                    raise ConfigError(f"drone tokens: drone id {drone_id!r} must be {DRONE_ID_RULE}")
+                if not _SHA256_HEX.fullmatch(digest):
+                    raise ConfigError(f"drone tokens: the token hash of {drone_id!r} must be 64 lowercase hex digits")
+            if len(set(self.drone_tokens.values())) != len(self.drone_tokens):
+                raise ConfigError("drone tokens: two drones share a token; give each drone its own")
+
+    def drone_ids_by_token_digest(self) -> dict[str, str] | None:
+        """``drone_tokens`` inverted (SHA-256 hex → drone id), what ``POST /offer`` looks tokens up in."""
+        if self.drone_tokens is None:
+            return None
+        return {digest: drone_id for drone_id, digest in self.drone_tokens.items()}
 
     @property
     def worker_count(self) -> int:
@@ -182,3 +226,29 @@ def read_token(token_file: str | os.PathLike[str] | None, environ: dict[str, str
     env = os.environ if environ is None else environ
     token = env.get(TOKEN_ENV, "").strip()
     return token or None
+
+
+def read_drone_tokens(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Drone id → SHA-256 hex of its token, from lines ``DRONE_ID SHA256HEX`` (``#`` comments, blank lines).
+
+    ``docs/security.md`` shows the one-liner that mints a token and its line.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the drone tokens file {str(file)!r}: {exc.strerror}") from exc
+    tokens: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ConfigError(f"{file}:{number}: expected 'DRONE_ID SHA256HEX', got {len(fields)} fields")
+        drone_id, digest = fields
+        if drone_id in tokens:
+            raise ConfigError(f"{file}:{number}: drone {drone_id!r} is listed twice")
+        tokens[drone_id] = digest.lower()
+    if not tokens:
+        raise ConfigError(f"the drone tokens file {str(file)!r} lists no drone")
+    return tokens

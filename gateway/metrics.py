@@ -158,6 +158,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._detail_registry = CollectorRegistry()
         self.offers = Counter("dronedepth_offers_total", "Signalling requests by outcome.", ["outcome"], registry=r)
         self.peer_connections = Counter(
             "dronedepth_peer_connections_total", "WebRTC peer connections created.", registry=r
@@ -209,13 +210,40 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.http_refusals = Counter(
+            "dronedepth_http_refusals_total",
+            "HTTP requests refused, by endpoint and reason (error code).",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.pending_offers_expired = Counter(
+            "dronedepth_pending_offers_expired_total",
+            "Answered offers closed because ICE/DTLS did not complete in time.",
+            registry=r,
+        )
+        self.connections_dropped = Counter(
+            "dronedepth_http_connections_dropped_total",
+            "HTTP connections closed before a handler ran, by reason (slow headers, idle, too many waiting).",
+            ["reason"],
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         PlatformCollector(registry=r)  # python_info
 
-    def add_collector(self, collect: Callable[[], Iterable[Metric]]) -> None:
-        """Also expose the families ``collect`` returns at each scrape (e.g. per-drone series of live sessions)."""
-        self.registry.register(_ScrapeTimeCollector(collect))
+    def add_collector(self, collect: Callable[[], Iterable[Metric]], *, detail: bool = False) -> None:
+        """Also expose the families ``collect`` returns at each scrape (e.g. per-drone series of live sessions).
 
-    def render(self) -> str:
-        """The text exposition (:data:`CONTENT_TYPE`) of every metric, process metrics included."""
-        return generate_latest(_WithoutCreated(self.registry)).decode("utf-8")  # type: ignore[arg-type]
+        ``detail``: the families name drones (or other things an anonymous client must not learn):
+        they are rendered only by ``render(detail=True)``.
+        """
+        (self._detail_registry if detail else self.registry).register(_ScrapeTimeCollector(collect))
+
+    def render(self, *, detail: bool = True) -> str:
+        """The text exposition (:data:`CONTENT_TYPE`) of every metric, process metrics included.
+
+        ``detail=False`` leaves out the collectors added with ``detail=True`` (per-drone series).
+        """
+        text = generate_latest(_WithoutCreated(self.registry)).decode("utf-8")  # type: ignore[arg-type]
+        if detail:
+            text += generate_latest(self._detail_registry).decode("utf-8")
+        return text

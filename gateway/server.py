@@ -26,6 +26,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from dronedepth.gateway.app import create_app
 from dronedepth.gateway.config import GatewayConfig
+from dronedepth.gateway.http_guard import ConnectionGuard, GuardedTCPSite
 from dronedepth.gateway.inference import DepthClient, DepthService
 from dronedepth.gateway.metrics import GatewayMetrics
 from dronedepth.gateway.outputs.previews import PreviewHub
@@ -33,6 +34,7 @@ from dronedepth.gateway.outputs.recording import RecordingLimits
 from dronedepth.gateway.outputs.sinks import SinkSet
 from dronedepth.gateway.outputs.stream import StreamHub
 from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
+from dronedepth.gateway.refusals import refusal_log
 from dronedepth.gateway.session import DroneSession, SessionContext
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -90,7 +92,20 @@ class Gateway:
             on_error=self._on_inference_error,
         )
         self.sessions: dict[str, DroneSession] = {}
+        """Every session, connected or still connecting."""
         self._pending: set[str] = set()
+        # Sessions answered but not yet connected (ICE/DTLS): drone id -> remote address.
+        self._connecting: dict[str, str] = {}
+        self.drone_ids_by_token_digest = config.drone_ids_by_token_digest()
+        """Per-drone credentials (SHA-256 hex of the token → drone id), or None: the fleet token."""
+        self.guard = ConnectionGuard(
+            header_timeout=config.header_timeout,
+            max_waiting=config.max_waiting_connections,
+            on_drop=lambda reason: self.metrics.connections_dropped.inc(reason=reason),
+        )
+        """Header deadline and cap of the HTTP connections (:mod:`~dronedepth.gateway.http_guard`)."""
+        self.refusal_log = refusal_log()
+        """One WARNING per remote address and endpoint every 10 s for refused requests, with the count."""
         self._executor: ThreadPoolExecutor | None = None
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None
@@ -98,7 +113,7 @@ class Gateway:
         self._port: int | None = None
         self._stopping = False
         self._started_at = 0.0
-        self.metrics.add_collector(self._collect)
+        self.metrics.add_collector(self._collect, detail=True)
         self.metrics.inference_available.set_function(lambda: 1.0 if self.depth.available else 0.0)
         self.metrics.uptime.set_function(lambda: time.monotonic() - self._started_at if self._started_at else 0.0)
 
@@ -148,9 +163,16 @@ class Gateway:
         try:
             # In a worker: the outputs import Open3D, rosbags or foxglove and open files and ports.
             self.sinks = await loop.run_in_executor(self._executor, self._open_sinks)
-            self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.config.shutdown_timeout)
+            self._runner = web.AppRunner(
+                self.app,
+                access_log=None,
+                shutdown_timeout=self.config.shutdown_timeout,
+                keepalive_timeout=self.config.header_timeout,
+            )
             await self._runner.setup()
-            self._site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=ssl_context)
+            self._site = GuardedTCPSite(
+                self._runner, self.config.host, self.config.port, guard=self.guard, ssl_context=ssl_context
+            )
             try:
                 await self._site.start()
             except OSError as exc:
@@ -280,13 +302,38 @@ class Gateway:
             if drone_id not in self.sessions and drone_id not in self._pending:
                 return drone_id
 
+    @property
+    def connected_count(self) -> int:
+        """Sessions whose ICE/DTLS has completed: what ``max_drones`` bounds."""
+        return len(self.sessions) - len(self._connecting)
+
+    def _check_capacity(self, drone_id: str, remote: str) -> None:
+        """Raise :class:`GatewayFull` when a new session for ``drone_id`` from ``remote`` does not fit.
+
+        Connected drones are bounded by ``max_drones``; offers still connecting by the smaller budgets
+        ``max_pending_offers`` (all) and ``max_pending_per_remote``, so half-open offers cannot lock real drones
+        out. A drone's own session, which the new one replaces, does not count.
+        """
+        config = self.config
+        replaced = drone_id in self.sessions
+        connected = self.connected_count - (replaced and drone_id not in self._connecting)
+        if connected >= config.max_drones:
+            raise GatewayFull(f"the gateway serves its maximum of {config.max_drones} drones")
+        connecting = [r for d, r in self._connecting.items() if d != drone_id]
+        if len(connecting) + len(self._pending) - 1 >= config.max_pending_offers:
+            raise GatewayFull(f"{config.max_pending_offers} drones are connecting already; retry in a few seconds")
+        if connecting.count(remote) >= config.max_pending_per_remote:
+            raise GatewayFull(f"{config.max_pending_per_remote} drones from {remote} are connecting already")
+
     async def open_session(self, offer: protocol.SessionDescription, drone_id: str, *, remote: str = "?") -> str:
         """Answer ``offer`` with a new session for ``drone_id``; returns the answer SDP.
 
-        A drone that offers again under its id replaces its old session.
+        A drone that offers again under its id replaces its old session, but only once the new offer has
+        been applied: a refused offer leaves the old session as it was. The new session counts as
+        connecting until its ICE/DTLS completes, and is closed if that takes over ``pending_timeout``.
         Raises :class:`~dronedepth.errors.GatewayFull`, :class:`~dronedepth.errors.GatewayBusy` or
         :class:`~dronedepth.errors.ProtocolError` (the offer cannot be applied);
-        nothing is left behind when it raises.
+        nothing is left behind and no session changes when it raises.
         """
         if self._stopping:
             raise GatewayFull("the gateway is shutting down")
@@ -294,12 +341,7 @@ class Gateway:
             raise GatewayBusy(f"an offer for drone {drone_id!r} is already being answered")
         self._pending.add(drone_id)
         try:
-            old = self.sessions.get(drone_id)
-            if old is not None:
-                log.info("drone %s offers again: replacing its session", drone_id)
-                await old.close("replaced by a new offer")
-            if len(self.sessions) + len(self._pending) - 1 >= self.config.max_drones:
-                raise GatewayFull(f"the gateway serves its maximum of {self.config.max_drones} drones")
+            self._check_capacity(drone_id, remote)
             pc = RTCPeerConnection(RTCConfiguration(iceServers=self.config.rtc_ice_servers()))
             self.metrics.peer_connections.inc()
             session = DroneSession(drone_id, pc, self._context(), remote=remote)
@@ -310,22 +352,52 @@ class Gateway:
             except Exception as exc:
                 await session.close("offer refused")
                 raise ProtocolError(protocol.INVALID_MESSAGE, f"the offer cannot be applied: {exc}") from exc
+            old = self.sessions.get(drone_id)
+            if old is not None:
+                log.info("drone %s offers again: replacing its session", drone_id)
+                await old.close("replaced by a new offer")
             if self._stopping:
                 await session.close("gateway stopping")
                 raise GatewayFull("the gateway is shutting down")
             self.sessions[drone_id] = session
+            self._connecting[drone_id] = remote
+            self._watch_connection(session)
             self.metrics.sessions_active.set(len(self.sessions))
             session.start()
             log.info(
-                "drone %s: offer accepted from %s (%d/%d drones)",
+                "drone %s: offer accepted from %s (%d/%d drones connected, %d connecting)",
                 drone_id,
                 remote,
-                len(self.sessions),
+                self.connected_count,
                 self.config.max_drones,
+                len(self._connecting),
             )
             return pc.localDescription.sdp
         finally:
             self._pending.discard(drone_id)
+
+    def _watch_connection(self, session: DroneSession) -> None:
+        """Count ``session`` as connecting until ICE/DTLS completes; close it after ``pending_timeout``."""
+        timeout = self.config.pending_timeout
+
+        def expire() -> None:
+            if self._connecting.get(session.drone_id) is not None and self.sessions.get(session.drone_id) is session:
+                self.metrics.pending_offers_expired.inc()
+                session.schedule_close(f"pending: ICE/DTLS did not complete within {timeout:g} s")
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
+
+        def on_state() -> None:
+            state = session.pc.connectionState
+            if state == "connected" and self.sessions.get(session.drone_id) is session:
+                timer.cancel()
+                self._connecting.pop(session.drone_id, None)
+                if self.connected_count > self.config.max_drones:  # others connected first
+                    session.schedule_close("gateway full")
+            elif state in ("failed", "closed"):
+                timer.cancel()
+
+        session.pc.on("connectionstatechange", on_state)
 
     def _context(self) -> SessionContext:
         return SessionContext(
@@ -347,6 +419,7 @@ class Gateway:
     def _session_closed(self, session: DroneSession) -> None:
         if self.sessions.get(session.drone_id) is session:
             del self.sessions[session.drone_id]
+            self._connecting.pop(session.drone_id, None)
         self.metrics.sessions_active.set(len(self.sessions))
 
     def _on_inference_error(self, reason: str) -> None:

@@ -1,6 +1,6 @@
 """``GET /stream/<drone>``: the route in front of the :class:`~dronedepth.gateway.outputs.stream.StreamHub`.
 
-Authentication is the gateway's bearer token (:mod:`dronedepth.gateway.auth`),
+Authentication is the gateway's operator token (:mod:`dronedepth.gateway.auth`; a drone's own token does not open it),
 in ``Authorization: Bearer <token>`` or, for browsers (which cannot set
 WebSocket headers), ``?token=<token>``. An accepted request is handed to
 :meth:`StreamHub.serve <dronedepth.gateway.outputs.stream.StreamHub.serve>`.
@@ -13,7 +13,8 @@ import asyncio
 from aiohttp import web
 from dronedepth.gateway.app_keys import ACCESS_TOKEN, STREAM_HUB
 from dronedepth.gateway.auth import CHALLENGE, presented_token, token_matches
-from dronedepth.gateway.outputs.stream import STREAM_ROUTE, StreamHub, json_refusal
+from dronedepth.gateway.outputs.stream import STREAM_ROUTE, StreamHub
+from dronedepth.gateway.refusals import json_error, refuse
 
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
 
@@ -22,15 +23,17 @@ __all__ = ["add_stream_routes"]
 
 async def _stream(request: web.Request) -> web.StreamResponse:
     if not token_matches(presented_token(request, allow_query=True), request.app[ACCESS_TOKEN]):
-        raise json_refusal(
-            web.HTTPUnauthorized,
+        return refuse(
+            request,
+            "stream",
+            401,
             UNAUTHORIZED,
             "missing or wrong token: send 'Authorization: Bearer <token>' or add ?token=<token>",
             CHALLENGE,
         )
     drone_id = request.match_info["drone"]
     if not DRONE_ID_PATTERN.fullmatch(drone_id):
-        raise json_refusal(web.HTTPBadRequest, INVALID_DRONE_ID, f"drone id {drone_id!r} must be {DRONE_ID_RULE}")
+        return json_error(400, INVALID_DRONE_ID, f"drone id {drone_id!r} must be {DRONE_ID_RULE}")
     return await request.app[STREAM_HUB].serve(request, drone_id)
 
 

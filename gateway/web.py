@@ -37,6 +37,7 @@ from typing import Any, Final
 from aiohttp import web
 from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY
 from dronedepth.gateway.auth import CHALLENGE, presented_token, token_matches
+from dronedepth.gateway.refusals import json_error, refuse
 
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
 
@@ -108,11 +109,6 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
     )
 
 
-def _refuse(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """The same JSON error body as the signalling endpoints' (``{"error", "message"}``)."""
-    return _json({"error": code, "message": message}, status, headers)
-
-
 class _WebRoutes:
     """The handlers, with the assets and page templates read once; the gateway comes from ``request.app``."""
 
@@ -172,7 +168,9 @@ class _WebRoutes:
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         if token_matches(presented_token(request, allow_query=False), request.app[ACCESS_TOKEN]):
             return None
-        return _refuse(401, UNAUTHORIZED, "missing or wrong token: send 'Authorization: Bearer <token>'", CHALLENGE)
+        return refuse(
+            request, "api", 401, UNAUTHORIZED, "missing or wrong token: send 'Authorization: Bearer <token>'", CHALLENGE
+        )
 
     async def drones(self, request: web.Request) -> web.Response:
         refused = self._unauthorized(request)
@@ -248,13 +246,13 @@ class _WebRoutes:
             return refused
         drone_id = request.match_info["drone"]
         if not DRONE_ID_PATTERN.fullmatch(drone_id):
-            return _refuse(400, INVALID_DRONE_ID, f"a drone id is {DRONE_ID_RULE}")
+            return json_error(400, INVALID_DRONE_ID, f"a drone id is {DRONE_ID_RULE}")
         hub = request.app[GATEWAY].preview_hub
         if hub is None:
-            return _refuse(404, "previews_off", "this gateway keeps no depth previews (it has no PreviewHub)")
+            return json_error(404, "previews_off", "this gateway keeps no depth previews (it has no PreviewHub)")
         found = hub.preview(drone_id)
         if found is None:
-            return _refuse(404, "no_preview", f"no preview of drone {drone_id!r} yet")
+            return json_error(404, "no_preview", f"no preview of drone {drone_id!r} yet")
         jpeg, seq = found
         etag = f'"{drone_id}-{seq}"'
         headers = {**_API_HEADERS, "ETag": etag, "Cache-Control": "no-cache"}

@@ -8,7 +8,7 @@ import sys
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from dronedepth.gateway.auth import authorization_problem, presented_token, token_matches
+from dronedepth.gateway.auth import OfferGrant, authorize_offer, presented_token, token_digest, token_matches
 
 
 def request(authorization: str | None = None, query: str = "") -> web.Request:
@@ -50,8 +50,24 @@ def test_token_matches(presented: str | None, expected: str | None, ok: bool) ->
     ],
 )
 def test_offer_refusals_say_what_is_wrong_without_echoing_the_token(authorization: str | None, problem: str) -> None:
-    assert authorization_problem(request(authorization), "s3cret") == problem
-    assert authorization_problem(request(authorization), None) is None
+    expected = OfferGrant(None) if problem is None else problem
+    assert authorize_offer(request(authorization), "s3cret", None) == expected
+    assert authorize_offer(request(authorization), None, None) == OfferGrant(None)
+
+
+def test_a_drone_token_grants_its_own_drone_only_and_the_fleet_token_no_longer_opens_offers() -> None:
+    drones = {token_digest("alpha-secret"): "alpha", token_digest("beta-secret"): "beta"}
+    assert authorize_offer(request("Bearer alpha-secret"), "operator", drones) == OfferGrant("alpha")
+    assert authorize_offer(request("Bearer beta-secret"), "operator", drones) == OfferGrant("beta")
+    assert authorize_offer(request("Bearer operator"), "operator", drones) == "wrong token"
+    # What `printf %s alpha-secret | sha256sum` prints: the tokens file's one-liner agrees.
+    assert token_digest("alpha-secret") == "3f8ad42d6dc52445378196cb2e49281f812253eaea7830fe46f4756f2ca0a3d4"
+
+
+def test_non_ascii_header_bytes_are_a_wrong_token_not_an_error() -> None:
+    garbled = "\udcff\udcfe"  # how aiohttp hands over the header bytes 0xff 0xfe (surrogateescape)
+    assert token_matches(garbled, "s3cret") is False
+    assert len(token_digest(garbled)) == 64
 
 
 def test_route_modules_do_not_import_the_server() -> None:

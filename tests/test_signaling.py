@@ -177,7 +177,7 @@ async def test_health_ready_and_metrics() -> None:
     async with running_gateway(client) as gateway, ClientSession() as http:
         async with http.get(f"{gateway.url}/health") as reply:
             assert reply.status == 200 and (await reply.json())["status"] == "ok"
-        async with http.get(f"{gateway.url}/ready") as reply:
+        async with http.get(f"{gateway.url}/ready", headers=AUTH) as reply:  # the operator sees the detail
             body = await reply.json()
             assert reply.status == 200 and body["status"] == "ready" and body["depth_kind"] == "metric"
         client.available = False

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from typing import Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from dronedepth.gateway.outputs.sinks import FrameRecord
+from dronedepth.gateway.refusals import json_error
 
 from dronedepth.stream_format import StreamFrame, encode_frame
 
-__all__ = ["DEFAULT_MAX_POINTS", "STREAM_ROUTE", "StreamHub", "json_refusal", "stream_frame"]
+__all__ = ["DEFAULT_MAX_POINTS", "STREAM_ROUTE", "StreamHub", "stream_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -217,15 +217,15 @@ class StreamHub:
         """Stream ``drone_id``'s frames to the WebSocket client of ``request`` until it leaves or the hub closes."""
         ws = web.WebSocketResponse(heartbeat=_HEARTBEAT_S, max_msg_size=64 * 1024)
         if not ws.can_prepare(request).ok:
-            raise json_refusal(
-                web.HTTPBadRequest,
+            return json_error(
+                400,
                 "not_websocket",
                 f"{request.path} is a WebSocket endpoint: connect with a WebSocket client",
             )
         subscriber = self._subscribe(drone_id, ws)
         if subscriber is None:
-            raise json_refusal(
-                web.HTTPServiceUnavailable,
+            return json_error(
+                503,
                 "unavailable",
                 f"the gateway is stopping or already serves {self.max_subscribers} stream clients",
                 {"Retry-After": "5"},
@@ -254,12 +254,3 @@ class StreamHub:
                 subscriber.dropped,
             )
         return ws
-
-
-def json_refusal(
-    status: type[web.HTTPException], code: str, message: str, headers: dict[str, str] | None = None
-) -> web.HTTPException:
-    """An HTTP error with the same JSON body as the signalling endpoints' (``{"error", "message"}``)."""
-    return status(
-        text=json.dumps({"error": code, "message": message}), content_type="application/json", headers=headers
-    )
