@@ -135,7 +135,7 @@ async def fly(
     first_seen = asyncio.Event()
 
     def callback(drone: str) -> Any:
-        def on_result(message: Any, latency_ms: float | None, _waypoints: Any) -> None:
+        def on_result(message: Any, latency_ms: float | None) -> None:
             if latency_ms is None:
                 return
             received = time.time()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
+from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary, check_pose_link
 from dronedepth.drone.intrinsics import intrinsics_from_values, load_intrinsics
 from dronedepth.drone.sources import FrameSource, open_source
 
@@ -38,6 +38,14 @@ examples:
   # the first USB camera with its OpenCV or ROS calibration, waypoints in the log
   {TOKEN_ENV}=s3cret dronedepth drone --gateway http://gateway:8080 --source /dev/video0 \\
       --intrinsics calib/camera.yaml --width 640 --height 480 --waypoints
+
+  # obstacles to the autopilot as OBSTACLE_DISTANCE and poses from it (PX4 SITL's onboard UDP port)
+  dronedepth drone --gateway http://gateway:8080 --token-file ~/.dronedepth-token --source /dev/video0 \
+      --intrinsics calib/camera.yaml --mavlink udpin:0.0.0.0:14540 --pose mavlink --waypoints
+
+  # the same on a real flight controller's TELEM2 port; ArduPilot SITL would be --mavlink tcp:127.0.0.1:5760
+  dronedepth drone --gateway http://gateway:8080 --token-file ~/.dronedepth-token --source /dev/video0 \
+      --intrinsics calib/camera.yaml --mavlink /dev/ttyAMA0,921600 --pose mavlink --obstacle-max-age 0.3
 
   # a folder of photos looped at 5 fps, intrinsics in pixels of the photos
   dronedepth drone --gateway http://gateway:8080 --token s3cret --source photos/ --fps 5 \\
@@ -92,9 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("pose (optional: send the body's pose with the frames, see docs/drone.md)")
     p.add_argument(
         "--pose",
-        metavar="FILE|synthetic",
+        metavar="FILE|synthetic|mavlink",
         help="a TUM trajectory 't tx ty tz qx qy qz qw' of the body (t from its first line = time since the "
-        "first frame at --fps), or 'synthetic' for the synthetic scene's exact pose",
+        "first frame at --fps), 'synthetic' for the synthetic scene's exact pose, or 'mavlink' for the "
+        "autopilot's ATTITUDE + LOCAL_POSITION_NED (or ODOMETRY) and downward DISTANCE_SENSOR (needs --mavlink)",
     )
     p.add_argument(
         "--pose-frame",
@@ -124,9 +133,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the resolution --fx/--fy/--cx/--cy are for (default: the source's native frames)",
     )
 
+    m = parser.add_argument_group("autopilot (MAVLink 2, see docs/drone.md)")
+    m.add_argument(
+        "--mavlink",
+        metavar="CONNECTION",
+        help="pymavlink connection to the flight controller: udpin:0.0.0.0:14550, udpout:HOST:PORT, "
+        "tcp:HOST:PORT, /dev/ttyACM0,921600; forwards the gateway's obstacle profiles as OBSTACLE_DISTANCE "
+        "(20 Hz, MAV_FRAME_BODY_FRD)",
+    )
+    m.add_argument(
+        "--obstacle-max-age",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="stop sending a profile once its frame is S seconds old, so a stale picture never looks like "
+        "free space (default: 0.5)",
+    )
+
     o = parser.add_argument_group("output")
-    o.add_argument("--results", type=Path, metavar="FILE.jsonl", help="write every result as a JSON line")
-    o.add_argument("--waypoints", action="store_true", help="derive obstacles and free directions from each result")
+    o.add_argument(
+        "--results", type=Path, metavar="FILE.jsonl", help="write every keypoints and obstacles message as a JSON line"
+    )
+    o.add_argument(
+        "--waypoints",
+        action="store_true",
+        help="derive obstacles and free directions from each obstacle profile (metric depth only)",
+    )
 
     r = parser.add_argument_group("connection")
     r.add_argument(
@@ -212,6 +244,8 @@ def config_from_args(args: argparse.Namespace, camera: CameraMessage | None) -> 
         result_timeout=args.result_timeout,
         pose=args.pose,
         pose_frame=args.pose_frame,
+        mavlink=args.mavlink,
+        obstacle_max_age=args.obstacle_max_age,
     )
 
 
@@ -285,6 +319,7 @@ def format_summary(summary: DroneSummary, results: Path | None) -> str:
         f"max {ms(summary.latency_max_ms)}",
         f"gateway errors       {summary.errors}" + (f" ({codes})" if codes else ""),
         f"reconnects           {summary.reconnects}",
+        f"obstacle profiles    {summary.obstacle_profiles}",
         f"duration             {summary.duration_s:.1f} s",
     ]
     if results is not None:
@@ -297,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
         for noisy in ("aioice", "aiortc", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     _token(args)  # fail before opening a camera
+    check_pose_link(args.pose, args.mavlink)
     source = _open_source(args)
     try:
         config = config_from_args(args, camera_from_args(args, source))

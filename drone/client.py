@@ -16,7 +16,16 @@ A session is one ``RTCPeerConnection``:
    time, record the glass-to-result latency and write a line to the results file
    (the message as received: points in the gateway's ``--axes``). Decoding
    turns the points back into the camera optical frame, whatever the gateway's
-   ``--axes``, so everything onboard (waypoints included) sees optical points.
+   ``--axes``, so everything onboard sees optical points;
+5. for each ``obstacles`` message (the gravity-aware profile, body FRD
+   sectors), match its ``pts`` the same way, hand it to the MAVLink link with
+   that capture time (``--mavlink``: the link forwards it as
+   ``OBSTACLE_DISTANCE`` until it is ``obstacle_max_age`` old), plan waypoints
+   from it (``--waypoints``) and write a line to the results file.
+
+The MAVLink link (:class:`~drone.mavlink.MavlinkLink`) is opened once per run,
+not per session: the autopilot link outlives gateway reconnections. With
+``pose="mavlink"`` it is also the pose source.
 
 A session ends when the peer connection fails or closes, the data channel
 closes, or the gateway says nothing for ``result_timeout`` seconds (unless it
@@ -39,7 +48,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -49,7 +58,7 @@ from dronedepth.drone.signaling import DRONE_ID_PATTERN, offer_url, post_offer
 from dronedepth.drone.sources import CapturedFrame, FrameSource, SyntheticSource, open_source
 from dronedepth.drone.track import SourceTrack
 from dronedepth.drone.trajectory import PoseSource, StampedPose, TumPoseSource
-from dronedepth.drone.waypoints import Waypoints, horizontal_fov_deg, plan_waypoints
+from dronedepth.drone.waypoints import Obstacle, Waypoints, nearest_obstacle, plan_waypoints
 
 from dronedepth.errors import ConfigError, InferenceUnavailable, ProtocolError
 from dronedepth.protocol import (
@@ -62,18 +71,25 @@ from dronedepth.protocol import (
     CameraMessage,
     ErrorMessage,
     KeypointsMessage,
+    ObstaclesMessage,
     PoseMessage,
     SessionDescription,
     decode,
     encode,
 )
 
-__all__ = ["DroneClient", "DroneConfig", "DroneSummary", "ResultCallback"]
+if TYPE_CHECKING:
+    from dronedepth.drone.mavlink import MavlinkLink
+
+__all__ = ["DroneClient", "DroneConfig", "DroneSummary", "ObstaclesCallback", "ResultCallback"]
 
 log = logging.getLogger(__name__)
 
-ResultCallback = Callable[[KeypointsMessage, "float | None", "Waypoints | None"], None]
-"""``on_result(message, latency_ms, waypoints)``, called in the event loop for each ``keypoints`` message."""
+ResultCallback = Callable[[KeypointsMessage, "float | None"], None]
+"""``on_result(message, latency_ms)``, called in the event loop for each ``keypoints`` message."""
+ObstaclesCallback = Callable[[ObstaclesMessage, "float | None", "Waypoints | None"], None]
+"""``on_obstacles(message, capture_time, waypoints)``, called in the event loop for each ``obstacles`` message;
+``capture_time`` is its frame's (``time.monotonic()``), ``None`` when its ``pts`` matched no frame sent."""
 
 _CLOSE_TIMEOUT_S: Final = 5.0
 _CAMERA_RESEND_INTERVAL_S: Final = 1.0
@@ -85,6 +101,15 @@ def _positive(name: str, value: float | None, *, allow_none: bool = False) -> No
         return
     if value is None or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def check_pose_link(pose: str | None, mavlink: str | None) -> None:
+    """Refuse ``--pose mavlink`` without a ``--mavlink`` connection to read the poses from."""
+    if pose == "mavlink" and mavlink is None:
+        raise ConfigError(
+            "--pose mavlink reads the autopilot's attitude and position: give --mavlink CONNECTION too "
+            "(e.g. --mavlink udpin:0.0.0.0:14550)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +147,15 @@ class DroneConfig:
     """After the last frame, wait this long after the latest result for the remaining ones."""
     pose: str | None = None
     """Where poses come from: ``None`` (send none), ``synthetic`` (the synthetic source's exact
-    pose) or a TUM trajectory file (see :mod:`drone.trajectory`)."""
+    pose), ``mavlink`` (the autopilot's, over ``mavlink``) or a TUM trajectory file (see
+    :mod:`drone.trajectory`)."""
     pose_frame: Literal["enu", "ned"] = "enu"
     """The axes of a TUM file: ENU world / FLU body, or NED world / FRD body."""
+    mavlink: str | None = None
+    """A pymavlink connection string to the autopilot (``udpin:0.0.0.0:14550``, ``tcp:HOST:PORT``,
+    ``/dev/ttyACM0,921600``): obstacles go out as ``OBSTACLE_DISTANCE``; ``pose="mavlink"`` reads poses."""
+    obstacle_max_age: float = 0.5
+    """Seconds after its frame's capture a profile is still sent to the autopilot (and shown as current)."""
 
     def __post_init__(self) -> None:
         offer_url(self.gateway)  # validates
@@ -143,6 +174,10 @@ class DroneConfig:
             _positive(name, getattr(self, name))
         if self.pose_frame not in ("enu", "ned"):
             raise ConfigError(f"pose_frame must be 'enu' or 'ned', got {self.pose_frame!r}")
+        _positive("obstacle_max_age", self.obstacle_max_age)
+        if self.mavlink is not None and not self.mavlink.strip():
+            raise ConfigError("--mavlink needs a connection string such as udpin:0.0.0.0:14550")
+        check_pose_link(self.pose, self.mavlink)
         if self.pose == "synthetic" and self.source != "synthetic":
             raise ConfigError("--pose synthetic needs --source synthetic (only that scene knows its own pose)")
         if self.reconnect_max_delay < self.reconnect_delay:
@@ -175,15 +210,31 @@ class DroneSummary:
     duration_s: float
     state: str
     error_codes: Mapping[str, int] = field(default_factory=dict)
+    obstacle_profiles: int = 0
+    """``obstacles`` messages received."""
+    nearest_obstacle: Obstacle | None = None
+    """The nearest obstacle of the newest profile, only while that profile is current (``obstacle_max_age``)."""
+    obstacle_profile_current: bool = False
+    """Whether a profile younger than ``obstacle_max_age`` is known (``False``: no picture, not free space)."""
 
     def line(self) -> str:
         def ms(value: float | None) -> str:
             return "-" if value is None else f"{value:.0f}"
 
-        return (
+        text = (
             f"frames {self.frames_sent} · results {self.results} · latency p50 {ms(self.latency_p50_ms)} ms "
-            f"p95 {ms(self.latency_p95_ms)} ms · errors {self.errors} · reconnects {self.reconnects} · {self.state}"
+            f"p95 {ms(self.latency_p95_ms)} ms · errors {self.errors} · reconnects {self.reconnects}"
         )
+        if self.obstacle_profiles:
+            if not self.obstacle_profile_current:
+                nearest = "nearest obstacle - (no current profile)"
+            elif self.nearest_obstacle is None:
+                nearest = "nearest obstacle none seen"
+            else:
+                o = self.nearest_obstacle
+                nearest = f"nearest obstacle {o.distance_m:.1f} m @ {o.azimuth_deg:+.0f}°"
+            text += f" · {nearest}"
+        return f"{text} · {self.state}"
 
 
 def _pose_message(pts: int, pose: StampedPose) -> PoseMessage:
@@ -203,15 +254,25 @@ class DroneClient:
 
     ``source`` overrides ``config.source`` with an already open source (the
     client then does not close it). ``on_result`` is called for every
-    ``keypoints`` message.
+    ``keypoints`` message, ``on_obstacles`` for every ``obstacles`` message.
     """
 
     def __init__(
-        self, config: DroneConfig, *, source: FrameSource | None = None, on_result: ResultCallback | None = None
+        self,
+        config: DroneConfig,
+        *,
+        source: FrameSource | None = None,
+        on_result: ResultCallback | None = None,
+        on_obstacles: ObstaclesCallback | None = None,
     ) -> None:
         self.config = config
         self._given_source = source
         self._on_result = on_result
+        self._on_obstacles = on_obstacles
+        self._mavlink: MavlinkLink | None = None
+        self._obstacle_profiles = 0
+        self._nearest: tuple[Obstacle | None, float] | None = None
+        """The newest profile's nearest obstacle and its frame's capture time."""
         self._latency = LatencyStats()
         self._frames_sent = 0
         self._results = 0
@@ -264,7 +325,9 @@ class DroneClient:
     def summary(self, *, recent: bool = False) -> DroneSummary:
         """The counters so far; ``recent`` computes latency percentiles over the last few hundred results only."""
         pick = self._latency.recent if recent else self._latency.overall
-        end = self._finished_at if self._finished_at is not None else time.monotonic()
+        now = time.monotonic()
+        end = self._finished_at if self._finished_at is not None else now
+        current = self._nearest is not None and now - self._nearest[1] <= self.config.obstacle_max_age
         return DroneSummary(
             frames_sent=self._frames_sent,
             results=self._results,
@@ -278,7 +341,15 @@ class DroneClient:
             duration_s=0.0 if self._started is None else end - self._started,
             state=self._state,
             error_codes=dict(self._error_codes),
+            obstacle_profiles=self._obstacle_profiles,
+            nearest_obstacle=self._nearest[0] if current and self._nearest is not None else None,
+            obstacle_profile_current=current,
         )
+
+    @property
+    def mavlink(self) -> MavlinkLink | None:
+        """The MAVLink link of the current or last run with ``config.mavlink`` (closed once :meth:`run` returns)."""
+        return self._mavlink
 
     async def run(self) -> DroneSummary:
         """Stream until the source ends, ``max_frames`` were sent or :meth:`stop`; return the summary.
@@ -305,6 +376,7 @@ class DroneClient:
                     executor, lambda: open_source(c.source, width=c.width, height=c.height, fps=c.fps, loop=c.loop)
                 )
             self._base_camera = self._resolve_camera(source)
+            self._mavlink = self._open_mavlink()
             self._pose_source = self._open_pose_source(source)
             if self.config.results_path is not None:
                 self._writer = ResultsWriter(self.config.results_path)
@@ -331,8 +403,11 @@ class DroneClient:
             if source is not None and self._given_source is None:
                 await self._loop.run_in_executor(executor, source.close)
             executor.shutdown(wait=False, cancel_futures=True)
-            if self._pose_source is not None and self._pose_source is not source:
+            if self._pose_source is not None and self._pose_source not in (source, self._mavlink):
                 self._pose_source.close()
+            if self._mavlink is not None:
+                # close() joins the link's threads (each wakes within 0.1 s): off the event loop.
+                await self._loop.run_in_executor(None, self._mavlink.close)
             if self._writer is not None:
                 self._writer.close()
             self._running = False
@@ -353,10 +428,26 @@ class DroneClient:
             raise ConfigError(f"the intrinsics do not fit the frames of source {source.name!r}: {exc.message}") from exc
         return camera
 
+    def _open_mavlink(self) -> MavlinkLink | None:
+        if self.config.mavlink is None:
+            return None
+        try:
+            # pymavlink is the optional 'mavlink' extra: imported only when a link is asked for.
+            from dronedepth.drone.mavlink import MavlinkLink
+        except ImportError as exc:
+            raise ConfigError(f"--mavlink needs pymavlink: pip install 'dronedepth[mavlink]' ({exc})") from exc
+        link = MavlinkLink(self.config.mavlink, max_age_s=self.config.obstacle_max_age)
+        link.start()
+        log.info("MAVLink link %s: obstacles out, profiles older than %.2f s not sent", link.connection, link.max_age_s)
+        return link
+
     def _open_pose_source(self, source: FrameSource) -> PoseSource | None:
         spec = self.config.pose
         if spec is None:
             return None
+        if spec == "mavlink":
+            assert self._mavlink is not None  # DroneConfig requires --mavlink with --pose mavlink
+            return self._mavlink
         if spec == "synthetic":
             if not isinstance(source, SyntheticSource):
                 raise ConfigError(f"--pose synthetic needs the synthetic source, not {source.name!r}")
@@ -610,7 +701,7 @@ class DroneClient:
         received = time.monotonic()
         self._last_message_at = received
         try:
-            message = decode(text, accept=(KeypointsMessage.type, ErrorMessage.type))
+            message = decode(text, accept=(KeypointsMessage.type, ObstaclesMessage.type, ErrorMessage.type))
         except ProtocolError as exc:
             self._error_codes["bad_message"] += 1
             log.warning("ignoring a bad message from the gateway (%s): %s", exc.code, exc.message)
@@ -619,6 +710,8 @@ class DroneClient:
             self._on_error(message, channel)
         elif isinstance(message, KeypointsMessage):
             self._on_keypoints(message, track, received)
+        elif isinstance(message, ObstaclesMessage):
+            self._on_profile(message, track, received)
 
     def _on_error(self, message: ErrorMessage, channel: RTCDataChannel) -> None:
         self._error_codes[message.code] += 1
@@ -646,25 +739,47 @@ class DroneClient:
             log.debug("result for pts %d matches no frame sent in this session", message.pts)
         else:
             self._latency.add(latency_ms)
-        waypoints = self._waypoints(message, received) if self.config.waypoints else None
-        if self._writer is not None:
-            wall = time.time()
-            record: dict[str, Any] = message.to_dict()
-            record["latency_ms"] = None if latency_ms is None else round(latency_ms, 2)
-            record["captured_at"] = None if captured is None else round(wall - (received - captured), 6)
-            record["received_at"] = round(wall, 6)
-            record["session"] = self._sessions
-            record["drone_id"] = self._drone_id
-            if waypoints is not None:
-                record["waypoints"] = waypoints.to_dict()
-            self._writer.write(record)
+        self._write(message.to_dict(), captured, received, latency_ms=latency_ms)
         if self._on_result is not None:
-            self._on_result(message, latency_ms, waypoints)
+            self._on_result(message, latency_ms)
 
-    def _waypoints(self, message: KeypointsMessage, received: float) -> Waypoints:
-        camera = self._camera or self._base_camera
-        hfov = horizontal_fov_deg(camera) if camera is not None else 90.0
-        waypoints = plan_waypoints(message.points, message.depth_kind, hfov_deg=hfov)
+    def _on_profile(self, message: ObstaclesMessage, track: SourceTrack, received: float) -> None:
+        captured = track.capture_time(message.pts)
+        self._obstacle_profiles += 1
+        self._inference_down = False
+        if captured is None:
+            # Without its frame's capture time the profile's age is unknown: it must not reach the autopilot.
+            log.debug("obstacles for pts %d match no frame sent in this session", message.pts)
+        else:
+            if self._mavlink is not None:
+                self._mavlink.publish(message, captured)
+            if self._nearest is None or captured >= self._nearest[1]:
+                self._nearest = (nearest_obstacle(message), captured)
+        waypoints = self._waypoints(message, received) if self.config.waypoints else None
+        record: dict[str, Any] = message.to_dict()
+        if waypoints is not None:
+            record["waypoints"] = waypoints.to_dict()
+        self._write(record, captured, received)
+        if self._on_obstacles is not None:
+            self._on_obstacles(message, captured, waypoints)
+
+    def _write(
+        self, record: dict[str, Any], captured: float | None, received: float, *, latency_ms: float | None = None
+    ) -> None:
+        """One results-file line: the message's fields plus when its frame was captured and it arrived."""
+        if self._writer is None:
+            return
+        wall = time.time()
+        if record["type"] == KeypointsMessage.type:
+            record["latency_ms"] = None if latency_ms is None else round(latency_ms, 2)
+        record["captured_at"] = None if captured is None else round(wall - (received - captured), 6)
+        record["received_at"] = round(wall, 6)
+        record["session"] = self._sessions
+        record["drone_id"] = self._drone_id
+        self._writer.write(record)
+
+    def _waypoints(self, message: ObstaclesMessage, received: float) -> Waypoints:
+        waypoints = plan_waypoints(message)
         if received - self._last_waypoint_log >= _WAYPOINT_LOG_INTERVAL_S:
             self._last_waypoint_log = received
             log.info("waypoints (pts %d): %s", message.pts, waypoints.describe())

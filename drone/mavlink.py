@@ -164,6 +164,10 @@ def obstacle_distance_fields(message: ObstaclesMessage) -> MavlinkObstacles:
     )
 
 
+def _raise_closed() -> None:
+    raise ConnectionError("closed by the other end")
+
+
 @dataclass(frozen=True, slots=True)
 class _Attitude:
     local_time: float
@@ -253,6 +257,11 @@ class MavlinkLink:
             source_component=self.source_component,
             retries=0,
         )
+        if hasattr(mav, "handle_eof"):
+            # pymavlink's TCP connection prints "EOF on TCP socket" and returns no data forever once the
+            # peer closes (without autoreconnect): make it an error so the link reconnects and says why.
+            mav.handle_eof = _raise_closed
+            mav.handle_disconnect = _raise_closed
         with self._lock:
             self._mav = mav
         self.last_error = None

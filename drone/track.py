@@ -87,11 +87,13 @@ class SourceTrack(VideoStreamTrack):
         return self._last_pts
 
     def capture_time(self, pts: int) -> float | None:
-        """The capture time of the frame sent with ``pts``, forgetting it and every older frame.
+        """The capture time of the frame sent with ``pts``, forgetting every older frame.
 
         A ``pts`` within half a step of a frame's matches it (a decoder may
         round the time base). The gateway answers frames in order, skipping
-        some, so once a frame has a result no older frame will get one.
+        some, so once a frame has a result no older frame will get one. The
+        matched frame itself is kept: the gateway sends more than one message
+        per frame (``keypoints`` and ``obstacles``), each looked up here.
         """
         match = pts if pts in self._capture_times else None
         if match is None:
@@ -100,7 +102,7 @@ class SourceTrack(VideoStreamTrack):
                 return None
         captured = self._capture_times[match]
         for old in list(self._capture_times):
-            if old > match:
+            if old >= match:
                 break
             del self._capture_times[old]
         return captured

@@ -1,172 +1,171 @@
-"""Candidate waypoints from one frame's sparse 3D keypoints: pure numpy, no I/O.
+"""Candidate waypoints from one frame's obstacle profile (the gateway's ``obstacles`` message): pure, no I/O.
 
-Frame and units. Everything is in the **camera optical frame** of the frame
-the keypoints came from: x right, y down, z forward (REP-103, as OpenCV).
-With ``depth_kind == "metric"`` distances are metres. With ``"relative"`` the
-gateway's points carry an unknown scale: distances are **unitless and only
-ordinal** (nearer/farther is meaningful, their values and ratios are not) and
-no metric waypoint is given.
+Input. An :class:`~dronedepth.protocol.ObstaclesMessage`: the nearest
+obstacle per azimuth sector, from the frame's dense metric depth. Sector
+azimuths follow ``MAV_FRAME_BODY_FRD`` (0° = the body's forward direction,
+positive **clockwise seen from above**, to the right); ranges are horizontal
+metres from the body origin. When ``gravity_aligned`` the plane is the
+horizontal one (roll and pitch removed, heading kept); otherwise the gateway
+took the body as level and a tilted drone's ranges are off: the plan says so.
+Only metric depth gives a profile, so every distance here is in metres.
 
-Method. The horizontal field of view is cut into ``sectors`` equal azimuth
-sectors (azimuth = ``atan2(x, z)``, 0° straight ahead, positive to the right).
-Only keypoints in front of the camera (z > 0) within ``elevation_band_deg`` of
-the horizontal plane through the camera (elevation = ``atan2(-y, hypot(x,
-z))``) count, so the ground far below and the sky are left out. For each
-sector with keypoints, its *nearest distance* is the smallest horizontal range
-``hypot(x, z)`` of its keypoints.
+Output frame. Directions and waypoints are in ``base_link_level``: the body's
+heading with REP-103 FLU axes (x forward, y left, z up) in the profile's
+plane. The FRD azimuth ``a`` becomes the unit vector ``(cos a, −sin a, 0)``
+here, once.
 
-- **Obstacles**: the sectors whose nearest keypoint is closest, nearest first,
-  with that keypoint (x, y, z) and its range.
-- **Free directions**: the sectors whose nearest keypoint is farthest,
-  farthest first, as a unit direction in the horizontal plane ``(sin a, 0, cos
-  a)`` for the sector's centre azimuth ``a`` and the *free distance* (that
-  sector's nearest range). For metric depth a candidate waypoint is
-  ``direction * (free_distance - clearance_m)`` when that is positive.
+Method.
 
-Keypoints are sparse: a sector with no keypoints is *unknown*, not free, and
-is never listed. The planner sees one frame, so it knows nothing behind or
-beside the field of view.
+- **Obstacles**: the sectors with a measured range, nearest first, with their
+  range.
+- **Free directions**: the sectors with the most room, most first, where the
+  room exceeds ``clearance_m``: a sector seen free up to ``max_range_m``
+  counts as ``max_range_m`` of room (``beyond_max_range``) and ranks before
+  any measured range; then measured ranges, farthest first. Its waypoint is
+  ``direction × (room − clearance_m)``.
+- A sector with **no data** was not seen: unknown, never listed as free (nor
+  as an obstacle). Directions outside the profile's sectors are unknown too.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
-from numpy.typing import ArrayLike
 
-from dronedepth.contract import DepthKind
-from dronedepth.protocol import CameraMessage
+from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
 
-__all__ = ["FreeDirection", "Obstacle", "Waypoints", "horizontal_fov_deg", "plan_waypoints"]
+__all__ = ["FreeDirection", "Obstacle", "Waypoints", "nearest_obstacle", "plan_waypoints"]
 
+FRAME: Final = "base_link_level"
 Vector = tuple[float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
 class Obstacle:
-    """The nearest keypoint of one sector (camera optical frame)."""
+    """The nearest obstacle of one sector."""
 
     azimuth_deg: float
-    """Centre of the sector: 0 straight ahead, positive to the right."""
-    point: Vector
-    distance: float
-    """Horizontal range ``hypot(x, z)``: metres, or unitless for relative depth."""
+    """Centre of the sector, ``MAV_FRAME_BODY_FRD``: 0 straight ahead, positive to the right."""
+    distance_m: float
+    """Horizontal range from the body origin, metres."""
 
 
 @dataclass(frozen=True, slots=True)
 class FreeDirection:
-    """A sector whose nearest keypoint is far away."""
+    """A sector with room to fly into."""
 
     azimuth_deg: float
+    """Centre of the sector, ``MAV_FRAME_BODY_FRD``: 0 straight ahead, positive to the right."""
     direction: Vector
-    """Unit vector ``(sin a, 0, cos a)`` in the camera optical frame."""
-    free_distance: float
-    """Range of the sector's nearest keypoint: metres, or unitless for relative depth."""
-    waypoint: Vector | None
-    """``direction * (free_distance - clearance)`` in metres; ``None`` for relative depth or no room."""
+    """Unit vector in ``base_link_level`` (FLU axes): ``(cos a, −sin a, 0)``."""
+    free_distance_m: float
+    """The room in that direction, metres: the sector's nearest range, or ``max_range_m`` when seen free."""
+    beyond_max_range: bool
+    """True when the sector was seen free up to ``max_range_m`` (the room may be larger)."""
+    waypoint: Vector
+    """``direction × (free_distance_m − clearance_m)`` in ``base_link_level``, metres."""
 
 
 @dataclass(frozen=True, slots=True)
 class Waypoints:
-    """One frame's obstacles and free directions; ``units`` is ``"m"`` or ``"relative"``."""
+    """One profile's obstacles and free directions (see the module doc)."""
 
-    depth_kind: DepthKind
+    pts: int
+    gravity_aligned: bool
     obstacles: tuple[Obstacle, ...]
     free: tuple[FreeDirection, ...]
     sectors: int
-    points_used: int
-
-    @property
-    def units(self) -> str:
-        return "m" if self.depth_kind == "metric" else "relative"
+    no_data_sectors: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "frame": "camera_optical",
-            "units": self.units,
-            "obstacles": [
-                {"azimuth_deg": o.azimuth_deg, "point": list(o.point), "distance": o.distance} for o in self.obstacles
-            ],
+            "pts": self.pts,
+            "frame": FRAME,
+            "azimuth_frame": "body_frd",
+            "gravity_aligned": self.gravity_aligned,
+            "units": "m",
+            "sectors": self.sectors,
+            "no_data_sectors": self.no_data_sectors,
+            "obstacles": [{"azimuth_deg": o.azimuth_deg, "distance_m": o.distance_m} for o in self.obstacles],
             "free": [
                 {
                     "azimuth_deg": f.azimuth_deg,
                     "direction": list(f.direction),
-                    "free_distance": f.free_distance,
-                    "waypoint": None if f.waypoint is None else list(f.waypoint),
+                    "free_distance_m": f.free_distance_m,
+                    "beyond_max_range": f.beyond_max_range,
+                    "waypoint": list(f.waypoint),
                 }
                 for f in self.free
             ],
         }
 
     def describe(self) -> str:
-        """One line for a log: ``obstacles 2.1m@-10° ... | free 14.0m@+30° ...``."""
-        unit = "m" if self.depth_kind == "metric" else ""
-        obstacles = " ".join(f"{o.distance:.1f}{unit}@{o.azimuth_deg:+.0f}°" for o in self.obstacles) or "none"
-        free = " ".join(f"{f.free_distance:.1f}{unit}@{f.azimuth_deg:+.0f}°" for f in self.free) or "none"
-        note = "" if self.depth_kind == "metric" else " (relative depth: ordinal only)"
-        return f"obstacles {obstacles} | free {free}{note}"
+        """One line for a log: ``obstacles 2.1m@-10° ... | free >20.0m@+30° ... | no data 4/13``."""
+        obstacles = " ".join(f"{o.distance_m:.1f}m@{o.azimuth_deg:+.0f}°" for o in self.obstacles) or "none"
+        free = (
+            " ".join(
+                f"{'>' if f.beyond_max_range else ''}{f.free_distance_m:.1f}m@{f.azimuth_deg:+.0f}°" for f in self.free
+            )
+            or "none"
+        )
+        note = "" if self.gravity_aligned else " (not gravity-aligned: body taken as level)"
+        return f"obstacles {obstacles} | free {free} | no data {self.no_data_sectors}/{self.sectors}{note}"
 
 
-def horizontal_fov_deg(camera: CameraMessage) -> float:
-    """The horizontal field of view of a pinhole camera, symmetric about the optical axis (widest side)."""
-    half_width = max(camera.cx + 0.5, camera.width - camera.cx - 0.5)
-    return 2.0 * math.degrees(math.atan2(half_width, camera.fx))
+def _azimuths(profile: ObstaclesMessage) -> np.ndarray:
+    centres = profile.angle_offset_deg + profile.sector_width_deg * np.arange(len(profile.distances_m))
+    return np.round((centres + 180.0) % 360.0 - 180.0, 2)  # into [-180, 180)
 
 
-def _round(values: ArrayLike) -> Vector:
-    x, y, z = (round(float(v), 3) for v in np.asarray(values).ravel())
-    return (x, y, z)
+def nearest_obstacle(profile: ObstaclesMessage) -> Obstacle | None:
+    """The nearest measured obstacle of ``profile``; ``None`` when no sector has one."""
+    distances = np.asarray(profile.distances_m, dtype=np.float64)
+    measured = np.flatnonzero(distances >= 0)
+    if len(measured) == 0:
+        return None
+    i = measured[np.argmin(distances[measured])]
+    return Obstacle(float(_azimuths(profile)[i]), round(float(distances[i]), 3))
 
 
 def plan_waypoints(
-    points: ArrayLike,
-    depth_kind: DepthKind,
-    *,
-    hfov_deg: float = 90.0,
-    sectors: int = 9,
-    elevation_band_deg: float = 20.0,
-    max_obstacles: int = 3,
-    max_free: int = 3,
-    clearance_m: float = 1.0,
+    profile: ObstaclesMessage, *, max_obstacles: int = 3, max_free: int = 3, clearance_m: float = 1.0
 ) -> Waypoints:
-    """Obstacles and free directions from ``points`` (N×3, camera optical frame); see the module doc."""
-    if sectors < 1:
-        raise ValueError(f"sectors must be at least 1, got {sectors}")
-    if not (0.0 < hfov_deg < 360.0):
-        raise ValueError(f"hfov_deg must be within (0, 360), got {hfov_deg}")
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
-    horizontal = np.hypot(x, z)
-    with np.errstate(invalid="ignore"):
-        elevation = np.degrees(np.arctan2(-y, horizontal))
-        keep = np.isfinite(pts).all(axis=1) & (z > 0) & (np.abs(elevation) <= elevation_band_deg)
-    pts, horizontal = pts[keep], horizontal[keep]
-    if len(pts) == 0:
-        return Waypoints(depth_kind, (), (), sectors, 0)
-
-    half = hfov_deg / 2.0
-    width = hfov_deg / sectors
-    azimuth = np.degrees(np.arctan2(pts[:, 0], pts[:, 2]))
-    sector = np.clip(np.floor((azimuth + half) / width).astype(np.int64), 0, sectors - 1)
-    # Nearest keypoint per sector: sort by (sector, range) and take each sector's first.
-    order = np.lexsort((horizontal, sector))
-    occupied, first = np.unique(sector[order], return_index=True)
-    nearest = order[first]
-    ranges = horizontal[nearest]
-    centres = -half + (occupied + 0.5) * width
-
+    """Obstacles and free directions from one ``obstacles`` message; see the module doc."""
+    if max_obstacles < 0 or max_free < 0:
+        raise ValueError(f"max_obstacles and max_free must not be negative, got {max_obstacles} and {max_free}")
+    if not (math.isfinite(clearance_m) and clearance_m >= 0):
+        raise ValueError(f"clearance_m must be a non-negative number, got {clearance_m!r}")
+    distances = np.asarray(profile.distances_m, dtype=np.float64)
+    azimuths = _azimuths(profile)
+    measured = np.flatnonzero(distances >= 0)
+    nearest_first = measured[np.argsort(distances[measured], kind="stable")]
     obstacles = tuple(
-        Obstacle(round(float(centres[i]), 2), _round(pts[nearest[i]]), round(float(ranges[i]), 3))
-        for i in np.argsort(ranges, kind="stable")[:max_obstacles]
+        Obstacle(float(azimuths[i]), round(float(distances[i]), 3)) for i in nearest_first[:max_obstacles]
     )
+
+    seen_free = distances == OBSTACLE_FREE
+    room = np.where(seen_free, profile.max_range_m, distances)  # no data stays negative: never free
+    candidates = np.flatnonzero(room > clearance_m)
+    # Seen-free sectors first (their room is at least max_range_m), then by room, most first.
+    order = candidates[np.lexsort((-room[candidates], ~seen_free[candidates]))]
     free = []
-    for i in np.argsort(-ranges, kind="stable")[:max_free]:
-        a = math.radians(float(centres[i]))
-        direction = np.array([math.sin(a), 0.0, math.cos(a)])
-        room = float(ranges[i]) - clearance_m
-        waypoint = _round(direction * room) if depth_kind == "metric" and room > 0 else None
-        free.append(FreeDirection(round(float(centres[i]), 2), _round(direction), round(float(ranges[i]), 3), waypoint))
-    return Waypoints(depth_kind, obstacles, tuple(free), sectors, len(pts))
+    for i in order[:max_free]:
+        a = math.radians(float(azimuths[i]))
+        forward, left = math.cos(a), -math.sin(a)  # FRD azimuth (clockwise) → FLU axes, once
+        ahead = float(room[i]) - clearance_m
+        direction = (round(forward, 4), round(left, 4), 0.0)
+        waypoint = (round(forward * ahead, 3), round(left * ahead, 3), 0.0)
+        free.append(
+            FreeDirection(float(azimuths[i]), direction, round(float(room[i]), 3), bool(seen_free[i]), waypoint)
+        )
+    return Waypoints(
+        pts=profile.pts,
+        gravity_aligned=profile.gravity_aligned,
+        obstacles=obstacles,
+        free=tuple(free),
+        sectors=len(distances),
+        no_data_sectors=int(np.count_nonzero(distances == OBSTACLE_NO_DATA)),
+    )

@@ -1,17 +1,20 @@
 """A stand-in gateway for the drone client's tests: a real aiortc answering peer.
 
 :class:`FakeGateway` speaks the real signalling and data-channel protocol
-(``POST /offer`` with a bearer token, ``camera`` in, ``keypoints``/``error``
-out) and answers each received frame with a small deterministic set of
-keypoints echoing the frame's ``pts``, so the client's WebRTC logic is tested
-for real without Triton. It can refuse offers (``reject_status``), go silent
-(``silent``) and restart on the same port.
+(``POST /offer`` with a bearer token, ``camera`` and ``pose`` in,
+``keypoints``/``obstacles``/``error`` out) and answers each received frame
+with a small deterministic set of keypoints echoing the frame's ``pts``, then,
+while :attr:`FakeGateway.profile` is set, that obstacle profile with the same
+``pts``, so the client's WebRTC logic is tested for real without Triton. It
+can refuse offers (``reject_status``), go silent (``silent``) and restart on
+the same port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from dataclasses import dataclass, field
 
@@ -27,6 +30,7 @@ from dronedepth.protocol import (
     CameraMessage,
     ErrorMessage,
     KeypointsMessage,
+    ObstaclesMessage,
     PoseMessage,
     SessionDescription,
     decode,
@@ -92,6 +96,9 @@ class FakeGateway:
         self.received_pts: list[list[int]] = []
         self.frames_before_camera = 0
         self.keypoints_sent = 0
+        self.profile: ObstaclesMessage | None = None
+        """Sent after each frame's keypoints with that frame's ``pts`` and index; ``None``: no ``obstacles``."""
+        self.obstacles_sent: list[ObstaclesMessage] = []
         self._peers: list[_Peer] = []
         self._runner: web.AppRunner | None = None
 
@@ -202,3 +209,7 @@ class FakeGateway:
                 message = fake_keypoints(camera, int(frame.pts), peer.frames - 1, self.depth_kind)
                 self.keypoints_sent += 1
             channel.send(encode(message))  # type: ignore[attr-defined]
+            if self.profile is not None and isinstance(message, KeypointsMessage):
+                profile = dataclasses.replace(self.profile, pts=message.pts, frame_index=message.frame_index)
+                channel.send(encode(profile))  # type: ignore[attr-defined]
+                self.obstacles_sent.append(profile)

@@ -1,6 +1,7 @@
 """DroneClient over real WebRTC against a stand-in gateway (tests/drone_fixtures.py).
 
-Covers camera-first, pts matching and latency, the results file, a resolution
+Covers camera-first, pts matching and latency, obstacle profiles matched to
+their frames (callback, results file, waypoints), the results file, a resolution
 change, reconnection after a restart on the same port and after a silent
 gateway, refused offers, and stop(). Timeouts are generous and no assertion
 depends on timing: two CPU cores are shared with other test runs.
@@ -21,9 +22,19 @@ import pytest
 from drone_fixtures import FakeGateway, free_port
 from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
 from dronedepth.drone.sources import SyntheticSource
+from dronedepth.drone.waypoints import Waypoints
 
 from dronedepth.errors import ConfigError, InferenceUnavailable, ProtocolError
-from dronedepth.protocol import CAMERA_MISMATCH, INFERENCE_UNAVAILABLE, CameraMessage, ErrorMessage, encode
+from dronedepth.protocol import (
+    CAMERA_MISMATCH,
+    INFERENCE_UNAVAILABLE,
+    OBSTACLE_FREE,
+    OBSTACLE_NO_DATA,
+    CameraMessage,
+    ErrorMessage,
+    ObstaclesMessage,
+    encode,
+)
 
 WAIT_S = 90.0
 
@@ -102,12 +113,27 @@ def test_config_accepts_a_bare_host_port():
 # -- streaming -----------------------------------------------------------------------------------------------
 
 
+PROFILE = ObstaclesMessage(
+    pts=0,
+    stamp=1_764_000_000.0,
+    gravity_aligned=True,
+    sector_width_deg=10.0,
+    angle_offset_deg=-20.0,
+    min_range_m=0.3,
+    max_range_m=20.0,
+    distances_m=(4.0, OBSTACLE_FREE, 2.5, OBSTACLE_NO_DATA, 9.0),
+)
+
+
 async def test_streams_camera_first_and_matches_every_result_to_its_frame(gateway, tmp_path):
     results = tmp_path / "out" / "results.jsonl"
+    gateway.profile = PROFILE
     seen: list[tuple[int, float | None]] = []
+    profiles: list[tuple[int, float | None, Waypoints | None]] = []
     client = DroneClient(
         config(gateway, max_frames=8, results_path=results, drone_id="alpha", waypoints=True),
-        on_result=lambda message, latency, waypoints: seen.append((message.pts, latency)),
+        on_result=lambda message, latency: seen.append((message.pts, latency)),
+        on_obstacles=lambda message, captured, waypoints: profiles.append((message.pts, captured, waypoints)),
     )
     summary = await run_for(client)
 
@@ -120,17 +146,28 @@ async def test_streams_camera_first_and_matches_every_result_to_its_frame(gatewa
     # the gateway's receiver saw pts from 0, and every frame including the last (flushed by the repeat)
     received = gateway.received_pts[0]
     assert received[0] == 0 and len(received) == 8 and received == sorted(received)
-    lines = read_results(results)
+    everything = read_results(results)
+    lines = [line for line in everything if line["type"] == "keypoints"]
     assert len(lines) == summary.results == len(seen) >= 1
     assert lines[-1]["pts"] == received[-1], "the last frame gets its result"
     assert summary.unmatched == 0
     for line in lines:
-        assert line["type"] == "keypoints" and line["pts"] in received
+        assert line["pts"] in received
         assert line["latency_ms"] > 0 and line["received_at"] >= line["captured_at"]
         assert line["drone_id"] == "alpha" and line["session"] == 1
         assert len(line["points"]) == 9 and line["depth_kind"] == "metric"
-        assert line["waypoints"]["units"] == "m" and line["waypoints"]["obstacles"]
+        assert "waypoints" not in line, "waypoints come from the obstacle profile, not the keypoints"
     assert summary.latency_p50_ms is not None and summary.latency_p95_ms >= summary.latency_p50_ms
+    # One obstacles line per profile, matched to its frame's capture time like its keypoints.
+    obstacles = [line for line in everything if line["type"] == "obstacles"]
+    assert len(obstacles) == summary.obstacle_profiles == len(profiles) == len(gateway.obstacles_sent)
+    assert [line["pts"] for line in obstacles] == [line["pts"] for line in lines]
+    assert all(captured is not None for _, captured, _ in profiles), "keypoints first do not forget the frame"
+    for line, keypoints in zip(obstacles, lines, strict=True):
+        assert line["captured_at"] == pytest.approx(keypoints["captured_at"], abs=0.01)
+        assert line["distances_m"] == list(PROFILE.distances_m) and line["frame"] == "body_frd"
+        assert line["waypoints"]["obstacles"][0] == {"azimuth_deg": 0.0, "distance_m": 2.5}
+        assert line["waypoints"]["frame"] == "base_link_level" and line["waypoints"]["units"] == "m"
 
 
 class SwitchingSource(SyntheticSource):
@@ -150,7 +187,7 @@ async def test_resolution_change_resends_the_scaled_camera(gateway):
     client = DroneClient(
         config(gateway, max_frames=9),
         source=source,
-        on_result=lambda message, latency, waypoints: sizes_seen.add((message.width, message.height)),
+        on_result=lambda message, latency: sizes_seen.add((message.width, message.height)),
     )
     summary = await run_for(client)
     assert summary.frames_sent == 9

@@ -53,6 +53,7 @@ async def test_capture_times_are_matched_by_pts_and_older_ones_forgotten(executo
     for _ in range(4):
         await track.recv()
     assert track.capture_time(9000) == 5.1
+    assert track.capture_time(9000) == 5.1, "the matched frame stays for its other messages (obstacles)"
     assert track.capture_time(0) is None, "frames older than an answered one are forgotten"
     assert track.capture_time(18000 - 1) == 5.2, "a pts one tick off (decoder rounding) still matches"
     assert track.capture_time(12345) is None
