@@ -13,6 +13,9 @@ SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\
 
 # What /metrics exposed before prometheus-client, as `# TYPE` lines: docs, benchmarks and the operator page use them.
 EXPOSED = {
+    "dronedepth_recordings_stopped_total": "counter",
+    "dronedepth_messages_refused_total": "counter",
+    "dronedepth_camera_changes_refused_total": "counter",
     "dronedepth_errors_sent_total": "counter",
     "dronedepth_frames_dropped_total": "counter",
     "dronedepth_frames_processed_total": "counter",
