@@ -105,7 +105,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument(
         "--port", type=_port, default=GATEWAY_PORT, help="HTTP(S) port; 0 picks a free one (default: %(default)s)"
     )
-    net.add_argument("--token-file", metavar="FILE", help="file whose first line is the bearer token")
+    net.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file whose first line is the operator token (pages, API, /stream); without "
+        "--drone-tokens-file also the fleet token every drone presents",
+    )
+    net.add_argument(
+        "--drone-tokens-file",
+        metavar="FILE",
+        help="per-drone credentials, lines 'DRONE_ID SHA256HEX' (hash of the drone's token): each drone "
+        "can open only its own session; see docs/security.md",
+    )
+    net.add_argument(
+        "--pending-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="close an answered offer whose ICE/DTLS has not completed after S seconds (default: %(default)s)",
+    )
+    net.add_argument(
+        "--max-pending-offers",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="answered offers still connecting, all drones together (default: %(default)s; 2 per address)",
+    )
+    net.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds a client may take to send a request's headers (or the /offer body), or stay idle "
+        "between requests (default: %(default)s)",
+    )
     net.add_argument(
         "--insecure-no-auth", action="store_true", help="accept drones without a token (only on a trusted network)"
     )
@@ -210,7 +243,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     """The gateway's config and depth client from parsed arguments; raises ConfigError."""
-    from dronedepth.gateway.config import GatewayConfig, read_token
+    from dronedepth.gateway.config import GatewayConfig, read_drone_tokens, read_token
     from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
     from dronedepth.gateway.keypoints import KeypointConfig
     from dronedepth.gateway.pipeline import ProcessingConfig
@@ -258,6 +291,11 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         workers=args.workers,
+        drone_tokens=read_drone_tokens(args.drone_tokens_file) if args.drone_tokens_file is not None else None,
+        pending_timeout=args.pending_timeout,
+        max_pending_offers=args.max_pending_offers,
+        header_timeout=args.header_timeout,
+        body_timeout=args.header_timeout,
     )
     if args.foxglove is None and args.foxglove_host != "127.0.0.1":
         log.warning("--foxglove-host is ignored without --foxglove")
