@@ -109,6 +109,7 @@ def test_documented_json_examples_decode(doc: str) -> None:
     assert {type(m) for m in decoded} == {
         protocol.CameraMessage,
         protocol.PoseMessage,
+        protocol.AnchorsMessage,
         protocol.KeypointsMessage,
         protocol.ObstaclesMessage,
         protocol.ErrorMessage,
