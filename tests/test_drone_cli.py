@@ -16,6 +16,8 @@ from drone_fixtures import FakeGateway
 from dronedepth.cli import main
 from dronedepth.drone.cli import TOKEN_ENV
 
+from dronedepth.protocol import OBSTACLE_FREE, ObstaclesMessage
+
 WAIT_S = 120.0
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,9 +77,21 @@ def test_help_shows_examples_and_every_flag(capsys):
         "--drone-id",
         "--waypoints",
         "--ice-server",
+        "--mavlink",
+        "--obstacle-max-age",
+        "--pose",
     ):
         assert flag in text
     assert "examples:" in text and "dronedepth drone --gateway" in text
+    assert "--mavlink udpin:0.0.0.0:14540 --pose mavlink" in text
+
+
+async def test_cli_refuses_pose_mavlink_without_a_link_before_opening_anything():
+    code, _, err = await run_cli(
+        "--gateway", "http://127.0.0.1:9", "--token", "t", "--source", "0", "--pose", "mavlink"
+    )
+    assert code == 2
+    assert "--pose mavlink reads the autopilot's attitude and position: give --mavlink CONNECTION too" in err
 
 
 @pytest.mark.parametrize(
@@ -89,6 +103,7 @@ def test_help_shows_examples_and_every_flag(capsys):
         (["--token", "t", "--source", "synthetic", "--intrinsics", "x.yaml", "--fx", "1"], "not both"),
         (["--token", "t", "--source", "synthetic", "--distortion", "0.1"], "need --fx --fy --cx --cy"),
         (["--token-file", "/nonexistent/token", "--source", "synthetic"], "cannot read --token-file"),
+        (["--token", "t", "--source", "synthetic", "--pose", "mavlink"], "--pose mavlink reads the autopilot"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_reason(args, message, capsys, monkeypatch):
@@ -101,6 +116,16 @@ async def test_cli_streams_synthetic_writes_results_and_waypoints(tmp_path):
     results = tmp_path / "results.jsonl"
     token_file = tmp_path / "token"
     async with FakeGateway() as gateway:
+        gateway.profile = ObstaclesMessage(
+            pts=0,
+            stamp=0.0,
+            gravity_aligned=True,
+            sector_width_deg=10.0,
+            angle_offset_deg=-10.0,
+            min_range_m=0.3,
+            max_range_m=20.0,
+            distances_m=(3.0, OBSTACLE_FREE, 8.0),
+        )
         token_file.write_text(gateway.token + "\n")
         code, out, err = await run_cli(
             "--gateway",
@@ -126,7 +151,11 @@ async def test_cli_streams_synthetic_writes_results_and_waypoints(tmp_path):
     assert code == 0, err
     assert "frames sent          5" in out and "glass-to-result      p50" in out
     lines = lines_of(results)
-    assert len(lines) >= 1 and all("waypoints" in line and line["latency_ms"] > 0 for line in lines)
+    keypoints = [line for line in lines if line["type"] == "keypoints"]
+    obstacles = [line for line in lines if line["type"] == "obstacles"]
+    assert len(keypoints) >= 1 and all(line["latency_ms"] > 0 for line in keypoints)
+    assert len(obstacles) == len(keypoints) and all(line["waypoints"]["free"] for line in obstacles)
+    assert f"obstacle profiles    {len(obstacles)}" in out
     assert gateway.drone_ids == ["cli-drone"]
     assert "waypoints (pts 0)" in err
 
