@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from dronedepth.contract import DEFAULT_INPUT_SIZE
 from dronedepth.errors import DroneDepthError
+from dronedepth.shutdown import run_until_signalled
 
 if TYPE_CHECKING:
     from dronedepth.benchmarks.harness import BenchConfig
@@ -56,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  dronedepth bench --quick                        # smoke run, ~1.5 min on 2 cores\n"
         "  dronedepth bench                                # everything, ViT-S random init at 518\n"
         "  dronedepth bench --only stages,efficiency --model-repository model_repository\n\n"
-        "Writes benchmark.json, benchmark.md and PNG plots to --out."
+        "Writes benchmark.json, benchmark.md and PNG plots to --out. SIGINT (Ctrl-C) or SIGTERM stops\n"
+        "Triton and the gateways it started, writes nothing and exits 130 (SIGINT) or 143 (SIGTERM)."
     )
     parser.add_argument(
         "--quick",
@@ -143,6 +145,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_until_signalled(lambda: _bench(args))
+
+
+def _bench(args: argparse.Namespace) -> int:
     from dronedepth.benchmarks.report import write_outputs
     from dronedepth.benchmarks.runner import run_benchmark
 

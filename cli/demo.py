@@ -6,7 +6,9 @@
 3. stream simulated drones (the package's sample photos and the synthetic scene),
 4. write keypoints, point clouds, rosbags, depth previews, point-cloud renders
    and a latency summary to the output folder,
-5. stop everything it started, also on failure or Ctrl-C.
+5. stop everything it started, also on failure, Ctrl-C or SIGTERM (exit status
+   130 after SIGINT, 143 after SIGTERM; what the gateway recorded so far is
+   flushed, the summary is not written).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dronedepth.contract import MODEL_NAME
 from dronedepth.errors import ConfigError, DroneDepthError
 from dronedepth.protocol import CameraMessage
 from dronedepth.samples import SAMPLE_DIR
+from dronedepth.shutdown import run_until_signalled
 
 log = logging.getLogger("dronedepth.cli.demo")
 
@@ -48,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "examples:\n"
         "  dronedepth demo                                   # offline: random-init model, clearly labelled\n"
         f"  dronedepth demo --model {DEFAULT_HUB_MODEL}\n"
-        "  dronedepth demo --checkpoint depth_anything_v2_metric_vkitti_vits.pth --encoder vits --metric outdoor"
+        "  dronedepth demo --checkpoint depth_anything_v2_metric_vkitti_vits.pth --encoder vits --metric outdoor\n\n"
+        "SIGINT (Ctrl-C) or SIGTERM stops everything the demo started, closes the recordings and exits\n"
+        "130 (SIGINT) or 143 (SIGTERM)."
     )
     src = parser.add_argument_group("model (default: the hub model when reachable, else random init)")
     src.add_argument("--model", metavar="ID_OR_DIR", help="Hugging Face hub id or save_pretrained directory")
@@ -277,6 +282,10 @@ def _stage_medians(out: Path, drone_ids: list[str]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_until_signalled(lambda: _demo(args))
+
+
+def _demo(args: argparse.Namespace) -> int:
     from dronedepth.serving.embedded import EmbeddedTriton
 
     if args.drones < 1 or args.frames < 1 or args.fps <= 0:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from dronedepth.axes import AXES
 from dronedepth.contract import GATEWAY_PORT, MODEL_NAME
 from dronedepth.errors import ConfigError
+from dronedepth.shutdown import STOP_SIGNALS, exit_status, run_until_signalled
 
 if TYPE_CHECKING:
     from dronedepth.gateway.config import GatewayConfig
@@ -74,7 +75,8 @@ def _positive_float(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "The token drones must present (Authorization: Bearer TOKEN) comes from --token-file or the "
-        "DRONEDEPTH_TOKEN environment variable. SIGTERM or Ctrl-C closes every drone session and exits."
+        "DRONEDEPTH_TOKEN environment variable. SIGTERM or Ctrl-C closes every drone session, flushes the "
+        "recordings and exits 143 (SIGTERM) or 130 (SIGINT)."
     )
     source = parser.add_argument_group("depth server").add_mutually_exclusive_group(required=True)
     source.add_argument("--triton-url", metavar="HOST:PORT", help="Triton's gRPC endpoint, e.g. localhost:8001")
@@ -307,23 +309,28 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     return config, client
 
 
-async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event | None = None) -> None:
-    """Run a gateway until ``stop`` is set or SIGTERM/SIGINT arrives, then shut it down."""
+async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event | None = None) -> int | None:
+    """Run a gateway until ``stop`` is set or SIGTERM/SIGINT arrives, then shut it down; returns that signal.
+
+    While serving, the signals set ``stop`` from the event loop, so the gateway closes its sessions the
+    ordinary way; before and after, :func:`~dronedepth.shutdown.run_until_signalled` (in :func:`run`) covers them.
+    """
     from dronedepth.gateway.server import Gateway
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
+    received: list[int] = []
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
             log.warning("second %s: exiting without waiting", signal.Signals(signum).name)
-            raise SystemExit(130)
+            raise SystemExit(exit_status(signum))
         log.info("%s received: shutting down", signal.Signals(signum).name)
+        received.append(signum)
         stop.set()
 
     installed = []
-    for sig in signals:
+    for sig in STOP_SIGNALS:
         try:
             loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
@@ -339,6 +346,7 @@ async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event 
         await gateway.stop()
         for sig in installed:
             loop.remove_signal_handler(sig)
+    return received[0] if received else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -347,5 +355,9 @@ def run(args: argparse.Namespace) -> int:
         for name in ("aioice", "aiortc"):
             logging.getLogger(name).setLevel(logging.WARNING)
     config, client = build(args)
-    asyncio.run(serve(config, client))
-    return 0
+    return run_until_signalled(lambda: _serve_until_signalled(config, client))
+
+
+def _serve_until_signalled(config: GatewayConfig, client: DepthClient) -> int:
+    signum = asyncio.run(serve(config, client))
+    return 0 if signum is None else exit_status(signum)

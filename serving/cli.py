@@ -1,27 +1,32 @@
 """``dronedepth triton``: serve an exported model repository with a real Triton server on CPU.
 
 Runs in the foreground until SIGINT (Ctrl-C) or SIGTERM, then stops Triton and
-its backend processes and exits 0.
+its backend processes and exits 130 (SIGINT) or 143 (SIGTERM); see
+:mod:`dronedepth.shutdown`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
-from types import FrameType
+import time
+from typing import NoReturn
 
 from dronedepth.serving.embedded import DEFAULT_READY_TIMEOUT_S, EmbeddedTriton
 from dronedepth.serving.environment import ENV_VAR
 from dronedepth.serving.repository import DEFAULT_MAX_PIXELS, AdapterSettings
 
 from dronedepth.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT, MIN_SIDE
+from dronedepth.shutdown import run_until_signalled
 
 LOG = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Serves until SIGINT (Ctrl-C) or SIGTERM, then stops Triton and its backend processes and exits "
+        "130 (SIGINT) or 143 (SIGTERM)."
+    )
     parser.add_argument(
         "--model-repository",
         required=True,
@@ -86,6 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_until_signalled(lambda: _serve(args))
+
+
+def _serve(args: argparse.Namespace) -> NoReturn:
+    """Serve until Triton fails (raised) or a signal stops it (:class:`~dronedepth.shutdown.StopRequested`)."""
     server = EmbeddedTriton(
         args.model_repository,
         grpc_port=args.grpc_port,
@@ -102,46 +112,13 @@ def run(args: argparse.Namespace) -> int:
         ),
         log_file=args.log_file,
     )
-    stop = threading.Event()
-    with _StopSignals(stop):
-        try:
-            server.start()
-            server.wait_ready(timeout=args.ready_timeout)
-            LOG.info("serving on gRPC %s (Ctrl-C or SIGTERM stops)", server.url)
-            while not stop.wait(0.5):
-                server.check_alive()
-        except _Stopped:
-            pass
-        finally:
-            stop.set()  # from here on, signals no longer interrupt: let stop() finish
-            server.stop()
-    LOG.info("stopped")
-    return 0
-
-
-class _Stopped(Exception):
-    """Raised by the first SIGINT/SIGTERM (starting or serving), to unwind into ``server.stop()``."""
-
-
-class _StopSignals:
-    """Turn SIGINT and SIGTERM into a clean stop; later signals are ignored while stopping."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-        self.previous: dict[int, object] = {}
-
-    def __enter__(self) -> _StopSignals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop.is_set():
-            return
-        LOG.info("%s received: stopping Triton", signal.Signals(signum).name)
-        self.stop.set()
-        raise _Stopped
+    try:
+        server.start()
+        server.wait_ready(timeout=args.ready_timeout)
+        LOG.info("serving on gRPC %s (Ctrl-C or SIGTERM stops)", server.url)
+        while True:
+            server.check_alive()
+            time.sleep(0.5)
+    finally:
+        server.stop()
+        LOG.info("stopped")

@@ -42,6 +42,7 @@ from dronedepth.serving.repository import AdapterSettings, ExportedModel, read_r
 
 from dronedepth.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from dronedepth.errors import ServingError
+from dronedepth.shutdown import deferred_stop
 
 LOG = logging.getLogger(__name__)
 SERVER_LOG = logging.getLogger("dronedepth.serving.tritonserver")
@@ -200,7 +201,7 @@ class EmbeddedTriton:
 
     def start(self) -> EmbeddedTriton:
         """Check everything, write the runtime repository and start ``tritonserver``; returns at once."""
-        with self._lock:
+        with deferred_stop(), self._lock:  # a signal lands once the process is ours to stop
             if self._process is not None:
                 raise ServingError(f"this server is already running (pid {self._process.pid}): stop() it first")
             environment = locate_server_env(self._server_env_arg)
@@ -267,8 +268,12 @@ class EmbeddedTriton:
         return self._process.returncode if self._process is not None else None
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """Stop the server and every backend stub it started; idempotent."""
-        with self._lock:
+        """Stop the server and every backend stub it started; idempotent.
+
+        A SIGTERM/SIGINT arriving meanwhile is held back until the group is gone (see
+        :func:`~dronedepth.shutdown.deferred_stop`): interrupted half-way, stubs would outlive us.
+        """
+        with deferred_stop(), self._lock:
             process = self._process
             if process is None:
                 return
