@@ -14,22 +14,17 @@ read the gateway and the token from the app (:mod:`~dronedepth.gateway.app_keys`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 from dronedepth.gateway import signaling
-from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY
+from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY, RoutedGateway
 from dronedepth.gateway.ops import add_ops_routes
 from dronedepth.gateway.stream_route import add_stream_routes
 from dronedepth.gateway.web import add_web_routes
 
-if TYPE_CHECKING:
-    from dronedepth.gateway.server import Gateway
-
 __all__ = ["create_app"]
 
 
-def create_app(gateway: Gateway) -> web.Application:
+def create_app(gateway: RoutedGateway) -> web.Application:
     """The aiohttp application serving ``gateway``: signalling, operations, ``/stream`` and the web pages."""
     app = web.Application(client_max_size=gateway.config.max_body_bytes, middlewares=[gateway.guard.middleware])
     app[GATEWAY] = gateway

@@ -2,22 +2,52 @@
 
 Set by :func:`dronedepth.gateway.app.create_app` (and, for a bare stream app,
 :func:`dronedepth.gateway.stream_route.add_stream_routes`); read by the
-handlers from ``request.app``, so no route module imports the server.
+handlers from ``request.app``. The handlers see the gateway through
+:class:`RoutedGateway`, the part of :class:`~dronedepth.gateway.server.Gateway`
+they use, so no route module depends on the server, not even for types.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final, Protocol
 
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from dronedepth.gateway.config import GatewayConfig
+    from dronedepth.gateway.http_guard import ConnectionGuard
+    from dronedepth.gateway.inference import DepthService
+    from dronedepth.gateway.metrics import GatewayMetrics
+    from dronedepth.gateway.outputs.previews import PreviewHub
     from dronedepth.gateway.outputs.stream import StreamHub
-    from dronedepth.gateway.server import Gateway
+    from dronedepth.gateway.session import DroneSession
 
-__all__ = ["ACCESS_TOKEN", "GATEWAY", "STREAM_HUB"]
+    from dronedepth.protocol import SessionDescription
 
-GATEWAY: Final[web.AppKey[Gateway]] = web.AppKey("dronedepth_gateway")
+__all__ = ["ACCESS_TOKEN", "GATEWAY", "STREAM_HUB", "RoutedGateway"]
+
+
+class RoutedGateway(Protocol):
+    """What the route handlers use of the gateway."""
+
+    config: GatewayConfig
+    depth: DepthService
+    metrics: GatewayMetrics
+    preview_hub: PreviewHub | None
+    stream_hub: StreamHub
+    guard: ConnectionGuard
+    drone_ids_by_token_digest: Mapping[str, str] | None
+
+    @property
+    def sessions(self) -> Mapping[str, DroneSession]: ...
+
+    def new_drone_id(self) -> str: ...
+
+    async def open_session(self, offer: SessionDescription, drone_id: str, *, remote: str = "?") -> str: ...
+
+
+GATEWAY: Final[web.AppKey[RoutedGateway]] = web.AppKey("dronedepth_gateway")
 """The gateway the app serves: its config, sessions, depth service, metrics and preview hub."""
 STREAM_HUB: Final[web.AppKey[StreamHub]] = web.AppKey("dronedepth_stream_hub")
 """The hub behind ``GET /stream/<drone>``."""

@@ -10,14 +10,14 @@ requests costs a few log lines.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
 from dronedepth.gateway.app_keys import GATEWAY
 from dronedepth.gateway.logthrottle import LogThrottle
+from dronedepth.gateway.responses import json_error
 
-__all__ = ["json_error", "refusal_log", "refuse"]
+__all__ = ["refusal_log", "refuse"]
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +28,6 @@ _unbound = LogThrottle(log)
 def refusal_log() -> LogThrottle:
     """A new throttle for one gateway's refusal lines (its :attr:`~dronedepth.gateway.server.Gateway.refusal_log`)."""
     return LogThrottle(log)
-
-
-def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """A ``status`` response with the JSON error body ``{"error": code, "message": message}``."""
-    return web.Response(
-        text=json.dumps({"error": code, "message": message}),
-        status=status,
-        content_type="application/json",
-        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", **(headers or {})},
-    )
 
 
 def refuse(

@@ -37,7 +37,8 @@ from typing import Any, Final
 from aiohttp import web
 from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY
 from dronedepth.gateway.auth import CHALLENGE, presented_token, token_matches
-from dronedepth.gateway.refusals import json_error, refuse
+from dronedepth.gateway.refusals import refuse
+from dronedepth.gateway.responses import json_error
 
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
 
@@ -102,7 +103,7 @@ def _load_assets(directory: Path) -> dict[str, _Asset]:
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        text=json.dumps(payload, separators=(",", ":")),
+        text=json.dumps(payload, separators=(",", ":"), allow_nan=False),
         status=status,
         content_type="application/json",
         headers={**_API_HEADERS, **(headers or {})},

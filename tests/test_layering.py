@@ -16,8 +16,6 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
 GROUND = "ground"
@@ -214,10 +212,6 @@ def test_no_import_cycles_outside_the_known_gateway_one() -> None:
     assert [sorted(c) for c in cycles(GRAPH) if not c & KNOWN_GATEWAY_CYCLE] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway server <-> signaling <-> web import each other; being removed (issue 13)",
-)
 def test_no_gateway_server_signaling_web_cycle() -> None:
     assert [sorted(c) for c in cycles(GRAPH) if c & KNOWN_GATEWAY_CYCLE] == []
 

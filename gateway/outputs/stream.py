@@ -23,7 +23,7 @@ from typing import Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from dronedepth.gateway.outputs.sinks import FrameRecord
-from dronedepth.gateway.refusals import json_error
+from dronedepth.gateway.responses import json_error
 
 from dronedepth.stream_format import StreamFrame, encode_frame
 
