@@ -11,7 +11,7 @@ labelled :data:`DATA_CHANNEL_LABEL` carrying JSON text messages, each with a
 - drone → gateway: :class:`CameraMessage` (``camera``), :class:`PoseMessage` (``pose``),
   :class:`AnchorsMessage` (``anchors``)
 - gateway → drone: :class:`KeypointsMessage` (``keypoints``), :class:`ObstaclesMessage` (``obstacles``),
-  :class:`ErrorMessage` (``error``)
+  :class:`LocalMapMessage` (``local_map``), :class:`ErrorMessage` (``error``)
 
 ``docs/protocol.md`` is the prose version of this module. The module needs
 only numpy and the standard library, so a drone can import it.
@@ -23,6 +23,7 @@ import base64
 import json
 import math
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
@@ -979,7 +980,124 @@ class ObstaclesMessage:
         )
 
 
-Message = CameraMessage | PoseMessage | AnchorsMessage | KeypointsMessage | ObstaclesMessage | ErrorMessage
+LOCAL_MAP_NO_DATA: Final = 255
+"""``local_map`` cell value of a column with no occupied voxel known (unobserved, or seen free: never "free")."""
+LOCAL_MAP_ENCODING: Final = "zlib_uint8_base64"
+MAX_LOCAL_MAP_CELLS: Final = 40_000
+"""Most cells in a ``local_map`` (200 × 200): even incompressible, its JSON stays under 64 KiB."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalMapMessage:
+    """Gateway → drone: a 2.5D height map of the world map in a box around the drone, for onboard planners.
+
+    ``frame_id`` is the world frame of the drone's poses (``map`` or ``odom``,
+    ENU: x east, y north, z up). Cell ``(row, col)`` covers east
+    ``[origin_x + col·cell_size_m, +cell_size_m)`` and north ``[origin_y +
+    row·cell_size_m, +cell_size_m)``; rows run north, columns east. A cell's
+    value ``h`` (0–254) says its highest occupied voxel is at ``origin_z +
+    h·cell_size_m`` metres (ENU z); :data:`LOCAL_MAP_NO_DATA` (255) says no
+    occupied voxel is known there. ``heights`` is the ``width`` × ``height``
+    uint8 grid, row-major, zlib-compressed then base64 (``encoding``).
+    ``stamp`` (Unix seconds) is when the map was read: cells may hold what any
+    drone sharing the map saw before.
+    """
+
+    stamp: float
+    frame_id: str
+    origin: tuple[float, float, float]
+    cell_size_m: float
+    width: int
+    height: int
+    heights: bytes
+    """The raw uint8 grid (``width × height`` bytes); compressed and encoded only on the wire."""
+
+    type: ClassVar[str] = "local_map"
+    encoding: ClassVar[str] = LOCAL_MAP_ENCODING
+
+    def __post_init__(self) -> None:
+        where = "local_map"
+        if self.frame_id not in WORLD_FRAMES:
+            raise ProtocolError(
+                INVALID_MESSAGE, f"{where}: frame_id must be one of {', '.join(WORLD_FRAMES)}, got {self.frame_id!r}"
+            )
+        if not math.isfinite(self.stamp):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: stamp must be finite, got {self.stamp!r}")
+        if len(self.origin) != 3 or not all(math.isfinite(v) for v in self.origin):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: origin must be 3 finite numbers, got {self.origin!r}")
+        if not (math.isfinite(self.cell_size_m) and 0.01 <= self.cell_size_m <= 10.0):
+            raise ProtocolError(
+                INVALID_MESSAGE, f"{where}: cell_size_m must be in [0.01, 10] metres, got {self.cell_size_m!r}"
+            )
+        for name in ("width", "height"):
+            size = getattr(self, name)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ProtocolError(INVALID_MESSAGE, f"{where}: {name} must be a positive integer, got {size!r}")
+        if self.width * self.height > MAX_LOCAL_MAP_CELLS:
+            raise ProtocolError(
+                INVALID_MESSAGE,
+                f"{where}: {self.width}x{self.height} cells exceed the limit of {MAX_LOCAL_MAP_CELLS}",
+            )
+        if len(self.heights) != self.width * self.height:
+            raise ProtocolError(
+                INVALID_MESSAGE,
+                f"{where}: heights hold {len(self.heights)} bytes for {self.width}x{self.height} cells",
+            )
+
+    @property
+    def grid(self) -> NDArray[np.uint8]:
+        """The heights as a ``(height, width)`` uint8 array (rows north, columns east)."""
+        return np.frombuffer(self.heights, dtype=np.uint8).reshape(self.height, self.width)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "stamp": self.stamp,
+            "frame_id": self.frame_id,
+            "origin": [float(v) for v in self.origin],
+            "cell_size_m": self.cell_size_m,
+            "width": self.width,
+            "height": self.height,
+            "encoding": self.encoding,
+            "heights": base64.b64encode(zlib.compress(self.heights, 6)).decode("ascii"),
+        }
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> LocalMapMessage:
+        where = "local_map"
+        if payload.get("encoding") != cls.encoding:
+            raise ProtocolError(
+                INVALID_MESSAGE, f"{where}: encoding must be {cls.encoding!r}, got {payload.get('encoding')!r}"
+            )
+        width, height = _integer(payload, "width", where), _integer(payload, "height", where)
+        cells = width * height
+        if not 1 <= cells <= MAX_LOCAL_MAP_CELLS:
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: {width}x{height} cells: 1 to {MAX_LOCAL_MAP_CELLS} allowed")
+        text = payload.get("heights")
+        try:
+            # Bounded inflate: a compressed bomb stops at one byte past the expected size.
+            inflater = zlib.decompressobj()
+            raw = inflater.decompress(base64.b64decode(str(text), validate=True), cells + 1)
+        except (ValueError, zlib.error) as exc:
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: heights are not zlib data in base64 ({exc})") from None
+        frame_id = payload.get("frame_id")
+        origin = payload.get("origin")
+        if not isinstance(origin, list) or len(origin) != 3:
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: origin must be a list of 3 numbers, got {origin!r}")
+        return cls(
+            stamp=_number(payload, "stamp", where),
+            frame_id=frame_id if isinstance(frame_id, str) else repr(frame_id),
+            origin=tuple(_number({"origin": v}, "origin", where) for v in origin),  # type: ignore[arg-type]
+            cell_size_m=_number(payload, "cell_size_m", where),
+            width=width,
+            height=height,
+            heights=raw,
+        )
+
+
+Message = (
+    CameraMessage | PoseMessage | AnchorsMessage | KeypointsMessage | ObstaclesMessage | LocalMapMessage | ErrorMessage
+)
 _MESSAGE_TYPES: Final[
     dict[
         str,
@@ -988,6 +1106,7 @@ _MESSAGE_TYPES: Final[
         | type[AnchorsMessage]
         | type[KeypointsMessage]
         | type[ObstaclesMessage]
+        | type[LocalMapMessage]
         | type[ErrorMessage],
     ]
 ] = {
@@ -996,6 +1115,7 @@ _MESSAGE_TYPES: Final[
     AnchorsMessage.type: AnchorsMessage,
     KeypointsMessage.type: KeypointsMessage,
     ObstaclesMessage.type: ObstaclesMessage,
+    LocalMapMessage.type: LocalMapMessage,
     ErrorMessage.type: ErrorMessage,
 }
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 from dronedepth.gateway.projection import RayGrid
@@ -46,14 +47,30 @@ from dronedepth.frames import Transform, matrix_from_quaternion
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
 
 __all__ = [
+    "SOURCE_CAMERA",
+    "SOURCE_MAP",
+    "SOURCE_NAMES",
+    "SOURCE_NONE",
     "ObstacleConfig",
     "ObstacleProfile",
     "SectorLayout",
+    "full_circle_layout",
     "level_from_body",
+    "merge_profiles",
     "obstacle_profile",
     "obstacle_profile_from_depth",
+    "obstacle_profile_from_level_points",
     "sector_layout",
 ]
+
+
+SOURCE_NONE: Final = 0
+"""Sector source: no data (its distance is :data:`OBSTACLE_NO_DATA`)."""
+SOURCE_CAMERA: Final = 1
+"""Sector source: this frame's depth."""
+SOURCE_MAP: Final = 2
+"""Sector source: the world map (what this drone or another saw before; may be older than the frame)."""
+SOURCE_NAMES: Final = ("none", "camera", "map")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +122,17 @@ class ObstacleProfile:
     min_range_m: float
     max_range_m: float
     gravity_aligned: bool
+    sources: NDArray[np.uint8] | None = None
+    """Per sector, where its distance comes from: :data:`SOURCE_CAMERA`, :data:`SOURCE_MAP` or
+    :data:`SOURCE_NONE` (no data). ``None``: a single-frame profile, every seen sector from the camera."""
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """Per sector ``camera``, ``map`` or ``none``."""
+        if self.sources is None:
+            seen = self.distances_m != OBSTACLE_NO_DATA
+            return tuple(SOURCE_NAMES[SOURCE_CAMERA if s else SOURCE_NONE] for s in seen)
+        return tuple(SOURCE_NAMES[int(code)] for code in self.sources)
 
     def to_message(self, pts: int, stamp: float, frame_index: int = 0) -> ObstaclesMessage:
         """The ``obstacles`` message for the frame with this ``pts`` (90 kHz) and capture ``stamp`` (Unix s)."""
@@ -275,6 +303,20 @@ def _profile(
     lowest = -config.band_below_m
     if height_above_ground_m is not None:
         lowest = max(lowest, -(height_above_ground_m - config.ground_margin_m))
+    return _bin_level_points(x, y, z, valid, layout, config, lowest, gravity_aligned=attitude is not None)
+
+
+def _bin_level_points(
+    x: NDArray[np.float32],
+    y: NDArray[np.float32],
+    z: NDArray[np.float32],
+    valid: NDArray[np.bool_],
+    layout: SectorLayout,
+    config: ObstacleConfig,
+    lowest: float,
+    gravity_aligned: bool,
+) -> ObstacleProfile:
+    """Nearest band point per sector of points already in the level frame (metres, body origin at 0)."""
     range_squared = x * x
     range_squared += y * y
     with np.errstate(invalid="ignore"):
@@ -308,5 +350,71 @@ def _profile(
         distances_m=distances,
         min_range_m=config.min_range_m,
         max_range_m=config.max_range_m,
-        gravity_aligned=attitude is not None,
+        gravity_aligned=gravity_aligned,
+    )
+
+
+def full_circle_layout(sector_width_deg: float) -> SectorLayout:
+    """Sectors all around the body, the first centred straight ahead (``360 / sector_width_deg`` must be whole)."""
+    count = round(360.0 / sector_width_deg) if math.isfinite(sector_width_deg) and sector_width_deg > 0 else 0
+    if count < 1 or abs(count * sector_width_deg - 360.0) > 1e-6:
+        raise ValueError(
+            f"obstacles: a full circle needs a sector width dividing 360 degrees, got {sector_width_deg!r}"
+        )
+    return SectorLayout(sector_width_deg=float(sector_width_deg), angle_offset_deg=0.0, count=count)
+
+
+def obstacle_profile_from_level_points(
+    points_level: NDArray[np.float32],
+    layout: SectorLayout,
+    config: ObstacleConfig,
+    height_above_ground_m: float | None = None,
+) -> ObstacleProfile:
+    """The profile of points ``(N, 3)`` already in the gravity-aligned level frame (metres, body origin at 0).
+
+    For points that do not come from the camera, e.g. a world map's occupied
+    voxels turned into the level frame (:mod:`dronedepth.gateway.fusion`).
+    """
+    points = np.asarray(points_level, dtype=np.float32)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"obstacles: points must be an (N, 3) array, got shape {points.shape}")
+    lowest = -config.band_below_m
+    if height_above_ground_m is not None:
+        lowest = max(lowest, -(height_above_ground_m - config.ground_margin_m))
+    x, y, z = (np.ascontiguousarray(points[:, i]) for i in range(3))
+    with np.errstate(invalid="ignore"):
+        finite = np.asarray(np.isfinite(points).all(axis=1), dtype=np.bool_)
+    return _bin_level_points(x, y, z, finite, layout, config, lowest, gravity_aligned=True)
+
+
+def merge_profiles(camera: ObstacleProfile, world_map: ObstacleProfile) -> ObstacleProfile:
+    """All around the body: the camera's sectors where it saw (free or an obstacle), the map's elsewhere.
+
+    ``world_map`` covers the full circle (:func:`full_circle_layout`) with the
+    camera's sector width; each camera sector lands on the full-circle sector
+    of the same centre. Every sector says where its value comes from
+    (:attr:`ObstacleProfile.sources`). The ranges are those of the camera's
+    profile; a map distance beyond them is dropped (no data: the map knows
+    occupied voxels, not free space).
+    """
+    layout = world_map.layout
+    if not math.isclose(camera.layout.sector_width_deg, layout.sector_width_deg):
+        raise ValueError(
+            f"obstacles: cannot merge sectors of {camera.layout.sector_width_deg} and {layout.sector_width_deg} degrees"
+        )
+    distances = world_map.distances_m.copy()
+    outside = (distances != OBSTACLE_NO_DATA) & ~((distances >= camera.min_range_m) & (distances <= camera.max_range_m))
+    distances[outside] = OBSTACLE_NO_DATA
+    sources = np.where(distances == OBSTACLE_NO_DATA, SOURCE_NONE, SOURCE_MAP).astype(np.uint8)
+    index = np.rint(camera.layout.centres_deg / layout.sector_width_deg).astype(np.int64) % layout.count
+    seen = camera.distances_m != OBSTACLE_NO_DATA
+    distances[index[seen]] = camera.distances_m[seen]
+    sources[index[seen]] = SOURCE_CAMERA
+    return ObstacleProfile(
+        layout=layout,
+        distances_m=distances,
+        min_range_m=camera.min_range_m,
+        max_range_m=camera.max_range_m,
+        gravity_aligned=camera.gravity_aligned and world_map.gravity_aligned,
+        sources=sources,
     )
