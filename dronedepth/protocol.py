@@ -66,6 +66,7 @@ FRAME_TOO_LARGE: Final = "frame_too_large"
 INFERENCE_UNAVAILABLE: Final = "inference_unavailable"
 INFERENCE_RESUMED: Final = "inference_resumed"
 CAMERA_RATE_LIMITED: Final = "camera_rate_limited"
+NO_POSE: Final = "no_pose"
 INTERNAL: Final = "internal"
 
 # ``error`` codes of refused signalling requests (JSON ``{"error", "message"}``; HTTP status in brackets).
@@ -430,6 +431,57 @@ class CameraMessage:
             raise ProtocolError(INVALID_CAMERA, exc.message) from None
 
 
+CAMERA_OPTICAL_FRAME: Final = "camera_optical"
+"""``keypoints.frame`` of points in the camera optical frame (x right, y down, z forward)."""
+POSE_MATCHES: Final = ("exact", "interpolated", "extrapolated")
+"""How a frame's pose was found in the drone's poses (``dronedepth.pose_buffer``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CameraPose:
+    """Where a frame's camera was: ``world_from_camera`` (optical frame → ENU ``frame_id``), metres.
+
+    ``match`` says how the pose came from the drone's ``pose`` messages at the
+    frame's pts: one of :data:`POSE_MATCHES`.
+    """
+
+    frame_id: str
+    world_from_camera: Transform
+    match: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.frame_id not in WORLD_FRAMES:
+            raise ProtocolError(
+                INVALID_MESSAGE, f"world_from_camera: frame_id must be one of {', '.join(WORLD_FRAMES)}"
+            )
+        if self.match not in POSE_MATCHES:
+            raise ProtocolError(INVALID_MESSAGE, f"world_from_camera: match must be one of {', '.join(POSE_MATCHES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frame_id": self.frame_id,
+            "position": np.round(self.world_from_camera.translation, 4).tolist(),
+            "orientation": np.round(self.world_from_camera.rotation, 6).tolist(),
+            "match": self.match,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: Any) -> CameraPose:
+        where = "world_from_camera"
+        if not isinstance(payload, dict):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: must be an object, got {payload!r}")
+        try:
+            rotation = normalised_quaternion(_vector(payload, "orientation", 4, where))
+            translation = np.array(_vector(payload, "position", 3, where))
+        except (ProtocolError, ValueError) as exc:
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: {exc}") from None
+        return cls(
+            frame_id=str(payload.get("frame_id")),
+            world_from_camera=Transform(rotation, translation),
+            match=str(payload.get("match", "exact")),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class KeypointsMessage:
     """Gateway → drone: the sparse 3D keypoints of one processed frame.
@@ -441,6 +493,13 @@ class KeypointsMessage:
     take **on the wire** only: :meth:`to_dict` converts them to it and
     :meth:`from_dict` back to optical (:mod:`dronedepth.axes`). ``pixels`` are
     (u, v) in the frame's pixel grid.
+
+    ``camera_pose`` (when the frame had a pose) is where the camera was:
+    ``world_from_camera`` into the ENU ``map``/``odom`` world. With
+    ``world_points`` the points go on the wire in that world frame (ENU,
+    metres for metric depth; ``frame`` names it) instead of the optical frame;
+    ``axes`` then stays ``optical`` (it only ever names camera-frame axes).
+    ``ids`` (optional) are landmark ids, one per point, stable across frames.
     """
 
     pts: int
@@ -455,12 +514,21 @@ class KeypointsMessage:
     timing: Mapping[str, float] = field(default_factory=dict)
     descriptor_type: str | None = None
     descriptors: NDArray[Any] | None = None
+    camera_pose: CameraPose | None = None
+    world_points: bool = False
+    ids: NDArray[np.int64] | None = None
 
     type: ClassVar[str] = "keypoints"
 
     def __post_init__(self) -> None:
         if self.axes not in AXES:
             raise ProtocolError(INVALID_MESSAGE, f"keypoints: axes must be one of {', '.join(AXES)}, got {self.axes!r}")
+        if self.world_points and (self.camera_pose is None or self.axes != "optical"):
+            raise ProtocolError(
+                INVALID_MESSAGE, "keypoints: world-frame points need a camera pose and axes 'optical' (world is ENU)"
+            )
+        if self.ids is not None and self.ids.shape != (len(self.points),):
+            raise ProtocolError(INVALID_MESSAGE, "keypoints: one landmark id per point is required")
         n = len(self.points)
         if self.points.shape != (n, 3) or self.pixels.shape != (n, 2) or self.scores.shape != (n,):
             raise ProtocolError(
@@ -471,6 +539,18 @@ class KeypointsMessage:
         if self.descriptors is not None and len(self.descriptors) != n:
             raise ProtocolError(INVALID_MESSAGE, "keypoints: one descriptor per point is required")
 
+    @property
+    def frame(self) -> str:
+        """The frame of the points on the wire: ``camera_optical`` or the world's ``frame_id``."""
+        if self.world_points and self.camera_pose is not None:
+            return self.camera_pose.frame_id
+        return CAMERA_OPTICAL_FRAME
+
+    def _wire_points(self) -> NDArray[np.float64]:
+        if self.world_points and self.camera_pose is not None:
+            return self.camera_pose.world_from_camera.apply(self.points)
+        return axes_from_optical(self.points, self.axes).astype(np.float64)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "type": self.type,
@@ -480,7 +560,8 @@ class KeypointsMessage:
             "height": self.height,
             "depth_kind": self.depth_kind,
             "axes": self.axes,
-            "points": np.round(axes_from_optical(self.points, self.axes).astype(np.float64), 4).tolist(),
+            "frame": self.frame,
+            "points": np.round(self._wire_points(), 4).tolist(),
             "pixels": np.round(self.pixels.astype(np.float64), 2).tolist(),
             "scores": np.round(self.scores.astype(np.float64), 4).tolist(),
             "timing": {k: round(v, 2) for k, v in self.timing.items()},
@@ -490,6 +571,10 @@ class KeypointsMessage:
             out["descriptor_dtype"] = str(self.descriptors.dtype)
             out["descriptor_size"] = int(self.descriptors.shape[1]) if self.descriptors.ndim == 2 else 0
             out["descriptors"] = base64.b64encode(np.ascontiguousarray(self.descriptors).tobytes()).decode()
+        if self.camera_pose is not None:
+            out["world_from_camera"] = self.camera_pose.to_dict()
+        if self.ids is not None:
+            out["ids"] = self.ids.tolist()
         return out
 
     @classmethod
@@ -513,9 +598,22 @@ class KeypointsMessage:
         axes = payload.get("axes", "optical")
         if axes not in AXES:
             raise ProtocolError(INVALID_MESSAGE, f"{where}: axes must be one of {', '.join(AXES)}, got {axes!r}")
+        raw_pose = payload.get("world_from_camera")
+        camera_pose = None if raw_pose is None else CameraPose.from_dict(raw_pose)
+        frame = payload.get("frame", CAMERA_OPTICAL_FRAME)
+        world_points = frame != CAMERA_OPTICAL_FRAME
+        if world_points:
+            if camera_pose is None or frame != camera_pose.frame_id:
+                raise ProtocolError(
+                    INVALID_MESSAGE, f"{where}: points in frame {frame!r} need a world_from_camera into that frame"
+                )
+            optical = camera_pose.world_from_camera.inverse().apply(points).astype(np.float32)
+        else:
+            optical = optical_from_axes(points, axes)
+        ids = payload.get("ids")
         return cls(
             pts=_integer(payload, "pts", where),
-            points=optical_from_axes(points, axes),
+            points=optical,
             pixels=pixels,
             scores=scores,
             depth_kind=kind,
@@ -526,6 +624,9 @@ class KeypointsMessage:
             timing=dict(payload.get("timing", {})),
             descriptor_type=payload.get("descriptor_type"),
             descriptors=descriptors,
+            camera_pose=camera_pose,
+            world_points=world_points,
+            ids=None if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1),
         )
 
 

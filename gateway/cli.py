@@ -172,6 +172,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="frame of the returned points: optical (x right, y down, z forward), opengl (y up, z back), "
         "seed (y up, z forward, left-handed) (default: %(default)s)",
     )
+    proc.add_argument(
+        "--output-frame",
+        choices=("camera", "world"),
+        default="camera",
+        help="frame of the returned points: camera (as --axes says) or world (the drone's map/odom, ENU, for "
+        "frames that have a pose; --axes must stay optical) (default: %(default)s)",
+    )
+    proc.add_argument(
+        "--pose-max-gap",
+        type=float,
+        default=0.1,
+        metavar="S",
+        help="seconds a frame may lie from the drone's poses and still get one (default: %(default)s)",
+    )
     proc.add_argument("--max-range", type=_positive_float, metavar="M", help="ignore depth beyond this (metres)")
     proc.add_argument("--voxel-size", type=_positive_float, metavar="M", help="voxel-downsample the clouds of --record")
     proc.add_argument("--remove-outliers", action="store_true", help="remove outliers from the clouds of --record")
@@ -263,6 +277,7 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
             keypoints=KeypointConfig(method=args.keypoints, max_keypoints=args.max_keypoints),
             max_range=args.max_range,
             axes=args.axes,
+            output_frame=args.output_frame,
             # The recorder makes the clouds it writes from points and colours; a cloud per frame is
             # only worth it when recorded clouds should be voxel-filtered or cleaned of outliers.
             build_cloud=args.record is not None and (args.voxel_size is not None or args.remove_outliers),
@@ -283,6 +298,7 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
         max_in_flight=args.max_in_flight,
         ice_servers=tuple(args.ice_server),
         idle_timeout=args.idle_timeout,
+        pose_max_gap=args.pose_max_gap,
         record_dir=args.record,
         record_every=args.record_every,
         record_bag_dir=args.record_bag,

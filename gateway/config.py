@@ -96,6 +96,8 @@ class GatewayConfig:
     shutdown_timeout: float = 5.0
     data_channel_buffer_bytes: int = 1024 * 1024
     """Results are dropped, not queued, while more than this waits to be sent to a drone."""
+    pose_max_gap: float = 0.1
+    """Seconds a frame may lie from the drone's poses and still get one (interpolated or extrapolated)."""
 
     def __post_init__(self) -> None:
         if self.token is None:
@@ -127,6 +129,8 @@ class GatewayConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        if not (0 <= self.pose_max_gap <= 10):
+            raise ConfigError(f"pose_max_gap must be within 0..10 seconds, got {self.pose_max_gap}")
         if isinstance(self.max_in_flight, int) and self.max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.workers is not None and self.workers < 1:

@@ -12,23 +12,37 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 import cv2
 import numpy as np
 from dronedepth.gateway.keypoints import KeypointConfig, KeypointDetector, lift_keypoints
-from dronedepth.gateway.projection import points_from_depth, ray_grid, valid_depth_mask
+from dronedepth.gateway.obstacles import (
+    ObstacleConfig,
+    ObstacleProfile,
+    SectorLayout,
+    obstacle_profile_from_depth,
+    sector_layout,
+)
+from dronedepth.gateway.projection import RayGrid, points_from_depth, ray_grid, valid_depth_mask
 from numpy.typing import NDArray
 
 from dronedepth.axes import AXES, Axes
 from dronedepth.contract import DEPTH_KINDS, DepthKind
 from dronedepth.errors import ConfigError, ProtocolError
-from dronedepth.protocol import CAMERA_MISMATCH, CameraMessage, KeypointsMessage
+from dronedepth.frames import Transform
+from dronedepth.pose_buffer import TimedPose
+from dronedepth.protocol import CAMERA_MISMATCH, CameraMessage, CameraPose, KeypointsMessage
 
 if TYPE_CHECKING:
     from open3d.geometry import PointCloud
 
-__all__ = ["FrameProcessor", "FrameResult", "ProcessingConfig", "relative_depth"]
+__all__ = ["OUTPUT_FRAMES", "FramePose", "FrameProcessor", "FrameResult", "ProcessingConfig", "relative_depth"]
+
+OutputFrame = Literal["camera", "world"]
+OUTPUT_FRAMES: Final[tuple[OutputFrame, ...]] = ("camera", "world")
+DEFAULT_SECTOR_WIDTH_DEG: Final = 5.0
+"""Obstacle sectors of 5°: MAVLink ``OBSTACLE_DISTANCE``'s 72 sectors around the circle."""
 
 DEFAULT_MIN_DISPARITY: Final = 1e-3
 """Disparities below this fraction of a frame's largest disparity are treated as invalid (sky, infinity)."""
@@ -43,7 +57,11 @@ class ProcessingConfig:
     metric models and in relative-depth units otherwise). ``axes`` is the frame
     the keypoints message puts its points in on the wire (the results stay in
     the optical frame). ``min_disparity`` only applies to
-    relative models (see :func:`relative_depth`).
+    relative models (see :func:`relative_depth`). ``output_frame`` ``world``
+    puts the keypoints of frames that have a pose in the world frame (ENU) on
+    the wire; it refuses ``axes`` other than ``optical``. ``obstacles`` (None:
+    off) configures the obstacle profile of metric frames, in sectors of
+    ``obstacle_sector_deg``.
     """
 
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
@@ -54,10 +72,22 @@ class ProcessingConfig:
     voxel_size: float | None = None
     remove_outliers: bool = False
     min_disparity: float = DEFAULT_MIN_DISPARITY
+    output_frame: OutputFrame = "camera"
+    obstacles: ObstacleConfig | None = field(default_factory=ObstacleConfig)
+    obstacle_sector_deg: float = DEFAULT_SECTOR_WIDTH_DEG
 
     def __post_init__(self) -> None:
         if self.axes not in AXES:
             raise ConfigError(f"axes must be one of {', '.join(AXES)}; got {self.axes!r}")
+        if self.output_frame not in OUTPUT_FRAMES:
+            raise ConfigError(f"output frame must be one of {', '.join(OUTPUT_FRAMES)}; got {self.output_frame!r}")
+        if self.output_frame == "world" and self.axes != "optical":
+            raise ConfigError(
+                f"--axes {self.axes} applies to camera-frame points only; world-frame output is always ENU "
+                "(drop --axes or use --output-frame camera)"
+            )
+        if not (0 < self.obstacle_sector_deg <= 360):
+            raise ConfigError(f"obstacle sector width must be in (0, 360] degrees, got {self.obstacle_sector_deg!r}")
         if self.max_range is not None and not self.max_range > 0:
             raise ConfigError(f"max_range must be positive, got {self.max_range!r}")
         if self.edge_threshold is not None and not self.edge_threshold > 0:
@@ -66,6 +96,19 @@ class ProcessingConfig:
             raise ConfigError(f"voxel_size must be positive, got {self.voxel_size!r}")
         if not 0 <= self.min_disparity < 1:
             raise ConfigError(f"min_disparity must be in [0, 1), got {self.min_disparity!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FramePose:
+    """The body's pose at a frame's capture instant, matched from the drone's ``pose`` messages.
+
+    ``body.world_from_body`` maps ``base_link`` (FLU) into the ENU world ``frame_id``
+    (``map`` or ``odom``); ``match`` is the :class:`~dronedepth.pose_buffer.PoseBuffer` status.
+    """
+
+    frame_id: str
+    match: str
+    body: TimedPose
 
 
 @dataclass(slots=True)
@@ -77,6 +120,9 @@ class FrameResult:
     RGB, one row per point); ``depth`` is the z-depth
     used: metres for metric models, ``1 / disparity`` (NaN where invalid, not
     metres) for relative ones. ``valid`` is the ``(H, W)`` mask the points came from.
+    ``pose`` is the body's pose at the frame (None: processed without one; the
+    message's ``camera_pose`` then is None too); ``obstacles`` the obstacle
+    profile, only for metric depth.
     """
 
     message: KeypointsMessage
@@ -85,6 +131,8 @@ class FrameResult:
     colors: NDArray[np.uint8]
     depth: NDArray[np.float32]
     valid: NDArray[np.bool_] | None = None
+    pose: FramePose | None = None
+    obstacles: ObstacleProfile | None = None
 
 
 def relative_depth(disparity: NDArray[np.float32], min_disparity: float = DEFAULT_MIN_DISPARITY) -> NDArray[np.float32]:
@@ -121,6 +169,8 @@ class FrameProcessor:
         self.depth_kind = depth_kind
         self._detector = KeypointDetector(config.keypoints)
         self._make_point_cloud: Callable[..., PointCloud] | None = None
+        self._layout: tuple[CameraMessage, SectorLayout] | None = None
+        """The obstacle sectors of the last camera (they depend only on the intrinsics and the mount)."""
         if config.build_cloud:
             from dronedepth.gateway.pointcloud import make_point_cloud  # imports Open3D (~0.6 s): only when needed
 
@@ -135,8 +185,13 @@ class FrameProcessor:
         pts: int,
         frame_index: int,
         timing: dict[str, float] | None = None,
+        pose: FramePose | None = None,
     ) -> FrameResult:
         """Process one frame; ``rgb`` is ``(H, W, 3)`` uint8 RGB, ``depth`` ``(H, W)`` model output.
+
+        ``pose`` (the body's pose at the frame's capture instant) gives the
+        message its ``world_from_camera`` (through the camera's mount) and the
+        obstacle profile its attitude and height above ground.
 
         Raises ``ProtocolError(CAMERA_MISMATCH)`` when the frame is not
         ``camera.width`` × ``camera.height`` (see :meth:`CameraMessage.scaled`).
@@ -186,7 +241,27 @@ class FrameProcessor:
             cloud = self._make_point_cloud(
                 points, colors, voxel_size=config.voxel_size, remove_outliers=config.remove_outliers
             )
-        timing["pointcloud"] = (time.perf_counter() - after_keypoints) * 1e3
+        after_cloud = time.perf_counter()
+        timing["pointcloud"] = (after_cloud - after_keypoints) * 1e3
+
+        body_from_camera = camera.body_from_camera
+        camera_pose = None
+        if pose is not None:
+            world_from_camera = pose.body.world_from_body @ body_from_camera
+            camera_pose = CameraPose(pose.frame_id, world_from_camera, pose.match)
+        obstacles = None
+        if config.obstacles is not None and self.depth_kind == "metric":  # relative depth has no metres
+            obstacles = obstacle_profile_from_depth(
+                z,
+                rays,
+                self._sector_layout(camera, rays, body_from_camera),
+                body_from_camera,
+                None if pose is None else pose.body.world_from_body.rotation,
+                config.obstacles,
+                mask=valid,
+                height_above_ground_m=None if pose is None else pose.body.height_above_ground_m,
+            )
+            timing["obstacles"] = (time.perf_counter() - after_cloud) * 1e3
 
         message = KeypointsMessage(
             pts=pts,
@@ -201,8 +276,24 @@ class FrameProcessor:
             timing=dict(timing),
             descriptor_type=keypoints.descriptor_type,
             descriptors=keypoints.descriptors,
+            camera_pose=camera_pose,
+            world_points=camera_pose is not None and config.output_frame == "world",
         )
-        return FrameResult(message=message, cloud=cloud, points=points, colors=colors, depth=z, valid=valid)
+        return FrameResult(
+            message=message,
+            cloud=cloud,
+            points=points,
+            colors=colors,
+            depth=z,
+            valid=valid,
+            pose=pose,
+            obstacles=obstacles,
+        )
+
+    def _sector_layout(self, camera: CameraMessage, rays: RayGrid, body_from_camera: Transform) -> SectorLayout:
+        if self._layout is None or self._layout[0] != camera:
+            self._layout = (camera, sector_layout(rays, body_from_camera, self.config.obstacle_sector_deg))
+        return self._layout[1]
 
 
 def _masked_rgb(rgb: NDArray[np.uint8], mask: NDArray[np.bool_]) -> NDArray[np.uint8]:

@@ -25,6 +25,14 @@ ray grid) is cached by :func:`~gateway.projection.ray_grid` and bounded by
 allowing each drone at most :data:`MAX_CAMERA_CHANGES` distinct cameras per
 :data:`CAMERA_CHANGE_WINDOW_S` seconds.
 
+Poses: ``pose`` messages go into the session's
+:class:`~dronedepth.pose_buffer.PoseBuffer`; each frame gets the pose at its
+pts (``pts / 90 kHz``), looked up once its depth is back. A frame whose pose
+has not arrived yet waits for it at most the buffer's maximum gap (on the loop,
+never blocking it), and only while the previous frame had a pose, so a drone
+whose poses stopped costs no wait. A frame without a matching pose is processed
+without one and the drone is told once (``no_pose``) until a pose matches again.
+
 Every problem with what the drone sends gets an ``error`` message and the
 session goes on. Conditions that repeat every frame (no camera yet, frame too
 large, camera mismatch, inference outage) are reported once until they change.
@@ -33,9 +41,11 @@ large, camera mismatch, inference outage) are reported once until they change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -43,6 +53,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from dronedepth.gateway.config import GatewayConfig
@@ -50,11 +61,12 @@ from dronedepth.gateway.inference import DepthService
 from dronedepth.gateway.logthrottle import LogThrottle
 from dronedepth.gateway.metrics import GatewayMetrics
 from dronedepth.gateway.outputs.sinks import CaptureClock, FrameRecord
-from dronedepth.gateway.pipeline import FrameProcessor, FrameResult
+from dronedepth.gateway.pipeline import FramePose, FrameProcessor, FrameResult
 
 from dronedepth import protocol
 from dronedepth.errors import InferenceError, InferenceTimeout, InferenceUnavailable, ProtocolError
-from dronedepth.protocol import CameraMessage, ErrorMessage, KeypointsMessage
+from dronedepth.pose_buffer import PoseBuffer, PoseMatch, TimedPose
+from dronedepth.protocol import VIDEO_CLOCK_RATE, CameraMessage, ErrorMessage, KeypointsMessage, PoseMessage
 
 if TYPE_CHECKING:
     import av
@@ -71,6 +83,10 @@ NO_CAMERA_GRACE_S = 1.0
 MAX_CAMERA_CHANGES = 4
 """Distinct cameras a drone may set per :data:`CAMERA_CHANGE_WINDOW_S` (each may cost a new ray grid)."""
 CAMERA_CHANGE_WINDOW_S = 10.0
+INVALID_POSE_REPORT_S = 1.0
+"""At most one ``invalid_pose`` error per this many seconds (a drone streaming bad poses at 50 Hz)."""
+_WAIT_FOR_POSE = ("ahead", "extrapolated")
+"""Lookups that a pose arriving a little later turns into a better (or any) match."""
 
 # Drop reasons (the ``reason`` label of dronedepth_frames_dropped_total).
 SUPERSEDED = "superseded"
@@ -105,15 +121,24 @@ def _finish_frame(
     item: _Received,
     timing: dict[str, float],
     inferred: float,
-) -> tuple[FrameResult, str]:
-    """Worker-thread part of a frame after inference: process, complete the timing, encode."""
-    result = processor.process(rgb, depth, camera, pts=int(item.frame.pts or 0), frame_index=item.index, timing=timing)
+    pose: FramePose | None,
+    captured: float,
+) -> tuple[FrameResult, str, str | None]:
+    """Worker-thread part of a frame after inference: process, complete the timing, encode.
+
+    Returns the result, the encoded ``keypoints`` and the encoded ``obstacles`` (None without metric depth).
+    """
+    pts = int(item.frame.pts or 0)
+    result = processor.process(rgb, depth, camera, pts=pts, frame_index=item.index, timing=timing, pose=pose)
+    obstacles = None
+    if result.obstacles is not None:
+        obstacles = protocol.encode(result.obstacles.to_message(pts, captured, item.index))
     done = time.monotonic()
     timing = {**result.message.timing, **timing}
     timing["processing"] = (done - inferred) * 1e3
     timing["total"] = (done - item.received_at) * 1e3
     message = dataclasses.replace(result.message, timing=timing)
-    return dataclasses.replace(result, message=message), protocol.encode(message)
+    return dataclasses.replace(result, message=message), protocol.encode(message), obstacles
 
 
 def _write_record(
@@ -200,6 +225,14 @@ class DroneSession:
         self._last_frame_at = self.created_at
         self._slot = LatestFrame()
         self._capture_clock = CaptureClock()
+        self._poses = PoseBuffer(max_gap_s=context.config.pose_max_gap)
+        self._pose_frame_id: str | None = None
+        self._pose_arrived = asyncio.Event()
+        self._newest_frame_s: float | None = None
+        """pts time (seconds) of the newest frame received: poses far beyond it are refused."""
+        self._last_frame_had_pose = False
+        self._invalid_pose_reported_at = -math.inf
+        self._invalid_pose_unreported = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._video_track: MediaStreamTrack | None = None
         self._processor: FrameProcessor | None = None
@@ -219,6 +252,7 @@ class DroneSession:
         self._told_inference_error = False
         self._told_internal = False
         self._told_send_failed = False
+        self._told_no_pose = False
         self._degraded = False
         self._outage_drops = 0
         # Counts.
@@ -228,6 +262,12 @@ class DroneSession:
         self.messages_received = 0
         self.errors_sent: Counter[str] = Counter()
         self.last_timing: dict[str, float] = {}
+        self.poses_received = 0
+        self.frames_with_pose = 0
+        self.last_pose_match = "none"
+        """The pose lookup status of the latest processed frame (``none`` before any frame)."""
+        self.nearest_obstacle_m: float | None = None
+        """Nearest obstacle distance of the latest ``obstacles`` message (None: none seen or no message)."""
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
@@ -357,14 +397,55 @@ class DroneSession:
             )
             return
         try:
-            message = protocol.decode(data, accept=(CameraMessage.type,))
+            message = protocol.decode(data, accept=(CameraMessage.type, PoseMessage.type))
         except ProtocolError as exc:
-            self._refuse_message(exc.code, exc.message)
+            if exc.code == protocol.INVALID_POSE:
+                self._refuse_pose(exc.message)
+            else:
+                self._refuse_message(exc.code, exc.message)
+            return
+        if isinstance(message, PoseMessage):
+            self._add_pose(message)
             return
         assert isinstance(message, CameraMessage)
         if message != self.camera and not self._camera_change_allowed():
             return
         self.set_camera(message)
+
+    def _add_pose(self, message: PoseMessage) -> None:
+        """Store a pose (already ENU/FLU) for the frames to come; a refused one gets ``invalid_pose``."""
+        if message.frame_id != self._pose_frame_id:
+            if self._pose_frame_id is not None:
+                log.info("drone %s: poses now in %r, not %r", self.drone_id, message.frame_id, self._pose_frame_id)
+            # Poses of two worlds never mix: a change of world starts the buffer afresh.
+            self._poses.clear()
+            self._pose_frame_id = message.frame_id
+        sample = TimedPose(
+            message.time_s,
+            message.world_from_body,
+            message.height_above_ground,
+            None if message.velocity is None else np.array(message.velocity, dtype=np.float64),
+        )
+        try:
+            self._poses.add(sample, reference_s=self._newest_frame_s)
+        except ProtocolError as exc:
+            self._refuse_pose(exc.message)
+            return
+        self.poses_received += 1
+        self._pose_arrived.set()
+
+    def _refuse_pose(self, text: str) -> None:
+        """``invalid_pose``, rate-limited: the first of a burst at once, then one per second with the count."""
+        self._metrics.messages_refused.inc(reason=protocol.INVALID_POSE)
+        now = time.monotonic()
+        if now - self._invalid_pose_reported_at < INVALID_POSE_REPORT_S:
+            self._invalid_pose_unreported += 1
+            return
+        if self._invalid_pose_unreported:
+            text = f"{text} ({self._invalid_pose_unreported} more invalid poses since the last report)"
+        if self.send_error(protocol.INVALID_POSE, text):
+            self._invalid_pose_reported_at = now
+            self._invalid_pose_unreported = 0
 
     def _refuse_message(self, code: str, text: str) -> None:
         self._metrics.messages_refused.inc(reason=code)
@@ -452,6 +533,9 @@ class DroneSession:
                 now = time.monotonic()
                 self._last_frame_at = now
                 item = _Received(frame=frame, index=self.frames_received, received_at=now, received_wall=time.time())
+                frame_s = (frame.pts or 0) / VIDEO_CLOCK_RATE
+                if self._newest_frame_s is None or frame_s > self._newest_frame_s:
+                    self._newest_frame_s = frame_s
                 self.frames_received += 1
                 self._metrics.frames_received.inc()
                 if self._slot.put(item):
@@ -589,25 +673,68 @@ class DroneSession:
             "convert": (converted - started) * 1e3,
             "inference": (inferred - converted) * 1e3,
         }
+        pose = await self._frame_pose(item)
+        # Stamped with the drone's capture clock (the frame's pts), not this frame's arrival.
+        captured = self._capture_clock.capture_time(int(item.frame.pts or 0), item.received_wall)
         processor = self._processor_for(self._ctx.depth.depth_kind)
-        work = functools.partial(_finish_frame, processor, rgb, depth, camera, item, timing, inferred)
-        result, text = await loop.run_in_executor(executor, work)
+        work = functools.partial(_finish_frame, processor, rgb, depth, camera, item, timing, inferred, pose, captured)
+        result, text, obstacles = await loop.run_in_executor(executor, work)
         message = result.message
         self._told_internal = False
-        self._deliver(message, text)
+        if self._deliver(message, text) and obstacles is not None and result.obstacles is not None:
+            self._send(obstacles)
+            ranges = result.obstacles.distances_m[result.obstacles.distances_m >= 0]  # not free, not no data
+            self.nearest_obstacle_m = float(ranges.min()) if len(ranges) else None
         for stage, ms in message.timing.items():
             self._metrics.stage_seconds.observe(ms / 1e3, stage=stage)
         if self._ctx.sink is not None:
-            await self._to_sink(item, camera, rgb, result)
+            await self._to_sink(captured, camera, rgb, result)
 
-    def _deliver(self, message: KeypointsMessage, text: str) -> None:
+    async def _frame_pose(self, item: _Received) -> FramePose | None:
+        """The body's pose at the frame's pts, waiting at most the maximum gap for one still on its way."""
+        t = int(item.frame.pts or 0) / VIDEO_CLOCK_RATE
+        match = self._poses.lookup(t)
+        if self._last_frame_had_pose and match.status in _WAIT_FOR_POSE:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._poses.max_gap_s
+            while match.status in _WAIT_FOR_POSE and (remaining := deadline - loop.time()) > 0:
+                self._pose_arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._pose_arrived.wait(), remaining)
+                match = self._poses.lookup(t)
+        self.last_pose_match = match.status
+        if match.pose is not None:
+            assert self._pose_frame_id is not None
+            self._last_frame_had_pose = True
+            self._told_no_pose = False
+            self.frames_with_pose += 1
+            return FramePose(self._pose_frame_id, match.status, match.pose)
+        self._last_frame_had_pose = False
+        if match.status != "empty" and not self._told_no_pose:  # a drone that never sent a pose is not told
+            self._told_no_pose = self.send_error(protocol.NO_POSE, self._no_pose_reason(item.index, t, match))
+        return None
+
+    def _no_pose_reason(self, index: int, t: float, match: PoseMatch) -> str:
+        gap = self._poses.max_gap_s
+        why = {
+            "ahead": f"the newest pose is {match.nearest_s:.3f} s older than the frame",
+            "behind": f"the frame is {match.nearest_s:.3f} s older than the oldest pose kept",
+            "gap": "the poses either side of the frame are too far apart",
+        }[match.status]
+        return (
+            f"frame {index} at {t:.3f} s is processed without a pose: {why} (maximum gap {gap:g} s); "
+            "results carry no world_from_camera and obstacles are not gravity-aligned until poses match again"
+        )
+
+    def _deliver(self, message: KeypointsMessage, text: str) -> bool:
+        """Send a frame's keypoints; False (the frame counted as dropped) when they could not go."""
         channel = self.channel
         if channel is not None and channel.bufferedAmount > self._config.data_channel_buffer_bytes:
             self._drop(SEND_BACKLOG)
-            return
+            return False
         if not self._send(text):
             self._drop(SESSION_CLOSED if self._closing else SEND_FAILED)
-            return
+            return False
         self.frames_processed += 1
         self.last_timing = dict(message.timing)
         self._metrics.frames_processed.inc()
@@ -621,14 +748,13 @@ class DroneSession:
                 message.depth_kind,
                 message.timing.get("total", 0.0),
             )
+        return True
 
-    async def _to_sink(self, item: _Received, camera: CameraMessage, rgb: Any, result: FrameResult) -> None:
+    async def _to_sink(self, captured: float, camera: CameraMessage, rgb: Any, result: FrameResult) -> None:
         """Hand the frame to the sink in a worker thread; the next frame waits for it (sinks never queue up)."""
         sink = self._ctx.sink
         assert sink is not None
         # The record shares the frame's arrays (the sinks only read them): nothing is copied.
-        # Stamped with the drone's capture clock (the frame's pts), not this frame's arrival.
-        captured = self._capture_clock.capture_time(int(item.frame.pts or 0), item.received_wall)
         work = functools.partial(_write_record, sink, self.drone_id, captured, camera, rgb, result)
         future = self._sink_write = self._ctx.executor.submit(work)
         # SinkSet isolates and logs its sinks' failures; a bare sink's are logged here.
@@ -663,4 +789,11 @@ class DroneSession:
             "dropped": dict(self.dropped),
             "errors_sent": dict(self.errors_sent),
             "last_timing": dict(self.last_timing),
+            "pose": {
+                "received": self.poses_received,
+                "frames_with_pose": self.frames_with_pose,
+                "match": self.last_pose_match,
+                "frame_id": self._pose_frame_id,
+            },
+            "nearest_obstacle_m": self.nearest_obstacle_m,
         }

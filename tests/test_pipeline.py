@@ -138,7 +138,7 @@ def test_timing_is_merged_and_copied_into_the_message(rgb):
     result = FrameProcessor(ProcessingConfig(), "metric").process(
         rgb, scene_depth(CAMERA), CAMERA, pts=0, frame_index=0, timing=timing
     )
-    assert set(timing) == {"inference", "projection", "keypoints", "pointcloud"}
+    assert set(timing) == {"inference", "projection", "keypoints", "pointcloud", "obstacles"}
     assert all(value >= 0 for value in timing.values())
     assert dict(result.message.timing) == timing
 
