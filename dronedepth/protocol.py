@@ -431,8 +431,6 @@ class CameraMessage:
             raise ProtocolError(INVALID_CAMERA, exc.message) from None
 
 
-CAMERA_OPTICAL_FRAME: Final = "camera_optical"
-"""``keypoints.frame`` of points in the camera optical frame (x right, y down, z forward)."""
 POSE_MATCHES: Final = ("exact", "interpolated", "extrapolated")
 """How a frame's pose was found in the drone's poses (``dronedepth.pose_buffer``)."""
 
@@ -519,6 +517,8 @@ class KeypointsMessage:
     ids: NDArray[np.int64] | None = None
 
     type: ClassVar[str] = "keypoints"
+    OPTICAL_FRAME: ClassVar[str] = "camera_optical"
+    """``frame`` of points in the camera optical frame (x right, y down, z forward)."""
 
     def __post_init__(self) -> None:
         if self.axes not in AXES:
@@ -544,7 +544,7 @@ class KeypointsMessage:
         """The frame of the points on the wire: ``camera_optical`` or the world's ``frame_id``."""
         if self.world_points and self.camera_pose is not None:
             return self.camera_pose.frame_id
-        return CAMERA_OPTICAL_FRAME
+        return self.OPTICAL_FRAME
 
     def _wire_points(self) -> NDArray[np.float64]:
         if self.world_points and self.camera_pose is not None:
@@ -600,8 +600,8 @@ class KeypointsMessage:
             raise ProtocolError(INVALID_MESSAGE, f"{where}: axes must be one of {', '.join(AXES)}, got {axes!r}")
         raw_pose = payload.get("world_from_camera")
         camera_pose = None if raw_pose is None else CameraPose.from_dict(raw_pose)
-        frame = payload.get("frame", CAMERA_OPTICAL_FRAME)
-        world_points = frame != CAMERA_OPTICAL_FRAME
+        frame = payload.get("frame", cls.OPTICAL_FRAME)
+        world_points = frame != cls.OPTICAL_FRAME
         if world_points:
             if camera_pose is None or frame != camera_pose.frame_id:
                 raise ProtocolError(

@@ -11,6 +11,7 @@ from dronedepth.gateway.metrics import GatewayMetrics
 from dronedepth.gateway.session import DroneSession
 
 from dronedepth import protocol
+from dronedepth.frames import Transform
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 CODES = [
@@ -80,6 +81,9 @@ def test_every_message_field_is_documented(doc: str) -> None:
         height=4,
         descriptor_type="orb",
         descriptors=np.zeros((1, 32), np.uint8),
+        camera_pose=protocol.CameraPose("map", Transform.identity(), "interpolated"),
+        world_points=True,
+        ids=np.zeros(1, np.int64),
     )
     error = protocol.ErrorMessage("x", "y")
     obstacles = protocol.ObstaclesMessage(
