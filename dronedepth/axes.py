@@ -40,8 +40,8 @@ AXIS_SIGNS: Final[dict[str, NDArray[np.float32]]] = {
     "seed": np.array([1.0, -1.0, 1.0], np.float32),
 }
 """The diagonal of ``target_from_optical`` for each :data:`AXES` value."""
-for _signs in AXIS_SIGNS.values():
-    _signs.flags.writeable = False
+for _frozen_signs in AXIS_SIGNS.values():
+    _frozen_signs.flags.writeable = False
 
 
 def _signs(axes: str) -> NDArray[np.float32]:
@@ -63,7 +63,7 @@ def axes_from_optical(
     signs = _signs(axes)
     if out is None:
         if axes == "optical" and points_optical.dtype == np.float32:
-            return points_optical  # type: ignore[return-value]
+            return points_optical
         return np.multiply(points_optical, signs, dtype=np.float32)
     return np.multiply(points_optical, signs, out=out, dtype=np.float32)
 

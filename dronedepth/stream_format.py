@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -69,6 +69,10 @@ MAGIC: Final = b"DDSF"
 VERSION: Final = 1
 _HEADER: Final = struct.Struct("<4sHHIIqdBBHHHII")
 HEADER_SIZE: Final = _HEADER.size  # 48
+
+_WIRE_F4: Final = np.dtype("<f4")
+_WIRE_U1: Final = np.dtype("u1")
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
 MAX_POINTS: Final = 1 << 24
 """Largest cloud or keypoint count a decoder accepts (a corrupt count must not allocate gigabytes)."""
@@ -155,15 +159,17 @@ def encode_frame(frame: StreamFrame) -> bytes:
     )
     offset = HEADER_SIZE
     # np.frombuffer views into the bytearray: assigning converts dtype (and byte
-    # order, on a big-endian host) while copying straight into place.
-    for array, dtype, width, is_xyz in (
-        (frame.cloud_xyz, "<f4", 3, True),
-        (frame.cloud_rgb, "u1", 3, False),
-        (None, "u1", _padding(3 * n), False),
-        (frame.keypoints_xyz, "<f4", 3, True),
-        (frame.keypoints_uv, "<f4", 2, False),
-        (frame.keypoints_score, "<f4", 1, False),
-    ):
+    # order, on a big-endian host) while copying straight into place, so the
+    # table holds arrays of any dtype.
+    fields: tuple[tuple[NDArray[Any] | None, np.dtype[Any], int, bool], ...] = (
+        (frame.cloud_xyz, _WIRE_F4, 3, True),
+        (frame.cloud_rgb, _WIRE_U1, 3, False),
+        (None, _WIRE_U1, _padding(3 * n), False),
+        (frame.keypoints_xyz, _WIRE_F4, 3, True),
+        (frame.keypoints_uv, _WIRE_F4, 2, False),
+        (frame.keypoints_score, _WIRE_F4, 1, False),
+    )
+    for array, dtype, width, is_xyz in fields:
         rows = 1 if array is None else len(array)
         count = rows * width
         if array is not None and count:
@@ -172,7 +178,7 @@ def encode_frame(frame: StreamFrame) -> bytes:
                 axes_from_optical(array, frame.axes, out=view.reshape(rows, 3))
             else:
                 view[:] = np.reshape(array, -1)
-        offset += count * np.dtype(dtype).itemsize
+        offset += count * dtype.itemsize
     return bytes(buffer)
 
 
@@ -205,21 +211,19 @@ def decode_frame(data: bytes | bytearray | memoryview) -> StreamFrame:
         )
     offset = header_size
 
-    def take(dtype: str, rows: int, width: int) -> NDArray[np.generic]:
+    def take(dtype: np.dtype[_ScalarT], rows: int, width: int) -> NDArray[_ScalarT]:
         nonlocal offset
         array = np.frombuffer(data, dtype=dtype, count=rows * width, offset=offset)
         offset += array.nbytes
         # Native dtype for callers (a no-op view on little-endian hosts).
-        return array.astype(dtype[-2:] if dtype[0] == "<" else dtype, copy=False).reshape(
-            (rows, width) if width > 1 else (rows,)
-        )
+        return array.astype(dtype.newbyteorder("="), copy=False).reshape((rows, width) if width > 1 else (rows,))
 
-    cloud_xyz = optical_from_axes(take("<f4", n, 3), AXES[axes])
-    cloud_rgb = take("u1", n, 3)
+    cloud_xyz = optical_from_axes(take(_WIRE_F4, n, 3), AXES[axes])
+    cloud_rgb = take(_WIRE_U1, n, 3)
     offset += _padding(3 * n)
-    keypoints_xyz = optical_from_axes(take("<f4", k, 3), AXES[axes])
-    keypoints_uv = take("<f4", k, 2)
-    keypoints_score = take("<f4", k, 1)
+    keypoints_xyz = optical_from_axes(take(_WIRE_F4, k, 3), AXES[axes])
+    keypoints_uv = take(_WIRE_F4, k, 2)
+    keypoints_score = take(_WIRE_F4, k, 1)
     return StreamFrame(
         frame_index=frame_index,
         pts=pts,
@@ -228,9 +232,9 @@ def decode_frame(data: bytes | bytearray | memoryview) -> StreamFrame:
         axes=AXES[axes],
         width=width,
         height=height,
-        cloud_xyz=cloud_xyz,  # type: ignore[arg-type]
-        cloud_rgb=cloud_rgb,  # type: ignore[arg-type]
-        keypoints_xyz=keypoints_xyz,  # type: ignore[arg-type]
-        keypoints_uv=keypoints_uv,  # type: ignore[arg-type]
-        keypoints_score=keypoints_score,  # type: ignore[arg-type]
+        cloud_xyz=cloud_xyz,
+        cloud_rgb=cloud_rgb,
+        keypoints_xyz=keypoints_xyz,
+        keypoints_uv=keypoints_uv,
+        keypoints_score=keypoints_score,
     )
