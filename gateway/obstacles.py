@@ -255,7 +255,9 @@ def obstacle_profile_from_depth(
         valid &= mask
     if rays.valid is not None:
         valid &= rays.valid
-    z = depth.reshape(-1)
+    # Zero the rejected pixels: +inf (sky) times a zero ray or rotation component would be NaN with a
+    # RuntimeWarning, an error where warnings are errors. One copy, only for frames that hold such values.
+    z = depth.reshape(-1) if valid.all() else np.where(valid, depth, np.float32(0)).reshape(-1)
     return _profile(
         rays.rays[..., 0].reshape(-1) * z,
         rays.rays[..., 1].reshape(-1) * z,

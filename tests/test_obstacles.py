@@ -249,3 +249,19 @@ def test_the_profile_becomes_an_obstacles_message_that_round_trips() -> None:
     assert decoded == message
     assert decoded.to_dict()["frame"] == "body_frd" and decoded.gravity_aligned is False
     np.testing.assert_allclose(decoded.distances_m, profile.distances_m, atol=5e-4)
+
+
+def test_infinite_sky_depth_is_no_data_and_no_warning() -> None:
+    """+inf depth (sky, as some metric models output) is rejected quietly: warnings are errors in the tests."""
+    rays = ray_grid(CAMERA)
+    mount = body_from_camera()
+    layout = sector_layout(rays, mount, 5.0)
+    depth = np.full((CAMERA.height, CAMERA.width), np.inf, np.float32)
+    depth[CAMERA.height // 2 :, :] = 4.0  # the lower half sees a wall; the upper half is sky
+    depth[: CAMERA.height // 2, 320:] = -np.inf
+    profile = obstacle_profile_from_depth(depth, rays, layout, mount, quaternion_from_rpy(0, 0, 0), CONFIG)
+    assert np.isfinite(profile.distances_m).all()
+    assert (profile.distances_m != OBSTACLE_NO_DATA).all()
+    sky = np.full_like(depth, np.inf)
+    sky_profile = obstacle_profile_from_depth(sky, rays, layout, mount, None, CONFIG)
+    assert (sky_profile.distances_m == OBSTACLE_NO_DATA).all()
