@@ -240,12 +240,12 @@ class DroneSummary:
 def _pose_message(pts: int, pose: StampedPose) -> PoseMessage:
     return PoseMessage(
         pts=pts,
-        position=tuple(pose.world_from_body.translation.tolist()),  # type: ignore[arg-type]
-        orientation=tuple(pose.world_from_body.rotation.tolist()),  # type: ignore[arg-type]
+        position=tuple(pose.world_from_body.translation.tolist()),
+        orientation=tuple(pose.world_from_body.rotation.tolist()),
         frame_id=pose.frame_id,
         convention=pose.convention,
         height_above_ground=pose.height_above_ground_m,
-        velocity=None if pose.velocity_m_s is None else tuple(pose.velocity_m_s.tolist()),  # type: ignore[arg-type]
+        velocity=None if pose.velocity_m_s is None else tuple(pose.velocity_m_s.tolist()),
     )
 
 

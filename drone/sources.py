@@ -125,10 +125,12 @@ class FrameSource(ABC):
         """BGR from OpenCV → RGB at the output size."""
         h, w = bgr.shape[:2]
         size = output_size(w, h, *self._requested)
+        resized: cv2.typing.MatLike = bgr
         if size != (w, h):
             shrink = size[0] < w and size[1] < h
-            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        return CapturedFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), capture_time)
+            resized = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        # OpenCV's stubs type every image as any dtype; uint8 in, uint8 out (no copy).
+        return CapturedFrame(cv2.cvtColor(resized, cv2.COLOR_BGR2RGB).astype(np.uint8, copy=False), capture_time)
 
     def __iter__(self) -> Iterator[CapturedFrame]:
         while (frame := self.read()) is not None:
@@ -172,7 +174,7 @@ class CameraSource(FrameSource):
         self.fps = fps if math.isfinite(fps) and fps > 0 else None
         self._capture = capture
         self._cond = threading.Condition()
-        self._latest: tuple[NDArray[np.uint8], float] | None = (first, time.monotonic())
+        self._latest: tuple[NDArray[np.uint8], float] | None = (first.astype(np.uint8, copy=False), time.monotonic())
         self._sequence = 1
         self._returned = 0
         self._ended = False
@@ -194,7 +196,7 @@ class CameraSource(FrameSource):
                 continue
             failures = 0
             with self._cond:
-                self._latest = (bgr, now)
+                self._latest = (bgr.astype(np.uint8, copy=False), now)
                 self._sequence += 1
                 self._cond.notify_all()
         with self._cond:
@@ -255,7 +257,7 @@ class VideoFileSource(FrameSource):
             ok, bgr = self._capture.read()
         if not ok or bgr is None:
             return None
-        return self._finish(bgr, time.monotonic())
+        return self._finish(bgr.astype(np.uint8, copy=False), time.monotonic())
 
     def close(self) -> None:
         self._capture.release()
@@ -299,7 +301,7 @@ class ImageFolderSource(FrameSource):
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ConfigError(f"could not read image {str(path)!r}")
-        return bgr
+        return bgr.astype(np.uint8, copy=False)
 
     def set_output_size(self, width: int | None, height: int | None) -> None:
         super().set_output_size(width, height)
@@ -403,7 +405,9 @@ class SyntheticSource(FrameSource):
         self._cell_shades *= np.where(np.add.outer(np.arange(64), np.arange(64)) % 2 == 0, 1.0, 0.6).astype(np.float32)
         tints = rng.uniform(0.85, 1.15, size=(64, 64, 3)) * np.array([0.55, 0.6, 0.4])
         self._cell_colours = (tints * self._cell_shades[..., None]).astype(np.float32)
-        clouds = cv2.resize(rng.uniform(0, 1, size=(6, 16)).astype(np.float32), (w * 2, h), cv2.INTER_CUBIC)
+        clouds = cv2.resize(
+            rng.uniform(0, 1, size=(6, 16)).astype(np.float32), (w * 2, h), interpolation=cv2.INTER_LINEAR
+        )
         self._clouds = (np.clip(clouds, 0, 1) ** 3)[..., None]
         count = 7
         self._obstacles = [
@@ -428,7 +432,7 @@ class SyntheticSource(FrameSource):
         rgb = self.render(self._index)
         self._index += 1
         if (self.width, self.height) != (self.native_width, self.native_height):
-            rgb = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            rgb = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA).astype(np.uint8, copy=False)
         return CapturedFrame(rgb, time.monotonic())
 
     def _camera_offset(self, index: int) -> tuple[float, float]:
