@@ -1,0 +1,168 @@
+"""The gateway's video receiver: frames released at their last packet, oversized frames refused before decoding.
+
+aiortc's :class:`~aiortc.jitterbuffer.JitterBuffer` hands a video frame to the
+decoder only when a packet of the *next* frame arrives, so every frame waits
+one frame interval (67 ms at 15 fps) after its last packet is in.
+:class:`MarkerJitterBuffer` also releases a frame as soon as every packet from
+its first one to the packet carrying the RTP marker bit (RFC 3550 §5.1; RFC
+7741 §4.1 for VP8, RFC 6184 §5.1 for H.264: the last packet of the picture) is
+present, contiguous in sequence number. A frame with a packet missing is not
+released early: it waits, as before, for the retransmission (aiortc NACKs the
+gap) or is dropped whole by aiortc's overflow path, so loss and reordering
+behave as they did.
+
+Why a subclass of aiortc's buffer rather than our own depacketiser: the
+receiver's NACK, RTX, PLI, RTCP statistics and decoder thread all stay
+aiortc's, and the change is the release rule alone (one method). aiortc has no
+public hook for its buffer, so :func:`install` replaces the private attribute
+of one receiver (no global patch); :func:`check_aiortc_internals` says whether
+the aiortc in use still has what this relies on (a test calls it).
+
+:class:`FrameSizeGate` refuses frames from their dimensions before they reach
+the decoder: a VP8 keyframe states its width and height in its first ten
+bytes (RFC 6386 §9.1), and inter frames keep the size of the keyframe they
+follow, so they share its verdict. H.264 frames pass the gate untouched; the
+session checks their size after decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from aiortc import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_add
+
+__all__ = [
+    "VIDEO_BUFFER_PACKETS",
+    "FrameSizeGate",
+    "MarkerJitterBuffer",
+    "check_aiortc_internals",
+    "install",
+    "vp8_keyframe_size",
+]
+
+VIDEO_BUFFER_PACKETS: Final = 512
+"""Capacity of the video buffer in packets: aiortc's own for video."""
+_BUFFER_ATTRIBUTE: Final = "_RTCRtpReceiver__jitter_buffer"
+"""aiortc's private (name-mangled) ``RTCRtpReceiver.__jitter_buffer``."""
+_VP8_START_CODE: Final = b"\x9d\x01\x2a"
+_VP8_KEYFRAME_HEADER_BYTES: Final = 10
+"""3-byte frame tag, 3-byte start code, 2 bytes width, 2 bytes height."""
+
+
+def vp8_keyframe_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) in pixels of a VP8 keyframe, or None for an inter frame or data that is not VP8.
+
+    Frame tag bit 0 is 0 on keyframes (RFC 6386 §9.1); width and height are
+    14-bit little-endian fields after the start code (their top 2 bits are
+    an upscaling hint the decoder's output size ignores).
+    """
+    if len(frame) < _VP8_KEYFRAME_HEADER_BYTES or frame[0] & 1 or frame[3:6] != _VP8_START_CODE:
+        return None
+    width = int.from_bytes(frame[6:8], "little") & 0x3FFF
+    height = int.from_bytes(frame[8:10], "little") & 0x3FFF
+    return width, height
+
+
+def _is_vp8_inter_frame(frame: bytes) -> bool:
+    # An H.264 access unit from aiortc's depayloader starts with a 00 00 00 01 start code: bit 0 is clear.
+    return len(frame) >= 3 and bool(frame[0] & 1)
+
+
+class FrameSizeGate:
+    """Admits encoded VP8 frames whose keyframe is at most ``max_pixels``; tells ``on_refused`` of each refusal.
+
+    ``on_refused(width, height)`` runs on the event loop (the receiver's packet
+    handler) once per refused frame; reporting once is the caller's choice.
+    Frames before the first keyframe pass (the decoder cannot decode them
+    anyway, and asks for a keyframe).
+    """
+
+    def __init__(self, max_pixels: int, on_refused: Callable[[int, int], None]) -> None:
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
+        self.max_pixels = max_pixels
+        self._on_refused = on_refused
+        self._refused_size: tuple[int, int] | None = None
+        """Size of the latest keyframe when it was over the limit: its inter frames are refused too."""
+        self.refused = 0
+
+    def admit(self, frame: bytes) -> bool:
+        size = vp8_keyframe_size(frame)
+        if size is not None:
+            self._refused_size = size if size[0] * size[1] > self.max_pixels else None
+        elif not _is_vp8_inter_frame(frame):
+            return True
+        if self._refused_size is None:
+            return True
+        self.refused += 1
+        self._on_refused(*self._refused_size)
+        return False
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, releasing a frame at its marker packet when none of its packets is missing.
+
+    ``gate``, if given, decides whether a released frame goes to the decoder.
+    """
+
+    release_at_marker: bool = True
+    """False gives aiortc's release rule alone (the receiver benchmark compares the two)."""
+
+    def __init__(self, capacity: int = VIDEO_BUFFER_PACKETS, *, gate: FrameSizeGate | None = None) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+        self._gate = gate
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli_flag, frame = super().add(packet)
+        if frame is not None and self._gate is not None and not self._gate.admit(frame.data):
+            frame = None
+        return pli_flag, frame
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        if self.release_at_marker:
+            frame = self._remove_marked_frame()
+            if frame is not None:
+                return frame
+        return super()._remove_frame(sequence_number)
+
+    def _remove_marked_frame(self) -> JitterFrame | None:
+        """The oldest frame if its packets, from the buffer's origin to a marker packet, are all here."""
+        origin = self._origin
+        if origin is None:
+            return None
+        first = self._packets[origin % self._capacity]
+        if first is None:
+            return None
+        for count in range(self._capacity):
+            packet = self._packets[uint16_add(origin, count) % self._capacity]
+            if packet is None or packet.timestamp != first.timestamp:
+                # A gap, or the next frame began without a marker: aiortc's rule decides.
+                return None
+            if packet.marker:
+                packets = [self._packets[uint16_add(origin, i) % self._capacity] for i in range(count + 1)]
+                frame = JitterFrame(data=b"".join(p._data for p in packets), timestamp=first.timestamp)  # type: ignore[attr-defined,union-attr]
+                self.remove(count + 1)
+                return frame
+        return None
+
+
+def check_aiortc_internals(receiver: RTCRtpReceiver) -> None:
+    """Raise RuntimeError if ``receiver`` lacks the aiortc internals :func:`install` replaces."""
+    current = getattr(receiver, _BUFFER_ATTRIBUTE, None)
+    if not isinstance(current, JitterBuffer):
+        raise RuntimeError(f"aiortc's RTCRtpReceiver has no {_BUFFER_ATTRIBUTE} JitterBuffer any more")
+    for name in ("_origin", "_packets", "_capacity", "_remove_frame", "remove"):
+        if not hasattr(current, name):
+            raise RuntimeError(f"aiortc's JitterBuffer has no {name} any more")
+
+
+def install(receiver: RTCRtpReceiver, *, gate: FrameSizeGate | None = None) -> MarkerJitterBuffer:
+    """Give one video receiver a :class:`MarkerJitterBuffer`; call before its first RTP packet (the track event)."""
+    check_aiortc_internals(receiver)
+    buffer = MarkerJitterBuffer(getattr(receiver, _BUFFER_ATTRIBUTE).capacity, gate=gate)
+    setattr(receiver, _BUFFER_ATTRIBUTE, buffer)
+    return buffer
