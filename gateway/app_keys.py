@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from dronedepth.gateway.config import GatewayConfig
     from dronedepth.gateway.http_guard import ConnectionGuard
     from dronedepth.gateway.inference import DepthService
+    from dronedepth.gateway.logthrottle import LogThrottle
     from dronedepth.gateway.metrics import GatewayMetrics
     from dronedepth.gateway.outputs.previews import PreviewHub
     from dronedepth.gateway.outputs.stream import StreamHub
@@ -37,7 +38,10 @@ class RoutedGateway(Protocol):
     preview_hub: PreviewHub | None
     stream_hub: StreamHub
     guard: ConnectionGuard
-    drone_ids_by_token_digest: Mapping[str, str] | None
+    refusal_log: LogThrottle
+
+    @property
+    def drone_ids_by_token_digest(self) -> Mapping[str, str] | None: ...
 
     @property
     def sessions(self) -> Mapping[str, DroneSession]: ...

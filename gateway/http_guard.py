@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -34,7 +34,7 @@ class _GuardedConnection(asyncio.Protocol):
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self._guard = guard
         self._inner = inner
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._in_handlers = 0
         self._refused = False
@@ -42,16 +42,19 @@ class _GuardedConnection(asyncio.Protocol):
     # -- asyncio.Protocol, forwarded to aiohttp
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # loop.create_server gives a stream protocol a full Transport (with abort); asyncio.Protocol's
+        # signature only promises the base class.
+        stream = cast(asyncio.Transport, transport)
         guard = self._guard
         if len(guard.waiting) >= guard.max_waiting:
             self._refused = True
             guard.on_drop("too_many_waiting")
-            transport.abort()
+            stream.abort()
             return
-        self._transport = transport
-        guard.by_transport[transport] = self
+        self._transport = stream
+        guard.by_transport[stream] = self
         self._wait()
-        self._inner.connection_made(transport)
+        self._inner.connection_made(stream)
 
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)
@@ -146,7 +149,7 @@ class GuardedTCPSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._guard.wrap(server),  # type: ignore[arg-type]
+            self._guard.wrap(server),
             self._host,
             self._port,
             ssl=self._ssl_context,

@@ -221,6 +221,11 @@ class GatewayMetrics:
             "Answered offers closed because ICE/DTLS did not complete in time.",
             registry=r,
         )
+        self.media_ports_exhausted = Counter(
+            "dronedepth_media_ports_exhausted_total",
+            "Offers refused because every UDP port of --rtc-ports was taken.",
+            registry=r,
+        )
         self.connections_dropped = Counter(
             "dronedepth_http_connections_dropped_total",
             "HTTP connections closed before a handler ran, by reason (slow headers, idle, too many waiting).",
@@ -243,7 +248,7 @@ class GatewayMetrics:
 
         ``detail=False`` leaves out the collectors added with ``detail=True`` (per-drone series).
         """
-        text = generate_latest(_WithoutCreated(self.registry)).decode("utf-8")  # type: ignore[arg-type]
+        text = generate_latest(_WithoutCreated(self.registry)).decode("utf-8")
         if detail:
             text += generate_latest(self._detail_registry).decode("utf-8")
         return text

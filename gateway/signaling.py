@@ -93,7 +93,7 @@ def check_offer_sdp(sdp: str) -> None:
             f"the offer has no data channel: create the '{protocol.DATA_CHANNEL_LABEL}' channel before the offer",
         )
     for media in description.media:
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise ProtocolError(INVALID_SDP, f"the {media.kind} section lacks ICE credentials (ice-ufrag/ice-pwd)")
         if not media.dtls or not media.dtls.fingerprints:
             raise ProtocolError(INVALID_SDP, f"the {media.kind} section lacks a DTLS fingerprint")

@@ -58,7 +58,10 @@ def encode_preview(
     height, width = depth.shape[:2]
     if width > max_width:
         size = (max_width, max(1, round(height * max_width / width)))
-        depth = cv2.resize(depth.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
+        # float32 in (cv2.resize has no float16), float32 out: the outer astype (no copy) tells mypy,
+        # whose OpenCV stubs type every result as any dtype.
+        shrunk = cv2.resize(depth.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
+        depth = shrunk.astype(np.float32, copy=False)
     rgb = colorize_depth(depth, depth_kind)
     ok, buffer = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - OpenCV cannot fail on a uint8 BGR image
