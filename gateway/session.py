@@ -61,12 +61,22 @@ from dronedepth.gateway.inference import DepthService
 from dronedepth.gateway.logthrottle import LogThrottle
 from dronedepth.gateway.metrics import GatewayMetrics
 from dronedepth.gateway.outputs.sinks import CaptureClock, FrameRecord
-from dronedepth.gateway.pipeline import FramePose, FrameProcessor, FrameResult
+from dronedepth.gateway.pipeline import FramePose, FrameProcessor, FrameResult, ProcessingConfig
+from dronedepth.gateway.receiver import FrameSizeGate
+from dronedepth.gateway.receiver import install as install_receiver
+from dronedepth.gateway.scaling import SessionScale
 
 from dronedepth import protocol
 from dronedepth.errors import InferenceError, InferenceTimeout, InferenceUnavailable, ProtocolError
 from dronedepth.pose_buffer import PoseBuffer, PoseMatch, TimedPose
-from dronedepth.protocol import VIDEO_CLOCK_RATE, CameraMessage, ErrorMessage, KeypointsMessage, PoseMessage
+from dronedepth.protocol import (
+    VIDEO_CLOCK_RATE,
+    AnchorsMessage,
+    CameraMessage,
+    ErrorMessage,
+    KeypointsMessage,
+    PoseMessage,
+)
 
 if TYPE_CHECKING:
     import av
@@ -84,7 +94,9 @@ MAX_CAMERA_CHANGES = 4
 """Distinct cameras a drone may set per :data:`CAMERA_CHANGE_WINDOW_S` (each may cost a new ray grid)."""
 CAMERA_CHANGE_WINDOW_S = 10.0
 INVALID_POSE_REPORT_S = 1.0
-"""At most one ``invalid_pose`` error per this many seconds (a drone streaming bad poses at 50 Hz)."""
+"""At most one ``invalid_pose`` (or ``invalid_anchors``) error per this many seconds (a drone streaming bad
+poses or rangefinder readings at 50 Hz)."""
+_RATE_LIMITED_NOUNS = {protocol.INVALID_POSE: "invalid poses", protocol.INVALID_ANCHORS: "invalid anchors messages"}
 _WAIT_FOR_POSE = ("ahead", "extrapolated")
 """Lookups that a pose arriving a little later turns into a better (or any) match."""
 
@@ -123,13 +135,21 @@ def _finish_frame(
     inferred: float,
     pose: FramePose | None,
     captured: float,
+    scaling: SessionScale,
+    anchors: AnchorsMessage | None,
 ) -> tuple[FrameResult, str, str | None]:
-    """Worker-thread part of a frame after inference: process, complete the timing, encode.
+    """Worker-thread part of a frame after inference: scale, process, complete the timing, encode.
 
     Returns the result, the encoded ``keypoints`` and the encoded ``obstacles`` (None without metric depth).
     """
     pts = int(item.frame.pts or 0)
-    result = processor.process(rgb, depth, camera, pts=pts, frame_index=item.index, timing=timing, pose=pose)
+    started = time.perf_counter()
+    scale = scaling.frame(depth, processor.depth_kind, camera, pts, pose, anchors)
+    if scale is not None:
+        timing["scale"] = (time.perf_counter() - started) * 1e3
+    result = processor.process(
+        rgb, depth, camera, pts=pts, frame_index=item.index, timing=timing, pose=pose, scale=scale
+    )
     obstacles = None
     if result.obstacles is not None:
         obstacles = protocol.encode(result.obstacles.to_message(pts, captured, item.index))
@@ -231,8 +251,14 @@ class DroneSession:
         self._newest_frame_s: float | None = None
         """pts time (seconds) of the newest frame received: poses far beyond it are refused."""
         self._last_frame_had_pose = False
-        self._invalid_pose_reported_at = -math.inf
-        self._invalid_pose_unreported = 0
+        self._refusal_reported_at: dict[str, float] = {}
+        self._refusals_unreported: Counter[str] = Counter()
+        self._scale = SessionScale(
+            context.config.scale,
+            correct=context.config.scale_correct,
+            max_gap_s=context.config.pose_max_gap,
+            min_disparity=(context.config.processing or ProcessingConfig()).min_disparity,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._video_track: MediaStreamTrack | None = None
         self._processor: FrameProcessor | None = None
@@ -362,11 +388,19 @@ class DroneSession:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and self._video_track is None:
             self._video_track = track
+            self._install_receiver(track)
             self._spawn(self._drain(track), "drain")
         else:
             # aiortc queues every decoded frame of every track: consume the ones we do not use.
             log.info("drone %s: ignoring an extra %s track", self.drone_id, track.kind)
             self._spawn(self._discard(track), f"discard-{track.kind}")
+
+    def _install_receiver(self, track: MediaStreamTrack) -> None:
+        """Frames of ``track`` go to the decoder at their last packet, and only if their size is allowed."""
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.receiver.track is track:
+                gate = FrameSizeGate(self._config.max_frame_pixels, self._refuse_too_large)
+                install_receiver(transceiver.receiver, gate=gate)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != protocol.DATA_CHANNEL_LABEL or self.channel is not None:
@@ -397,15 +431,19 @@ class DroneSession:
             )
             return
         try:
-            message = protocol.decode(data, accept=(CameraMessage.type, PoseMessage.type))
+            message = protocol.decode(data, accept=(CameraMessage.type, PoseMessage.type, AnchorsMessage.type))
         except ProtocolError as exc:
-            if exc.code == protocol.INVALID_POSE:
-                self._refuse_pose(exc.message)
+            if exc.code in _RATE_LIMITED_NOUNS:
+                self._refuse_limited(exc.code, exc.message)
             else:
                 self._refuse_message(exc.code, exc.message)
             return
         if isinstance(message, PoseMessage):
             self._add_pose(message)
+            return
+        if isinstance(message, AnchorsMessage):
+            # Refused ones never get here: the estimate keeps its last good state.
+            self._scale.add_anchors(message)
             return
         assert isinstance(message, CameraMessage)
         if message != self.camera and not self._camera_change_allowed():
@@ -429,23 +467,24 @@ class DroneSession:
         try:
             self._poses.add(sample, reference_s=self._newest_frame_s)
         except ProtocolError as exc:
-            self._refuse_pose(exc.message)
+            self._refuse_limited(protocol.INVALID_POSE, exc.message)
             return
         self.poses_received += 1
         self._pose_arrived.set()
 
-    def _refuse_pose(self, text: str) -> None:
-        """``invalid_pose``, rate-limited: the first of a burst at once, then one per second with the count."""
-        self._metrics.messages_refused.inc(reason=protocol.INVALID_POSE)
+    def _refuse_limited(self, code: str, text: str) -> None:
+        """``invalid_pose`` / ``invalid_anchors``, rate-limited per code: the first of a burst at once, then one
+        per second with the count."""
+        self._metrics.messages_refused.inc(reason=code)
         now = time.monotonic()
-        if now - self._invalid_pose_reported_at < INVALID_POSE_REPORT_S:
-            self._invalid_pose_unreported += 1
+        if now - self._refusal_reported_at.get(code, -math.inf) < INVALID_POSE_REPORT_S:
+            self._refusals_unreported[code] += 1
             return
-        if self._invalid_pose_unreported:
-            text = f"{text} ({self._invalid_pose_unreported} more invalid poses since the last report)"
-        if self.send_error(protocol.INVALID_POSE, text):
-            self._invalid_pose_reported_at = now
-            self._invalid_pose_unreported = 0
+        if unreported := self._refusals_unreported[code]:
+            text = f"{text} ({unreported} more {_RATE_LIMITED_NOUNS[code]} since the last report)"
+        if self.send_error(code, text):
+            self._refusal_reported_at[code] = now
+            self._refusals_unreported[code] = 0
 
     def _refuse_message(self, code: str, text: str) -> None:
         self._metrics.messages_refused.inc(reason=code)
@@ -552,6 +591,17 @@ class DroneSession:
                 await self.close(f"idle: no video for {quiet:.0f} s")
                 return
 
+    def _refuse_too_large(self, width: int, height: int) -> None:
+        """Drop a frame over ``max_frame_pixels`` (VP8: before decoding, by its receiver's gate); tell once a size."""
+        self._last_frame_at = time.monotonic()  # refused video is still video: not an idle drone
+        self._drop(FRAME_TOO_LARGE)
+        if self._told_too_large != (width, height) and self.send_error(
+            protocol.FRAME_TOO_LARGE,
+            f"frame of {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{self._config.max_frame_pixels} pixels; frames this large are dropped",
+        ):
+            self._told_too_large = (width, height)
+
     def _drop(self, reason: str) -> None:
         self.dropped[reason] += 1
         self._metrics.frames_dropped.inc(reason=reason)
@@ -612,13 +662,7 @@ class DroneSession:
                 )
             return
         if width * height > self._config.max_frame_pixels:
-            self._drop(FRAME_TOO_LARGE)
-            if self._told_too_large != (width, height) and self.send_error(
-                protocol.FRAME_TOO_LARGE,
-                f"frame of {width}x{height} = {width * height} pixels exceeds the limit of "
-                f"{self._config.max_frame_pixels} pixels; frames this large are dropped",
-            ):
-                self._told_too_large = (width, height)
+            self._refuse_too_large(width, height)  # H.264: the receiver's gate reads VP8 sizes only
             return
         camera = self._frame_camera(width, height)
         if camera is None:
@@ -674,10 +718,13 @@ class DroneSession:
             "inference": (inferred - converted) * 1e3,
         }
         pose = await self._frame_pose(item)
+        anchors = self._scale.take_anchors(int(item.frame.pts or 0))
         # Stamped with the drone's capture clock (the frame's pts), not this frame's arrival.
         captured = self._capture_clock.capture_time(int(item.frame.pts or 0), item.received_wall)
         processor = self._processor_for(self._ctx.depth.depth_kind)
-        work = functools.partial(_finish_frame, processor, rgb, depth, camera, item, timing, inferred, pose, captured)
+        work = functools.partial(
+            _finish_frame, processor, rgb, depth, camera, item, timing, inferred, pose, captured, self._scale, anchors
+        )
         result, text, obstacles = await loop.run_in_executor(executor, work)
         message = result.message
         self._told_internal = False
@@ -796,4 +843,5 @@ class DroneSession:
                 "frame_id": self._pose_frame_id,
             },
             "nearest_obstacle_m": self.nearest_obstacle_m,
+            "scale": self._scale.snapshot(),
         }
