@@ -53,11 +53,12 @@ async def test_publishes_every_topic_as_ros2_cdr(sink: FoxgloveSink) -> None:
         info = await next_json(ws)
         assert info["op"] == "serverInfo" and info["name"] == "dronedepth"
         channels: dict[str, dict[str, Any]] = {}
-        while len(channels) < len(TOPICS):
+        expected = TOPICS | {"/tf_static": "tf2_msgs/msg/TFMessage"}  # no pose, no obstacles: no /tf, no scan
+        while len(channels) < len(expected):
             advertise = await next_json(ws)
             assert advertise["op"] == "advertise"
             channels.update({c["topic"]: c for c in advertise["channels"]})
-        assert {topic: c["schemaName"] for topic, c in channels.items()} == TOPICS
+        assert {topic: c["schemaName"] for topic, c in channels.items()} == expected
         assert {(c["encoding"], c["schemaEncoding"]) for c in channels.values()} == {("cdr", "ros2msg")}
 
         points = channels["/drone_7/points"]
@@ -87,16 +88,17 @@ async def test_publishes_every_topic_as_ros2_cdr(sink: FoxgloveSink) -> None:
         encoded_kinds = {key[1] for key in record._memo if isinstance(key, tuple)}
         assert encoded_kinds == {"points"}, "only subscribed topics are encoded"
 
-        # A drone that leaves withdraws its channels.
+        # A drone that leaves withdraws its channels; the shared /tf_static stays for the other drones.
         await asyncio.to_thread(sink.close_drone, "drone-7")
+        own = {c["id"] for topic, c in channels.items() if topic in TOPICS}
         withdrawn: set[int] = set()
-        while len(withdrawn) < len(channels):
+        while len(withdrawn) < len(own):
             message = await ws.receive(timeout=30)
             if message.type == aiohttp.WSMsgType.TEXT:  # binary: a frame still in flight
                 unadvertise = json.loads(message.data)
                 assert unadvertise["op"] == "unadvertise"
                 withdrawn.update(unadvertise["channelIds"])
-        assert withdrawn == {c["id"] for c in channels.values()}
+        assert withdrawn == own
 
 
 async def test_a_busy_port_is_a_config_error(sink: FoxgloveSink) -> None:

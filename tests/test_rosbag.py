@@ -123,6 +123,8 @@ def test_every_topic_has_its_type_frame_and_capture_stamp(metric_bag: tuple[Path
     bag, records = metric_bag
     assert bag.name.startswith("drone-7_") and (bag / "metadata.yaml").exists()
     topics = read_bag(bag)
+    (mount,) = topics.pop("/tf_static")  # the camera mount, once: its contents are checked in test_rosbag_tf.py
+    assert mount[:2] == (records[0].stamp_ns, "tf2_msgs/msg/TFMessage")
     assert {t: v[0][1] for t, v in topics.items()} == TOPICS
     for topic, messages in topics.items():
         assert len(messages) == 3, topic
@@ -315,7 +317,7 @@ def test_a_killed_writer_leaves_every_written_frame_readable(tmp_path: Path) -> 
     bag_path = Path(bag)
     assert not (bag_path / "metadata.yaml").exists(), "killed: rosbags never wrote the metadata"
     topics = read_prefix(bag_path / f"{bag_path.name}.mcap")
-    assert set(topics) == set(TOPICS)
+    assert set(topics) == set(TOPICS) | {"/tf_static"}
     for topic in TOPICS:
         assert len(topics[topic]) >= written, topic
     for i, msg in enumerate(topics[f"/{NS}/points"][:written]):

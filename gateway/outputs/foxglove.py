@@ -2,7 +2,10 @@
 
 The topics, types and bytes are those of the rosbag2 recording
 (:mod:`gateway.rosbag`): ROS 2 messages, CDR-encoded, with ``ros2msg``
-schemas, so Foxglove shows a live drone and its recorded bag the same way. A
+schemas, so Foxglove shows a live drone and its recorded bag the same way
+(``/tf`` and ``/tf_static`` are shared by every drone; ``/tf_static`` is sent
+with every frame, as the server has no latching, so a client that connects
+late still places the camera). A
 topic is serialised only while a client subscribes to it (``has_sinks``), so
 an idle server costs nothing per frame.
 
@@ -19,7 +22,7 @@ import threading
 from typing import Final
 
 import foxglove
-from dronedepth.gateway.outputs.rosbag import TOPIC_KINDS, RosEncoder
+from dronedepth.gateway.outputs.rosbag import GLOBAL_TOPICS, TF_STATIC, RosEncoder
 from dronedepth.gateway.outputs.sinks import FrameRecord
 
 from dronedepth.errors import ConfigError
@@ -58,13 +61,14 @@ class FoxgloveSink:
         self.host = host
         self.port: int = self._server.port
         self._channels: dict[str, dict[str, foxglove.Channel]] = {}
+        """Per drone id its topics' channels; the shared topics (:data:`GLOBAL_TOPICS`) under ``""``."""
         self._lock = threading.Lock()
         self._closed = False
         log.info("Foxglove live server on ws://%s:%d (open it in Foxglove: Open connection)", host, self.port)
 
     def _channel(self, drone_id: str, topic: str, msgtype: str) -> foxglove.Channel:
         with self._lock:
-            channels = self._channels.setdefault(drone_id, {})
+            channels = self._channels.setdefault("" if topic in GLOBAL_TOPICS else drone_id, {})
             channel = channels.get(topic)
             if channel is None:
                 text, _ = self.encoder.definition(msgtype)
@@ -79,7 +83,7 @@ class FoxgloveSink:
     def write(self, record: FrameRecord) -> None:
         if self._closed:
             return
-        for kind in TOPIC_KINDS:
+        for kind in (TF_STATIC, *self.encoder.kinds(record)):
             channel = self._channel(record.drone_id, self.encoder.topic(record, kind), self.encoder.msgtype(kind))
             if not channel.has_sinks():
                 continue  # nobody subscribed: skip the encoding

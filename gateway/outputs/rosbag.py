@@ -12,9 +12,18 @@ bytes live. Topics, for a drone whose ROS name is ``<ns>`` (see :func:`ros_name`
     /<ns>/depth_relative    sensor_msgs/msg/Image 32FC1, NOT metres (relative models only)
     /<ns>/points            sensor_msgs/msg/PointCloud2       x y z rgb
     /<ns>/keypoints         sensor_msgs/msg/PointCloud2       x y z score u v
+    /<ns>/obstacles         sensor_msgs/msg/LaserScan         metric frames with an obstacle profile
+    /tf                     tf2_msgs/msg/TFMessage            <world> → <ns>/base_link (with a pose),
+                                                              <ns>/base_link → <ns>/base_link_level
+    /tf_static              tf2_msgs/msg/TFMessage            <ns>/base_link → <ns>/camera_optical_frame
 
-All in frame ``<ns>/camera_optical_frame`` (REP-103: x right, y down, z
-forward) whatever the gateway's ``--axes``, stamped with the capture time.
+Images and clouds are in frame ``<ns>/camera_optical_frame`` (REP-103: x
+right, y down, z forward) whatever the gateway's ``--axes``; the obstacles in
+``<ns>/base_link_level`` (FLU, the body turned by its roll and pitch so that
+z is up against gravity; the body itself when no attitude is known). Every
+message, transforms included, is stamped with the frame's capture time.
+``<world>`` is the pose's frame (``map`` or ``odom``, ENU, REP-105), shared
+by every drone so several drones' clouds land in one scene.
 ``docs/outputs.md`` has the details and the reasons.
 """
 
@@ -22,15 +31,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import cv2
 import numpy as np
+from dronedepth.gateway.obstacles import SOURCE_CAMERA, SOURCE_NONE, ObstacleProfile, level_from_body
 from dronedepth.gateway.outputs.recording import FaultHandler, RecordingBudget, RecordingLimits
 from dronedepth.gateway.outputs.sinks import FrameRecord
 from numpy.typing import NDArray
@@ -39,29 +50,50 @@ from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.typesys import Stores, get_typestore
 
 from dronedepth.errors import ConfigError
-from dronedepth.protocol import CameraMessage
+from dronedepth.frames import Transform, quaternion_from_matrix
+from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, CameraMessage
+
+if TYPE_CHECKING:
+    from dronedepth.gateway.pipeline import FramePose
 
 __all__ = [
+    "BODY_FRAME",
+    "GLOBAL_TOPICS",
+    "LEVEL_FRAME",
     "OPTICAL_FRAME",
+    "TF_STATIC",
     "TOPIC_KINDS",
     "BagSink",
     "RosEncoder",
     "RosMessage",
     "camera_info_fields",
+    "laser_scan_ranges",
+    "level_frame",
     "ros_name",
 ]
 
 log = logging.getLogger(__name__)
 
 OPTICAL_FRAME: Final = "camera_optical_frame"
-TOPIC_KINDS: Final = ("camera_info", "image", "depth", "points", "keypoints")
-"""One message of each kind per frame, written in this order."""
+BODY_FRAME: Final = "base_link"
+LEVEL_FRAME: Final = "base_link_level"
+TOPIC_KINDS: Final = ("tf", "camera_info", "image", "depth", "points", "keypoints", "obstacles")
+"""The kinds of message a frame may have, written in this order (see :meth:`RosEncoder.kinds`)."""
+TF_STATIC: Final = "tf_static"
+"""The camera mount's kind: once per bag and mount (every frame on the live server, for late subscribers)."""
+GLOBAL_TOPICS: Final = frozenset({"/tf", "/tf_static"})
+"""Topics every drone shares (its frame ids carry its namespace), as in a multi-robot ROS system."""
 
 POINT_CLOUD2: Final = "sensor_msgs/msg/PointCloud2"
 IMAGE: Final = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE: Final = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO: Final = "sensor_msgs/msg/CameraInfo"
+LASER_SCAN: Final = "sensor_msgs/msg/LaserScan"
+TF_MESSAGE: Final = "tf2_msgs/msg/TFMessage"
 _TOPIC_TYPES: Final = {
+    "tf": TF_MESSAGE,
+    TF_STATIC: TF_MESSAGE,
+    "obstacles": LASER_SCAN,
     "camera_info": CAMERA_INFO,
     "image": COMPRESSED_IMAGE,
     "depth": IMAGE,
@@ -125,6 +157,42 @@ def camera_info_fields(camera: CameraMessage) -> dict[str, Any]:
     }
 
 
+def level_frame(profile: ObstacleProfile, pose: FramePose | None) -> Transform:
+    """``base_link_from_base_link_level``: the rotation that the obstacle profile removed from the body.
+
+    The profile's level frame is the body turned by its roll and pitch (yaw
+    kept, same origin); a profile that is not gravity-aligned was computed in
+    the body frame itself (identity).
+    """
+    if not profile.gravity_aligned or pose is None:
+        return Transform.identity()
+    level_from_body_rotation = level_from_body(pose.body.world_from_body.rotation)
+    return Transform(quaternion_from_matrix(level_from_body_rotation.T), np.zeros(3))
+
+
+def laser_scan_ranges(profile: ObstacleProfile) -> tuple[NDArray[np.float32], NDArray[np.float32], float]:
+    """``(ranges, intensities, angle_min)`` of a ``sensor_msgs/LaserScan`` holding ``profile``.
+
+    The profile's sectors run clockwise (MAVLink ``BODY_FRD`` azimuths); a
+    LaserScan's angles run counter-clockwise about z up (REP-103), so the
+    sectors are written last to first and ``angle_min`` (radians) is minus the
+    last sector's azimuth. REP-117: a sector with nothing within range is
+    ``+inf``, one without data ``NaN``. Intensities say each sector's source
+    (0 none, 1 this frame's camera, 2 the world map).
+    """
+    distances = profile.distances_m[::-1]
+    ranges = distances.astype(np.float32)
+    ranges[distances == OBSTACLE_FREE] = np.inf
+    ranges[distances == OBSTACLE_NO_DATA] = np.nan
+    if profile.sources is None:
+        sources = np.where(distances == OBSTACLE_NO_DATA, SOURCE_NONE, SOURCE_CAMERA).astype(np.float32)
+    else:
+        sources = profile.sources[::-1].astype(np.float32)
+    layout = profile.layout
+    last_azimuth_deg = layout.angle_offset_deg + (layout.count - 1) * layout.sector_width_deg
+    return ranges, sources, -math.radians(last_azimuth_deg)
+
+
 @dataclass(frozen=True, slots=True)
 class RosMessage:
     """One serialised (CDR, little-endian) message of one topic."""
@@ -158,6 +226,12 @@ class RosEncoder:
         self._image = types[IMAGE]
         self._compressed = types[COMPRESSED_IMAGE]
         self._camera_info = types[CAMERA_INFO]
+        self._laser_scan = types[LASER_SCAN]
+        self._tf_message = types[TF_MESSAGE]
+        self._transform_stamped = types["geometry_msgs/msg/TransformStamped"]
+        self._transform = types["geometry_msgs/msg/Transform"]
+        self._vector3 = types["geometry_msgs/msg/Vector3"]
+        self._quaternion = types["geometry_msgs/msg/Quaternion"]
         self._roi = types["sensor_msgs/msg/RegionOfInterest"](
             x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
         )
@@ -171,7 +245,19 @@ class RosEncoder:
 
     # ------------------------------------------------------------------ names
 
+    def kinds(self, record: FrameRecord) -> tuple[str, ...]:
+        """The kinds of message ``record`` has, in writing order (``tf_static`` aside)."""
+        result = record.result
+        has_obstacles = result.obstacles is not None
+        return tuple(
+            kind
+            for kind in TOPIC_KINDS
+            if (kind != "obstacles" or has_obstacles) and (kind != "tf" or has_obstacles or result.pose is not None)
+        )
+
     def topic(self, record: FrameRecord, kind: str) -> str:
+        if kind in ("tf", TF_STATIC):
+            return f"/{kind}"
         ns = ros_name(record.drone_id)
         if kind == "depth" and record.message.depth_kind != "metric":
             return f"/{ns}/depth_relative"
@@ -202,18 +288,76 @@ class RosEncoder:
         """The ``kind`` message of ``record`` (one of :data:`TOPIC_KINDS`), serialised once per record."""
         return record.memo((self._memo_key, kind), lambda: self._encode(record, kind))
 
-    def encode_all(self, record: FrameRecord) -> list[RosMessage]:
-        return [self.encode(record, kind) for kind in TOPIC_KINDS]
+    def encode_all(self, record: FrameRecord, *, with_mount: bool = False) -> list[RosMessage]:
+        """Every message of ``record``; ``with_mount`` puts the ``/tf_static`` mount first."""
+        kinds = ((TF_STATIC,) if with_mount else ()) + self.kinds(record)
+        return [self.encode(record, kind) for kind in kinds]
+
+    def _stamped_header(self, record: FrameRecord, frame_id: str) -> Any:
+        return self._header(
+            stamp=self._time(sec=record.stamp_ns // 1_000_000_000, nanosec=record.stamp_ns % 1_000_000_000),
+            frame_id=frame_id,
+        )
 
     def _encode(self, record: FrameRecord, kind: str) -> RosMessage:
-        header = self._header(
-            stamp=self._time(sec=record.stamp_ns // 1_000_000_000, nanosec=record.stamp_ns % 1_000_000_000),
-            frame_id=self.frame_id(record.drone_id),
-        )
+        header = self._stamped_header(record, self.frame_id(record.drone_id))
         builder = getattr(self, f"_build_{kind}")
         message = builder(record, header)
         msgtype = _TOPIC_TYPES[kind]
         return RosMessage(self.topic(record, kind), msgtype, self.typestore.serialize_cdr(message, msgtype))
+
+    # ------------------------------------------------------------------ transforms and obstacles
+
+    def _transform_msg(self, record: FrameRecord, parent: str, child: str, parent_from_child: Transform) -> Any:
+        x, y, z, w = (float(v) for v in parent_from_child.rotation)
+        tx, ty, tz = (float(v) for v in parent_from_child.translation)
+        return self._transform_stamped(
+            header=self._stamped_header(record, parent),
+            child_frame_id=child,
+            transform=self._transform(
+                translation=self._vector3(x=tx, y=ty, z=tz), rotation=self._quaternion(x=x, y=y, z=z, w=w)
+            ),
+        )
+
+    def _build_tf_static(self, record: FrameRecord, header: Any) -> Any:
+        ns = ros_name(record.drone_id)
+        mount = record.camera.body_from_camera
+        return self._tf_message(
+            transforms=[self._transform_msg(record, f"{ns}/{BODY_FRAME}", f"{ns}/{OPTICAL_FRAME}", mount)]
+        )
+
+    def _build_tf(self, record: FrameRecord, header: Any) -> Any:
+        ns = ros_name(record.drone_id)
+        body = f"{ns}/{BODY_FRAME}"
+        pose = record.result.pose
+        transforms = []
+        if pose is not None:  # the body pose: REP-105 map|odom → base_link
+            transforms.append(self._transform_msg(record, pose.frame_id, body, pose.body.world_from_body))
+        if record.result.obstacles is not None:
+            transforms.append(
+                self._transform_msg(record, body, f"{ns}/{LEVEL_FRAME}", level_frame(record.result.obstacles, pose))
+            )
+        return self._tf_message(transforms=transforms)
+
+    def _build_obstacles(self, record: FrameRecord, header: Any) -> Any:
+        profile = record.result.obstacles
+        assert profile is not None  # kinds() lists obstacles only for frames that have them
+        ranges, sources, angle_min = laser_scan_ranges(profile)
+        increment = math.radians(profile.layout.sector_width_deg)
+        return self._laser_scan(
+            header=self._stamped_header(record, f"{ros_name(record.drone_id)}/{LEVEL_FRAME}"),
+            angle_min=angle_min,
+            angle_max=angle_min + increment * (len(ranges) - 1),
+            angle_increment=increment,
+            time_increment=0.0,  # one instant: every sector comes from the same frame
+            scan_time=0.0,
+            range_min=profile.min_range_m,
+            range_max=profile.max_range_m,
+            ranges=ranges,
+            intensities=sources,
+        )
+
+    # ------------------------------------------------------------------ clouds and images
 
     def _build_points(self, record: FrameRecord, header: Any) -> Any:
         points = record.result.points
@@ -315,6 +459,8 @@ class _DroneBag:
         self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
         self._writer.open()
         self._connections: dict[str, Any] = {}
+        self._mount: Transform | None = None
+        """The camera mount last written to ``/tf_static`` (written again when the drone's camera changes)."""
         self._lock = threading.Lock()
         self._can_flush = _supports_flush(self._writer)
         self._size = self._file_size()
@@ -322,7 +468,12 @@ class _DroneBag:
             log.warning("this rosbags version hides its MCAP chunks: bag %s is only readable after a clean close", path)
 
     def write(self, record: FrameRecord) -> None:
-        messages = self.encoder.encode_all(record)
+        mount = record.camera.body_from_camera
+        new_mount = self._mount is None or not (
+            np.array_equal(mount.rotation, self._mount.rotation)
+            and np.array_equal(mount.translation, self._mount.translation)
+        )
+        messages = self.encoder.encode_all(record, with_mount=new_mount)
         with self._lock:
             if self._writer is None:
                 if self.budget.stopped is not None:
@@ -349,6 +500,7 @@ class _DroneBag:
                 self.budget.stop("write_failed", f"{exc.strerror or exc}")
                 return
             self.depth_kinds.add(record.message.depth_kind)
+            self._mount = mount
             self.frames += 1
             size = self._file_size()
             self.budget.spent(size - self._size)

@@ -30,7 +30,9 @@ from dronedepth.errors import ConfigError
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, VIDEO_CLOCK_RATE, CameraMessage, KeypointsMessage
 
 if TYPE_CHECKING:
+    from dronedepth.gateway.obstacles import ObstacleProfile
     from dronedepth.gateway.outputs.recording import FaultHandler, Recorder, RecordingLimits
+    from dronedepth.gateway.pipeline import FramePose
 
 __all__ = [
     "CaptureClock",
@@ -64,6 +66,14 @@ class FrameData(Protocol):
     @property
     def cloud(self) -> Any:
         """The Open3D cloud or None; only :class:`RecorderSink` (its PLY files) reads it."""
+
+    @property
+    def pose(self) -> FramePose | None:
+        """The body's pose at the frame (None: no pose)."""
+
+    @property
+    def obstacles(self) -> ObstacleProfile | None:
+        """The frame's obstacle profile (None: none, e.g. relative depth)."""
 
 
 class CaptureClock:
