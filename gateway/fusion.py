@@ -50,7 +50,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from pathlib import Path
+from typing import Final, Literal, TypeVar
 
 import numpy as np
 import open3d as o3d
@@ -138,9 +139,13 @@ class MapConfig:
         return self.block_budget * BLOCK_RESOLUTION**3 * BYTES_PER_VOXEL
 
 
+_CPU: Final = o3c.Device("CPU:0")
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
+
+
 def default_device() -> o3c.Device:
     """CUDA:0 when Open3D was built with CUDA and sees a GPU, CPU:0 otherwise."""
-    return o3c.Device("CUDA:0") if o3c.cuda.is_available() else o3c.Device("CPU:0")
+    return o3c.Device("CUDA:0") if o3c.cuda.is_available() else _CPU
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -189,7 +194,7 @@ class WorldMap:
         self._grid = o3d.t.geometry.VoxelBlockGrid(
             attr_names=("tsdf", "weight"),
             attr_dtypes=(o3c.float32, o3c.float32),
-            attr_channels=((1), (1)),
+            attr_channels=(o3c.SizeVector([1]), o3c.SizeVector([1])),
             voxel_size=config.voxel_size_m,
             block_resolution=BLOCK_RESOLUTION,
             block_count=config.block_budget,
@@ -225,8 +230,9 @@ class WorldMap:
         self, drone_id: str, depth_m: NDArray[np.float32], camera: CameraMessage, world_from_camera: Transform
     ) -> Outcome:
         depth = _checked_depth(depth_m, camera)
-        intrinsic = o3c.Tensor(camera.matrix, dtype=o3c.float64)
-        camera_from_world = o3c.Tensor(world_from_camera.inverse().matrix, dtype=o3c.float64)
+        # Open3D takes the intrinsic and extrinsic matrices as float64 on the CPU, whatever the grid's device.
+        intrinsic = o3c.Tensor(camera.matrix, dtype=o3c.float64, device=_CPU)
+        camera_from_world = o3c.Tensor(world_from_camera.inverse().matrix, dtype=o3c.float64, device=_CPU)
         state = self._drones.setdefault(drone_id, _DroneState(position=world_from_camera.translation.copy()))
         state.position = world_from_camera.translation.copy()
         if self.config.gate and self._grid.hashmap().size() > 0:
@@ -235,7 +241,7 @@ class WorldMap:
                 state.rejections_in_a_row += 1
                 return SKIP_POSE_REJECTED
             state.rejections_in_a_row = 0
-        image = o3d.t.geometry.Image(o3c.Tensor(depth)).to(self.device)
+        image = o3d.t.geometry.Image(o3c.Tensor(depth, dtype=o3c.float32, device=self.device))
         blocks = self._grid.compute_unique_block_coordinates(
             image,
             intrinsic,
@@ -290,14 +296,14 @@ class WorldMap:
         voxel = np.rint(points_world / self.config.voxel_size_m).astype(np.int64)
         block = np.floor_divide(voxel, BLOCK_RESOLUTION)
         local = voxel - block * BLOCK_RESOLUTION
-        keys = o3c.Tensor(block.astype(np.int32)).to(self.device)
+        keys = o3c.Tensor(block.astype(np.int32), dtype=o3c.int32, device=self.device)
         buffer_index, found = self._grid.hashmap().find(keys)
-        found_np = _numpy(found).astype(bool)
-        index = _numpy(buffer_index).astype(np.int64).reshape(-1)[found_np]
+        found_np = _numpy(found, np.bool_)
+        index = _numpy(buffer_index, np.int32).astype(np.int64).reshape(-1)[found_np]
         loc = local[found_np]
         # Open3D stores a block's voxels as [z][y][x].
-        tsdf = _numpy(self._grid.attribute("tsdf"))[index, loc[:, 2], loc[:, 1], loc[:, 0], 0]
-        weight = _numpy(self._grid.attribute("weight"))[index, loc[:, 2], loc[:, 1], loc[:, 0], 0]
+        tsdf = _numpy(self._grid.attribute("tsdf"), np.float32)[index, loc[:, 2], loc[:, 1], loc[:, 0], 0]
+        weight = _numpy(self._grid.attribute("weight"), np.float32)[index, loc[:, 2], loc[:, 1], loc[:, 0], 0]
         sdf = np.zeros(len(points_world), dtype=np.float32)
         observed = np.zeros(len(points_world), dtype=bool)
         sdf[found_np] = tsdf * np.float32(self.config.truncation_voxels * self.config.voxel_size_m)
@@ -316,13 +322,15 @@ class WorldMap:
         positions = np.stack([state.position for state in self._drones.values()])
         nearest = np.min(np.linalg.norm(centres[:, None, :] - positions[None, :, :], axis=2), axis=1)
         farthest = np.argsort(nearest)[keep:]
-        hashmap.erase(o3c.Tensor(np.ascontiguousarray(keys[farthest], dtype=np.int32)).to(self.device))
+        hashmap.erase(
+            o3c.Tensor(np.ascontiguousarray(keys[farthest], dtype=np.int32), dtype=o3c.int32, device=self.device)
+        )
         self.blocks_evicted += len(farthest)
 
     def _active_keys(self) -> NDArray[np.int32]:
         hashmap = self._grid.hashmap()
         active = hashmap.active_buf_indices().to(o3c.int64)
-        return _numpy(hashmap.key_tensor()[active]).reshape(-1, 3)
+        return _numpy(hashmap.key_tensor()[active], np.int32).reshape(-1, 3)
 
     # -- state and queries ----------------------------------------------------------------------------
 
@@ -352,10 +360,10 @@ class WorldMap:
 
     def _occupied_locked(self) -> OccupiedVoxels:
         hashmap = self._grid.hashmap()
-        active = _numpy(hashmap.active_buf_indices().to(o3c.int64)).reshape(-1)
-        keys = _numpy(hashmap.key_tensor()).reshape(-1, 3)[active].astype(np.int64)
-        tsdf = _numpy(self._grid.attribute("tsdf"))[active, ..., 0]
-        weight = _numpy(self._grid.attribute("weight"))[active, ..., 0]
+        active = _numpy(hashmap.active_buf_indices().to(o3c.int64), np.int64).reshape(-1)
+        keys = _numpy(hashmap.key_tensor(), np.int32).reshape(-1, 3)[active].astype(np.int64)
+        tsdf = _numpy(self._grid.attribute("tsdf"), np.float32)[active, ..., 0]
+        weight = _numpy(self._grid.attribute("weight"), np.float32)[active, ..., 0]
         half_voxel = np.float32(0.5 / self.config.truncation_voxels)  # half a voxel in truncation units
         block, z, y, x = np.nonzero((weight > 0) & (np.abs(tsdf) <= half_voxel))
         voxel = keys[block] * BLOCK_RESOLUTION + np.stack([x, y, z], axis=1)
@@ -374,11 +382,11 @@ class WorldMap:
 
     def to_ply_bytes(self) -> bytes:
         """The occupied voxels as a binary PLY point cloud (ENU metres, in this map's frame)."""
-        cloud = o3d.t.geometry.PointCloud(o3c.Tensor(self.occupied().points))
+        cloud = o3d.t.geometry.PointCloud(o3c.Tensor(self.occupied().points, dtype=o3c.float32, device=_CPU))
         fd, path = tempfile.mkstemp(suffix=".ply")
         os.close(fd)
         try:
-            if not o3d.t.io.write_point_cloud(path, cloud, write_ascii=False):
+            if not o3d.t.io.write_point_cloud(Path(path), cloud, write_ascii=False):
                 raise OSError(f"map: Open3D could not write {path}")
             with open(path, "rb") as handle:
                 return handle.read()
@@ -436,8 +444,11 @@ class MapRegistry:
         return outcome
 
 
-def _numpy(tensor: o3c.Tensor) -> NDArray[np.generic]:
-    return np.asarray(tensor.cpu().numpy() if tensor.device.get_type() != o3c.Device.DeviceType.CPU else tensor.numpy())
+def _numpy(tensor: o3c.Tensor, dtype: type[_ScalarT]) -> NDArray[_ScalarT]:
+    """``tensor`` on the host as an array; ``dtype`` is the tensor's own (no conversion; no copy on the CPU)."""
+    return np.asarray(
+        tensor.cpu().numpy() if tensor.device.get_type() != o3c.Device.DeviceType.CPU else tensor.numpy(), dtype=dtype
+    )
 
 
 def _project_into(
