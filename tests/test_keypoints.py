@@ -1,3 +1,5 @@
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -68,20 +70,51 @@ def test_descriptors(photo_gray, method, size, dtype):
         assert keypoints.descriptors.shape == (len(keypoints), size) and keypoints.descriptors.dtype == dtype
 
 
-def test_orb_descriptors_belong_to_their_keypoints(photo_gray):
-    """Descriptors must stay aligned with pixels even though compute() regroups keypoints."""
-    detector = KeypointDetector(KeypointConfig(method="orb"))
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_orb_descriptors_belong_to_their_keypoints(photo_gray, scale):
+    """Descriptors must stay aligned with pixels even though compute() regroups keypoints (on either level)."""
+    detector = KeypointDetector(KeypointConfig(method="orb", detect_scale=scale))
     keypoints = detector.detect(photo_gray)
+    height, width = photo_gray.shape
+    level = photo_gray
+    if scale < 1:
+        level = cv2.resize(photo_gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    factors = np.array([width / level.shape[1], height / level.shape[0]], dtype=np.float32)
     orb = cv2.ORB_create(nfeatures=5000)
     reference: dict[tuple[float, float], list[np.ndarray]] = {}
-    for k, d in zip(*orb.detectAndCompute(photo_gray, None), strict=True):
-        reference.setdefault(tuple(np.round(k.pt, 3)), []).append(d)  # one location may repeat across octaves
+    for k, d in zip(*orb.detectAndCompute(level, None), strict=True):
+        full = (np.array(k.pt, dtype=np.float32) + 0.5) * factors - 0.5  # the detector's mapping, in float32
+        reference.setdefault(tuple(np.round(full.astype(np.float64), 3)), []).append(d)  # repeats across octaves
     matched = [
         any(np.array_equal(r, d) for r in reference[tuple(np.round(p, 3))])
         for p, d in zip(keypoints.pixels.astype(np.float64), keypoints.descriptors, strict=True)
         if tuple(np.round(p, 3)) in reference
     ]
     assert len(matched) > 0.8 * len(keypoints) and all(matched)
+
+
+@pytest.mark.parametrize("method", ["orb", "fast", "gftt"])
+def test_half_resolution_keypoints_map_back_to_full_resolution_pixels(method):
+    """A 2× nearest-upsampled image shrinks back to the original exactly: the same corners, mapped pixel-exactly."""
+    small = np.zeros((240, 320), np.uint8)
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        x, y = int(rng.integers(10, 290)), int(rng.integers(10, 210))
+        small[y : y + int(rng.integers(8, 25)), x : x + int(rng.integers(8, 25))] = int(rng.integers(60, 255))
+    big = cv2.resize(small, (640, 480), interpolation=cv2.INTER_NEAREST)
+    config = KeypointConfig(method=method, max_keypoints=2000, grid_cols=1, grid_rows=1)
+    on_small = KeypointDetector(dataclasses.replace(config, detect_scale=1.0)).detect(small)
+    on_big = KeypointDetector(dataclasses.replace(config, detect_scale=0.5)).detect(big)
+    assert len(on_small) >= 5 and len(on_big) == len(on_small)
+    expected = (on_small.pixels + 0.5) * 2 - 0.5
+    order_small = np.lexsort(expected.T)
+    order_big = np.lexsort(on_big.pixels.T)
+    np.testing.assert_allclose(on_big.pixels[order_big], expected[order_small], atol=1e-4)
+
+
+def test_detect_scale_is_validated():
+    with pytest.raises(ConfigError, match="detect_scale must be within"):
+        KeypointConfig(detect_scale=0.0)
 
 
 def test_grid_method_is_uniform_and_cached():
