@@ -25,6 +25,7 @@ __all__ = ["add_arguments", "run"]
 log = logging.getLogger("dronedepth.drone")
 
 TOKEN_ENV: Final = "DRONEDEPTH_TOKEN"
+ICE_CREDENTIAL_ENV: Final = "DRONEDEPTH_ICE_CREDENTIAL"
 DEFAULT_MAX_WIDTH: Final = 640
 _STATUS_TTY_S: Final = 0.5
 _STATUS_LOG_S: Final = 5.0
@@ -86,8 +87,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="STUN/TURN server, e.g. stun:stun.example.org:3478 (repeatable; default: none, for local networks)",
     )
-    g.add_argument("--ice-username", metavar="NAME", help="username for TURN servers")
-    g.add_argument("--ice-credential", metavar="SECRET", help="credential for TURN servers")
+    g.add_argument("--ice-username", metavar="NAME", help="username for TURN servers (with --ice-credential-file)")
+    g.add_argument(
+        "--ice-credential-file",
+        type=Path,
+        metavar="FILE",
+        help=f"file whose first line is the TURN password (or set {ICE_CREDENTIAL_ENV}); kept off the command line",
+    )
+    g.add_argument(
+        "--ice-relay-only",
+        action="store_true",
+        help="media only through the TURN server (relay candidates; iceTransportPolicy relay)",
+    )
 
     s = parser.add_argument_group("source")
     s.add_argument("--source", required=True, help="synthetic | camera index | /dev/videoN | image folder | video file")
@@ -188,6 +199,19 @@ def _token(args: argparse.Namespace) -> str:
     return token
 
 
+def _ice_credential(credential_file: Path | None) -> str | None:
+    """The TURN password: the first line of ``credential_file``, else ``$DRONEDEPTH_ICE_CREDENTIAL``, else None."""
+    if credential_file is None:
+        return os.environ.get(ICE_CREDENTIAL_ENV, "").strip() or None
+    try:
+        lines = credential_file.expanduser().read_text(encoding="utf-8").strip().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --ice-credential-file {str(credential_file)!r}: {exc}") from exc
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"--ice-credential-file {str(credential_file)!r} is empty")
+    return lines[0].strip()
+
+
 def camera_from_args(args: argparse.Namespace, source: FrameSource) -> CameraMessage | None:
     """The intrinsics given on the command line, or ``None`` when none were given."""
     flags = {name: getattr(args, name) for name in ("fx", "fy", "cx", "cy")}
@@ -235,7 +259,8 @@ def config_from_args(args: argparse.Namespace, camera: CameraMessage | None) -> 
         drone_id=args.drone_id,
         ice_servers=tuple(args.ice_server),
         ice_username=args.ice_username,
-        ice_credential=args.ice_credential,
+        ice_credential=_ice_credential(args.ice_credential_file),
+        ice_relay_only=args.ice_relay_only,
         waypoints=args.waypoints,
         loop=args.loop,
         reconnect_max_delay=max(args.reconnect_max_delay, 0.5),

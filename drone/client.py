@@ -51,7 +51,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from dronedepth.drone.intrinsics import missing_intrinsics_error
 from dronedepth.drone.results import LatencyStats, ResultsWriter
 from dronedepth.drone.signaling import DRONE_ID_PATTERN, offer_url, post_offer
@@ -134,6 +141,9 @@ class DroneConfig:
     ice_servers: tuple[str, ...] = ()
     ice_username: str | None = None
     ice_credential: str | None = None
+    """TURN password for the ``turn:``/``turns:`` servers; needs ``ice_username``."""
+    ice_relay_only: bool = False
+    """Gather relayed (TURN) candidates only (``iceTransportPolicy`` relay): media goes through the TURN server."""
     waypoints: bool = False
     loop: bool = False
     reconnect_delay: float = 0.5
@@ -172,6 +182,10 @@ class DroneConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         for name in ("reconnect_delay", "reconnect_max_delay", "connect_timeout", "result_timeout", "drain_timeout"):
             _positive(name, getattr(self, name))
+        if (self.ice_username is None) != (self.ice_credential is None):
+            raise ConfigError("TURN credentials need both --ice-username and --ice-credential-file")
+        if self.ice_relay_only and not any(url.startswith(("turn:", "turns:")) for url in self.ice_servers):
+            raise ConfigError("--ice-relay-only needs a TURN server: give --ice-server turn:HOST:PORT")
         if self.pose_frame not in ("enu", "ned"):
             raise ConfigError(f"pose_frame must be 'enu' or 'ned', got {self.pose_frame!r}")
         _positive("obstacle_max_age", self.obstacle_max_age)
@@ -500,7 +514,8 @@ class DroneClient:
     ) -> tuple[bool, bool]:
         """One peer connection; returns (got connected, stream finished)."""
         assert self._stop_event is not None and self._loop is not None
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers()))
+        policy = RTCIceTransportPolicy.RELAY if self.config.ice_relay_only else RTCIceTransportPolicy.ALL
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers(), iceTransportPolicy=policy))
         self._last_result_pts = -1  # a new track starts again at pts 0
         self._inference_down = False
         closed = asyncio.Event()

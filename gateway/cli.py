@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -157,7 +158,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="URL",
-        help="STUN/TURN server (stun:HOST:PORT, turn:USER:PASS@HOST:PORT); repeatable; none by default",
+        help="STUN/TURN server (stun:HOST:PORT, turn:HOST:PORT[?transport=tcp], turns:HOST:PORT); repeatable; "
+        "none by default",
+    )
+    net.add_argument("--ice-username", metavar="NAME", help="TURN username (with --ice-credential-file)")
+    net.add_argument(
+        "--ice-credential-file",
+        metavar="FILE",
+        help="file whose first line is the TURN password (or set DRONEDEPTH_ICE_CREDENTIAL); kept off the command line",
+    )
+    net.add_argument(
+        "--ice-relay-only",
+        action="store_true",
+        help="media only through the TURN server (relay candidates; iceTransportPolicy relay)",
+    )
+    net.add_argument(
+        "--rtc-ports",
+        metavar="LO-HI",
+        help="UDP ports for WebRTC media (or DRONEDEPTH_RTC_PORTS): each connected drone takes one port, so the "
+        "range bounds the drones served at once; publish exactly these ports from a container (default: "
+        "random ephemeral ports)",
+    )
+    net.add_argument(
+        "--public-ip",
+        metavar="ADDR",
+        help="address drones reach the media ports at, advertised as the only host candidate (or "
+        "DRONEDEPTH_PUBLIC_IP): the Docker host's address behind published ports (default: every interface's)",
     )
 
     proc = parser.add_argument_group("processing")
@@ -267,7 +293,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     """The gateway's config and depth client from parsed arguments; raises ConfigError."""
-    from dronedepth.gateway.config import GatewayConfig, read_drone_tokens, read_token
+    from dronedepth.gateway.config import GatewayConfig, read_drone_tokens, read_ice_credential, read_token
+    from dronedepth.gateway.ice import MediaPorts, parse_public_ip
     from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
     from dronedepth.gateway.keypoints import KeypointConfig
     from dronedepth.gateway.pipeline import ProcessingConfig
@@ -328,6 +355,9 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     if args.foxglove is None and args.foxglove_host != "127.0.0.1":
         log.warning("--foxglove-host is ignored without --foxglove")
     client: DepthClient
+    # Containers set the media options in the environment (docker-compose.yml); an empty value means unset.
+    rtc_ports = args.rtc_ports or os.environ.get("DRONEDEPTH_RTC_PORTS", "").strip()
+    public_ip = args.public_ip or os.environ.get("DRONEDEPTH_PUBLIC_IP", "").strip()
     if args.onnx_model is not None:
         client = OnnxRuntimeDepthClient(args.onnx_model)
     else:
@@ -362,6 +392,11 @@ async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event 
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # not the main thread, or not POSIX
             pass
+        ice_username=args.ice_username,
+        ice_credential=read_ice_credential(args.ice_credential_file),
+        ice_relay_only=args.ice_relay_only,
+        rtc_ports=MediaPorts.parse(rtc_ports) if rtc_ports else None,
+        public_ip=parse_public_ip(public_ip) if public_ip else None,
     gateway = Gateway(config, client)
     try:
         await gateway.start()

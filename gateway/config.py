@@ -16,13 +16,22 @@ from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE
 if TYPE_CHECKING:
     import ssl
 
-    from aiortc import RTCIceServer
+    from aiortc import RTCConfiguration, RTCIceServer
+    from dronedepth.gateway.ice import MediaPorts
     from dronedepth.gateway.pipeline import ProcessingConfig
 
-__all__ = ["DEFAULT_MAX_FRAME_PIXELS", "GatewayConfig", "parse_ice_server", "read_drone_tokens", "read_token"]
+__all__ = [
+    "DEFAULT_MAX_FRAME_PIXELS",
+    "GatewayConfig",
+    "parse_ice_server",
+    "read_drone_tokens",
+    "read_ice_credential",
+    "read_token",
+]
 
 DEFAULT_MAX_FRAME_PIXELS = 1920 * 1080
 TOKEN_ENV = "DRONEDEPTH_TOKEN"
+ICE_CREDENTIAL_ENV = "DRONEDEPTH_ICE_CREDENTIAL"
 _ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -71,6 +80,16 @@ class GatewayConfig:
     instead of queueing inside the server; ``None``: one per drone."""
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs; none by default so the gateway works offline (host candidates only)."""
+    ice_username: str | None = None
+    """TURN username, for every ``turn:``/``turns:`` URL without credentials of its own."""
+    ice_credential: str | None = None
+    """TURN password (``--ice-credential-file`` or ``$DRONEDEPTH_ICE_CREDENTIAL``); needs ``ice_username``."""
+    ice_relay_only: bool = False
+    """Gather relayed (TURN) candidates only (``iceTransportPolicy`` relay): media goes through the TURN server."""
+    rtc_ports: MediaPorts | None = None
+    """UDP ports the media sockets bind (one per connected drone); ``None``: ephemeral ports."""
+    public_ip: str | None = None
+    """The address the answers advertise as the gateway's only host candidate (see :mod:`~dronedepth.gateway.ice`)."""
     idle_timeout: float = 15.0
     """A session with no video frame for this long (seconds) is closed."""
     record_dir: Path | None = None
@@ -142,6 +161,10 @@ class GatewayConfig:
             raise ConfigError(f"{given} needs {missing}: HTTPS takes a certificate and its private key, give both")
         for url in self.ice_servers:
             parse_ice_server(url)
+        if (self.ice_username is None) != (self.ice_credential is None):
+            raise ConfigError("TURN credentials need both --ice-username and --ice-credential-file")
+        if self.ice_relay_only and not any(url.startswith(("turn:", "turns:")) for url in self.ice_servers):
+            raise ConfigError("--ice-relay-only needs a TURN server: give --ice-server turn:HOST:PORT")
         if self.drone_tokens is not None:
             if self.token is None:
                 raise ConfigError("per-drone tokens need an operator token too (--token-file or DRONEDEPTH_TOKEN)")
@@ -166,7 +189,19 @@ class GatewayConfig:
         return max(2, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2))
 
     def rtc_ice_servers(self) -> list[RTCIceServer]:
-        return [parse_ice_server(url) for url in self.ice_servers]
+        """The ICE servers, TURN ones carrying ``ice_username``/``ice_credential`` unless their URL has its own."""
+        servers = [parse_ice_server(url) for url in self.ice_servers]
+        for server in servers:
+            if str(server.urls).startswith("turn") and server.username is None:
+                server.username, server.credential = self.ice_username, self.ice_credential
+        return servers
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        """What each peer connection is made with: the ICE servers and, with ``ice_relay_only``, the relay policy."""
+        from aiortc import RTCConfiguration, RTCIceTransportPolicy
+
+        policy = RTCIceTransportPolicy.RELAY if self.ice_relay_only else RTCIceTransportPolicy.ALL
+        return RTCConfiguration(iceServers=self.rtc_ice_servers(), iceTransportPolicy=policy)
 
     @property
     def tls(self) -> bool:
@@ -230,6 +265,26 @@ def read_token(token_file: str | os.PathLike[str] | None, environ: dict[str, str
     env = os.environ if environ is None else environ
     token = env.get(TOKEN_ENV, "").strip()
     return token or None
+
+
+def read_ice_credential(
+    credential_file: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The TURN password from ``credential_file`` (first line) or ``$DRONEDEPTH_ICE_CREDENTIAL``, else ``None``.
+
+    A file or the environment keeps the secret out of the process list and the logs.
+    """
+    if credential_file is not None:
+        path = Path(credential_file)
+        try:
+            lines = path.read_text(encoding="utf-8").strip().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the ICE credential file {str(path)!r}: {exc.strerror}") from exc
+        if not lines or not lines[0].strip():
+            raise ConfigError(f"the ICE credential file {str(path)!r} is empty")
+        return lines[0].strip()
+    env = os.environ if environ is None else environ
+    return env.get(ICE_CREDENTIAL_ENV, "").strip() or None
 
 
 def read_drone_tokens(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -23,10 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from dronedepth.gateway.app import create_app
 from dronedepth.gateway.config import GatewayConfig
 from dronedepth.gateway.http_guard import ConnectionGuard, GuardedTCPSite
+from dronedepth.gateway.ice import HostCandidatePolicy
 from dronedepth.gateway.inference import DepthClient, DepthService
 from dronedepth.gateway.metrics import GatewayMetrics
 from dronedepth.gateway.outputs.previews import PreviewHub
@@ -96,6 +97,10 @@ class Gateway:
         self._pending: set[str] = set()
         # Sessions answered but not yet connected (ICE/DTLS): drone id -> remote address.
         self._connecting: dict[str, str] = {}
+        self.host_candidates = HostCandidatePolicy(
+            config.rtc_ports, config.public_ip, on_exhausted=self.metrics.media_ports_exhausted.inc
+        )
+        """Where media sockets bind (``rtc_ports``) and the address answers advertise (``public_ip``)."""
         self.drone_ids_by_token_digest = config.drone_ids_by_token_digest()
         """Per-drone credentials (SHA-256 hex of the token → drone id), or None: the fleet token."""
         self.guard = ConnectionGuard(
@@ -342,7 +347,7 @@ class Gateway:
         self._pending.add(drone_id)
         try:
             self._check_capacity(drone_id, remote)
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=self.config.rtc_ice_servers()))
+            pc = RTCPeerConnection(self.config.rtc_configuration())
             self.metrics.peer_connections.inc()
             session = DroneSession(drone_id, pc, self._context(), remote=remote)
             try:
@@ -382,6 +387,7 @@ class Gateway:
 
         def expire() -> None:
             if self._connecting.get(session.drone_id) is not None and self.sessions.get(session.drone_id) is session:
+                self.host_candidates.apply(pc)
                 self.metrics.pending_offers_expired.inc()
                 session.schedule_close(f"pending: ICE/DTLS did not complete within {timeout:g} s")
 
