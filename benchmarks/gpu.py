@@ -232,7 +232,7 @@ def _encoder_rows(
         "trt_engine_cache_path": str(root / "ort-trt-cache"),
         **profile.ort_options(),
     }
-    ort_contenders = {
+    ort_contenders: dict[str, tuple[str, list[str | tuple[str, dict[str, Any]]]]] = {
         "ONNX Runtime CUDA EP (fp32)": ("CUDAExecutionProvider", ["CUDAExecutionProvider"]),
         "ONNX Runtime TensorRT EP (fp16)": (
             "TensorrtExecutionProvider",
@@ -283,7 +283,8 @@ def gpu_section(config: BenchConfig, frames: list[NDArray[np.uint8]]) -> dict[st
         return {"skipped": True, "reason": why, "detected": info}
     import cv2
 
-    square = [cv2.resize(f, (518, 518), interpolation=cv2.INTER_AREA) for f in frames]
+    # OpenCV's stubs type every image as any dtype; uint8 in, uint8 out (no copy).
+    square = [cv2.resize(f, (518, 518), interpolation=cv2.INTER_AREA).astype(np.uint8, copy=False) for f in frames]
     sizes = {"640x480": frames, "518x518": square}
     warmup, count = max(10, config.warmup_frames), max(50, config.frames)
     full_triton = shutil.which("tritonserver") is not None and (TRITON_BACKENDS / "onnxruntime").is_dir()

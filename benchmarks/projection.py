@@ -94,7 +94,12 @@ def projection_rows(runs: int) -> list[dict[str, Any]]:
 
         def open3d_call(depth: np.ndarray = depth, intrinsic: Any = intrinsic, extrinsic: Any = extrinsic) -> Any:
             return o3d.geometry.PointCloud.create_from_depth_image(
-                o3d.geometry.Image(depth), intrinsic, extrinsic, depth_scale=1.0, depth_trunc=TRUNC
+                # numpy arrays are buffers, but numpy's stubs say so only from Python 3.12 on.
+                o3d.geometry.Image(depth),  # type: ignore[call-overload]
+                intrinsic,
+                extrinsic,
+                depth_scale=1.0,
+                depth_trunc=TRUNC,
             )
 
         def open3d_numpy() -> np.ndarray:
@@ -142,8 +147,11 @@ def projection_rows(runs: int) -> list[dict[str, Any]]:
 
 def pipeline_rows(runs: int) -> list[dict[str, Any]]:
     camera = camera_for(640, 480)
-    bgr = cv2.resize(cv2.imread(str(PHOTO)), (640, 480), interpolation=cv2.INTER_AREA)
-    rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    photo = cv2.imread(str(PHOTO))
+    if photo is None:
+        raise FileNotFoundError(f"cannot decode the sample photo {PHOTO}")
+    bgr = cv2.resize(photo, (640, 480), interpolation=cv2.INTER_AREA)
+    rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
     depth = scene_depth(camera)
     processor = FrameProcessor(ProcessingConfig(), "metric")  # ORB, 200 keypoints, cloud on, no voxel
     stages: dict[str, list[float]] = {"projection": [], "keypoints": [], "pointcloud": [], "total": []}

@@ -150,7 +150,10 @@ def photo_camera(photos: Path) -> CameraMessage:
     import cv2
 
     first = next(p for p in sorted(photos.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    height, width = cv2.imread(str(first)).shape[:2]
+    image = cv2.imread(str(first))
+    if image is None:
+        raise DroneDepthError(f"cannot read the photo {str(first)!r} (not an image OpenCV can decode)")
+    height, width = image.shape[:2]
     fx = width / 2 / math.tan(math.radians(PHOTO_HFOV_DEG) / 2)
     return CameraMessage(width, height, fx, fx, (width - 1) / 2, (height - 1) / 2)
 
@@ -160,7 +163,7 @@ def _drone_plans(args: argparse.Namespace) -> list[tuple[str, str, CameraMessage
     have_photos = args.photos.is_dir() and any(args.photos.glob("*.jpg"))
     if not have_photos:
         log.warning("no photos in %s: every drone flies the synthetic scene", args.photos)
-    plans = []
+    plans: list[tuple[str, str, CameraMessage | None]] = []
     for i in range(args.drones):
         if have_photos and i % 2 == 0:
             plans.append((f"photos-{i + 1}", str(args.photos), photo_camera(args.photos)))
