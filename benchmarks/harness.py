@@ -224,7 +224,7 @@ def load_frames(photos: Path = PHOTOS, count: int = 8) -> Frames:
             if bgr is None:
                 continue
             bgr = cv2.resize(bgr, (FRAME_WIDTH, FRAME_HEIGHT), interpolation=cv2.INTER_AREA)
-            frames.append(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+            frames.append(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8))
         if frames:
             description = f"{len(frames)} photos from {photos} resized to 640x480 (assumed {HFOV_DEG:g}° HFOV)"
             return Frames(frames, str(photos), description, bench_camera())
@@ -327,8 +327,8 @@ class CodecTimer:
         try:
             yield self
         finally:
-            for cls, name, original in patched:
-                setattr(cls, name, original)
+            for owner, method_name, original in patched:
+                setattr(owner, method_name, original)
 
     def _wrap(self, method: Any, kind: str) -> Any:
         samples, lock = self.samples[kind], self._lock
