@@ -349,6 +349,81 @@ def _gpu(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _gateway_cost(section: dict[str, Any]) -> list[str]:
+    alone = section["triton_alone"]
+    clip = section["clip"]
+    lines = [
+        "## gateway cost (zero-cost model, replayed drones)",
+        "",
+        f"{section['frame']} VP8 clip of {clip['frames']} frames (keyframe every {clip['keyframe_interval']}, "
+        f"{clip['bitrate_kbit_s']} kbit/s) encoded once and replayed by every drone at "
+        f"{section['fps_per_drone']:g} fps; model: {section['model']}. The model alone, one request at a time "
+        f"from a plain gRPC client: p50 {fmt(alone['latency_ms']['p50'])} ms per request (Triton server side "
+        f"{fmt(alone['triton'].get('server_request_ms'), 2)} ms). Window: "
+        f"{section['duration_s'] - section['warmup_s']:g} s after a {section['warmup_s']:g} s warm-up.",
+        "",
+    ]
+    stage_names = ("queue", "convert", "inference", "projection", "keypoints", "pointcloud", "message")
+    rows = []
+    for step in section["steps"]:
+        latency = step["latency_ms"] or {}
+        worst = max((d["p95"] for d in step["per_drone_latency_ms"].values() if d), default=None)
+        cores = step["cores_busy"]
+        rows.append(
+            [
+                step["drones"],
+                fmt(step["results_per_s"]),
+                fmt(step["frames_received_per_s"]),
+                fmt(step["gateway_cpu_ms_per_result"]),
+                fmt(latency.get("p50"), 0),
+                fmt(latency.get("p95"), 0),
+                fmt(worst, 0),
+                " / ".join(fmt(cores.get(k), 2) for k in ("gateway", "triton", "drones (bench process)")),
+                *(fmt(step["stages_ms"].get(k)) for k in stage_names),
+            ]
+        )
+    header = [
+        "drones", "results/s", "frames in/s", "gateway CPU ms/result", "p50 ms", "p95 ms", "worst drone p95",
+        "cores: gateway / Triton / drones", *(f"{k} ms" for k in stage_names),
+    ]  # fmt: skip
+    lines.append(markdown_table(header, rows))
+    if section.get("levers"):
+        base = section["steps"][-1]
+        lines += ["", f"Levers at {base['drones']} drones, against the defaults above (same run):", ""]
+        lever_rows = [
+            [
+                f"{lever['lever']} (`{' '.join(lever['gateway_args'])}`)",
+                f"{fmt(base['results_per_s'])} → {fmt(lever['results_per_s'])}",
+                f"{fmt(base['gateway_cpu_ms_per_result'])} → {fmt(lever['gateway_cpu_ms_per_result'])}",
+                f"{fmt(base['stages_ms'].get('keypoints'))} → {fmt(lever['stages_ms'].get('keypoints'))}",
+                f"{fmt((base['latency_ms'] or {}).get('p95'), 0)} → {fmt((lever['latency_ms'] or {}).get('p95'), 0)}",
+            ]
+            for lever in section["levers"]
+        ]
+        lines.append(
+            markdown_table(["lever", "results/s", "gateway CPU ms/result", "keypoints ms", "p95 ms"], lever_rows)
+        )
+    profile = section.get("profile") or {}
+    if profile.get("skipped"):
+        lines += ["", f"Profile skipped: {profile['skipped']}"]
+    elif profile:
+        lines += [
+            "",
+            f"py-spy profile of the gateway at {profile['drones']} drones ({profile['samples']} samples, "
+            f"{profile['results']:.0f} results), top {min(10, len(profile['rows']))} by cumulative time "
+            f"(all {len(profile['rows'])} in `gateway_cost_profile.txt`):",
+            "",
+            markdown_table(
+                ["function", "cumulative %", "own %", "CPU ms/result"],
+                [
+                    [f"`{r['function']}`", fmt(r["cumulative_pct"]), fmt(r["own_pct"]), fmt(r["ms_per_result"], 2)]
+                    for r in profile["rows"][:10]
+                ],
+            ),
+        ]
+    return lines
+
+
 def markdown_report(doc: dict[str, Any]) -> str:
     lines = _header(doc)
     sections = doc["sections"]
@@ -358,6 +433,7 @@ def markdown_report(doc: dict[str, Any]) -> str:
         "baseline": _baseline,
         "projection": _projection,
         "scaling": _scaling,
+        "gateway-cost": _gateway_cost,
         "gpu": _gpu,
     }
     for name, render in renderers.items():

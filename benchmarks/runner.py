@@ -184,6 +184,10 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             "projection",
             lambda: {"projection": projection_rows(runs), "pipeline": pipeline_rows(runs), "runs": runs},
         )
+    if config.wants("gateway-cost"):
+        from dronedepth.benchmarks.gateway_cost import gateway_cost_section
+
+        _section(doc, "gateway-cost", lambda: gateway_cost_section(config))
     if config.wants("gpu"):
         from dronedepth.benchmarks.gpu import gpu_section
 

@@ -48,9 +48,20 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, str]:
 
 @contextlib.contextmanager
 def gateway_process(
-    triton_url: str, workdir: Path, log_path: Path, max_drones: int, max_in_flight: int | None = None
+    triton_url: str,
+    workdir: Path,
+    log_path: Path,
+    max_drones: int,
+    max_in_flight: int | None = None,
+    *,
+    extra_args: tuple[str, ...] = (),
+    command_prefix: tuple[str, ...] = (),
 ) -> Any:
-    """A ``dronedepth gateway`` subprocess on a free port, its output to ``log_path``; yields (process, url, token)."""
+    """A ``dronedepth gateway`` subprocess on a free port, its output to ``log_path``; yields (process, url, token).
+
+    ``extra_args`` go to the gateway; ``command_prefix`` runs it under another program (a profiler), whose
+    process is then the one yielded and signalled.
+    """
     from dronedepth.serving.embedded import find_free_port
 
     token = secrets.token_urlsafe(24)
@@ -59,6 +70,7 @@ def gateway_process(
     token_file.chmod(0o600)
     port = find_free_port("127.0.0.1")
     command = [
+        *command_prefix,
         sys.executable,
         "-m",
         "dronedepth.cli",
@@ -76,6 +88,7 @@ def gateway_process(
         "--inference-timeout",
         "60",
         *(["--max-in-flight", str(max_in_flight)] if max_in_flight else []),
+        *extra_args,
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log_file:

@@ -236,3 +236,61 @@ def test_quick_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     report = (out / "benchmark.md").read_text()
     assert "Quick mode" in report and "## 1. Per-stage latency" in report and "## 4. Projection" in report
     assert (out / "stages.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------------------- gateway cost
+
+
+def test_profile_summary_counts_cumulative_and_own_samples_without_start_up() -> None:
+    from dronedepth.benchmarks.gateway_cost import profile_summary
+
+    raw = "\n".join(
+        [
+            "run (thread.py);process (pipeline.py);detect (keypoints.py) 30",
+            "run (thread.py);process (pipeline.py) 10",
+            "run (thread.py);to_ndarray (frame.py) 20",
+            "<module> (cli.py);_find_and_load (<frozen>);<module> (open3d.py) 500",
+        ]
+    )
+    summary = profile_summary(raw, results=6.0)
+    rows = {r["function"]: r for r in summary["rows"]}
+    assert summary["samples"] == 60 and "<module> (open3d.py)" not in rows  # imports at start-up left out
+    assert rows["run (thread.py)"]["cumulative_pct"] == 100.0 and rows["run (thread.py)"]["own_pct"] == 0.0
+    assert rows["process (pipeline.py)"]["cumulative_pct"] == pytest.approx(66.7, abs=0.1)
+    assert rows["process (pipeline.py)"]["own_pct"] == pytest.approx(16.7, abs=0.1)
+    assert rows["detect (keypoints.py)"]["ms_per_result"] == 50.0  # 30 samples of 10 ms over 6 results
+
+
+def test_replay_clip_has_one_vp8_packet_per_frame_and_regular_keyframes() -> None:
+    from dronedepth.benchmarks.gateway_cost import KEYFRAME_INTERVAL, clip_frames, encode_clip
+
+    frames, camera = clip_frames(2 * KEYFRAME_INTERVAL + 1)
+    clip = encode_clip(frames)
+    keyframes = [i for i, packet in enumerate(clip) if packet[0] & 1 == 0]  # VP8 frame tag: bit 0 clear on keyframes
+    assert len(clip) == len(frames) and keyframes == [0, KEYFRAME_INTERVAL, 2 * KEYFRAME_INTERVAL]
+    assert (camera.width, camera.height) == (640, 480)
+
+
+@pytest.mark.slow
+def test_quick_gateway_cost_run_measures_cpu_per_result_stages_levers_and_a_profile(tmp_path: Path) -> None:
+    """Replayed drones → gateway subprocess → embedded Triton with the zero-cost model, as small as it gets."""
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "dronedepth.cli", "bench", "--quick", "--only", "gateway-cost"]
+    command += ["--duration", "3", "--warmup", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    section = json.loads((out / "benchmark.json").read_text())["sections"]["gateway-cost"]
+    assert section["triton_alone"]["latency_ms"]["p50"] > 0
+    (step,) = section["steps"]
+    assert step["drones"] == 2 and step["results"] > 0 and not step["failures"]
+    assert step["gateway_cpu_ms_per_result"] > 0 and step["cores_busy"]["gateway"] > 0
+    assert all(step["per_drone_latency_ms"].values()), "every replayed drone got results"
+    for stage in ("queue", "convert", "inference", "projection", "keypoints", "processing"):
+        assert step["stages_ms"][stage] >= 0, stage
+    (lever,) = section["levers"]
+    assert lever["gateway_args"] == ["--keypoint-scale", "0.5"] and lever["results"] > 0
+    profile = section["profile"]
+    assert profile.get("skipped") or (profile["rows"] and (out / "gateway_cost_profile.txt").is_file())
+    assert "## gateway cost" in (out / "benchmark.md").read_text()

@@ -1,0 +1,484 @@
+"""Section ``gateway-cost``: the gateway's own CPU per frame, apart from the model and the drones.
+
+The depth model costs (almost) nothing: the tiny synthetic model
+(:func:`~dronedepth.serving.synthetic.tiny_depth_model`, a few element-wise
+ops) served by the real embedded Triton, so what a result costs is the
+gateway's work (decode, convert, gRPC, projection, keypoints, message,
+sending) plus Triton's fixed per-request overhead, which is measured alone
+first. The drones cost (almost) nothing either: a 640×480 VP8 clip is encoded
+once with PyAV (libvpx) and every simulated drone replays its packets with
+fresh timestamps (:class:`ReplayTrack`: aiortc packetises an ``av.Packet``
+without encoding it), so no encoder competes for the cores being measured.
+
+Each step starts a fresh ``dronedepth gateway`` subprocess with its default
+outputs, streams N replayed drones at :data:`FPS` each (more than one gateway
+core can answer, so it saturates), and measures over the window after the
+warm-up: results/s (the gateway's processed counter), gateway CPU ms per
+result (psutil: user + system time of the gateway process over results),
+per-drone glass-to-result latency, and the mean of each stage of the
+messages' own ``timing``. A last run at the largest N is sampled by py-spy
+(all threads) and its top functions by cumulative time are written to
+``gateway_cost_profile.txt`` / ``.json`` next to the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Final
+
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from dronedepth.benchmarks.harness import FRAME_HEIGHT, FRAME_WIDTH, BenchConfig, TritonStats
+from dronedepth.benchmarks.scaling import _difference, _get, gateway_process
+from dronedepth.benchmarks.stats import summarize
+from dronedepth.benchmarks.stream import Fleet, ResultSample, gateway_counts
+from numpy.typing import NDArray
+
+from dronedepth.errors import DroneDepthError
+from dronedepth.protocol import (
+    DATA_CHANNEL_LABEL,
+    VIDEO_CLOCK_RATE,
+    CameraMessage,
+    KeypointsMessage,
+    SessionDescription,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "DRONES",
+    "FPS",
+    "QUICK_DRONES",
+    "ReplayTrack",
+    "encode_clip",
+    "gateway_cost_section",
+    "profile_summary",
+    "replay_drones",
+]
+
+log = logging.getLogger("dronedepth.benchmarks.gateway_cost")
+
+DRONES: Final = (1, 2, 4, 8, 16)
+QUICK_DRONES: Final = (2,)
+FPS: Final = 30.0
+"""Frames per second of each replayed drone: with 8 drones, more than the 2 cores can answer."""
+CLIP_FRAMES: Final = 60
+KEYFRAME_INTERVAL: Final = 10
+"""A keyframe every 10 frames: a replayed drone cannot answer the receiver's keyframe requests."""
+CLIP_BITRATE: Final = 1_000_000
+"""bits/s, between aiortc's VP8 start (0.5 Mbit/s) and its ceiling (1.5 Mbit/s)."""
+TIME_BASE: Final = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+PROFILE_TOP: Final = 25
+LEVERS: Final = (("keypoints on the half-resolution level", ("--keypoint-scale", "0.5")),)
+"""Gateway options measured against the defaults at the largest drone count, in the same run."""
+STAGES: Final = ("queue", "convert", "inference", "projection", "keypoints", "pointcloud", "obstacles", "processing")
+
+
+def encode_clip(frames: list[NDArray[np.uint8]], fps: float = FPS) -> list[bytes]:
+    """The frames as VP8 packets (libvpx, realtime), one per frame, a keyframe every :data:`KEYFRAME_INTERVAL`."""
+    codec = av.CodecContext.create("libvpx", "w")
+    height, width = frames[0].shape[:2]
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.time_base = fractions.Fraction(1, round(fps))
+    codec.bit_rate = CLIP_BITRATE
+    codec.gop_size = KEYFRAME_INTERVAL
+    codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1"}
+    packets: list[bytes] = []
+    for index, rgb in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        frame.pts = index
+        frame.pict_type = av.video.frame.PictureType.I if index % KEYFRAME_INTERVAL == 0 else 0
+        for packet in codec.encode(frame):
+            packets.append(bytes(packet))
+    for packet in codec.encode(None):
+        packets.append(bytes(packet))
+    if len(packets) != len(frames):
+        raise DroneDepthError(f"libvpx gave {len(packets)} packets for {len(frames)} frames")
+    return packets
+
+
+def clip_frames(count: int = CLIP_FRAMES) -> tuple[list[NDArray[np.uint8]], CameraMessage]:
+    """``count`` 640×480 frames of the synthetic flight (real motion between frames) and their camera."""
+    from dronedepth.drone.sources import SyntheticSource
+
+    source = SyntheticSource(FRAME_WIDTH, FRAME_HEIGHT, fps=FPS)
+    frames = []
+    for _ in range(count):
+        captured = source.read()
+        assert captured is not None
+        frames.append(captured.rgb)
+    assert source.intrinsics is not None
+    return frames, source.intrinsics
+
+
+class ReplayTrack(MediaStreamTrack):
+    """Sends a pre-encoded VP8 clip in a loop at ``fps``; aiortc packetises the packets without encoding.
+
+    pts start at 0 and step by whole milliseconds (as :class:`~dronedepth.drone.track.SourceTrack`), so the
+    ``pts`` a result echoes finds its frame; ``sent[pts]`` is the ``time.time()`` the frame was handed over.
+    """
+
+    kind = "video"
+
+    def __init__(self, clip: list[bytes], fps: float, sent: dict[int, float], times: list[float]) -> None:
+        super().__init__()
+        self._clip = clip
+        self._period = 1.0 / fps
+        self._step = 90 * round(1000.0 / fps)
+        self._sent = sent
+        self._times = times
+        self._index = 0
+        self._due: float | None = None
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._due = now if self._due is None else self._due + self._period
+        if self._due > now:
+            await asyncio.sleep(self._due - now)
+        elif now - self._due > self._period:
+            self._due = now  # fell behind: do not burst to catch up
+        packet = av.Packet(self._clip[self._index % len(self._clip)])
+        packet.pts = self._index * self._step
+        packet.time_base = TIME_BASE
+        self._index += 1
+        wall = time.time()
+        self._sent[packet.pts] = wall
+        self._times.append(wall)
+        return packet
+
+
+async def _replay_drone(
+    url: str, token: str, name: str, clip: list[bytes], camera: CameraMessage, fleet: Fleet, stop: asyncio.Event
+) -> None:
+    """One replayed drone: offer, camera message, the clip in a loop, a :class:`ResultSample` per result."""
+    import aiohttp
+    from dronedepth.drone.signaling import offer_url, post_offer
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    channel = pc.createDataChannel(DATA_CHANNEL_LABEL)
+    sent: dict[int, float] = {}
+    track = ReplayTrack(clip, FPS, sent, fleet.sent[name])
+    transceiver = pc.addTransceiver(track, direction="sendonly")
+    # The packets are VP8: the gateway must not pick another codec.
+    vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")]
+    transceiver.setCodecPreferences(vp8)
+
+    @channel.on("open")
+    def on_open() -> None:
+        channel.send(encode(camera))
+
+    @channel.on("message")
+    def on_message(text: str | bytes) -> None:
+        received = time.time()
+        message = decode(text)
+        if not isinstance(message, KeypointsMessage) or message.pts not in sent:
+            return
+        captured = sent[message.pts]
+        fleet.results.append(
+            ResultSample(name, message.pts, captured, received, (received - captured) * 1e3, dict(message.timing))
+        )
+        fleet.latest[name] = max(fleet.latest.get(name, 0.0), captured)
+
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            answer = await post_offer(
+                http,
+                offer_url(url),
+                token,
+                SessionDescription(sdp=pc.localDescription.sdp, type="offer"),
+                drone_id=name,
+                timeout=60.0,
+            )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.description.sdp, type="answer"))
+        await stop.wait()
+    finally:
+        await pc.close()
+
+
+async def replay_drones(
+    url: str, token: str, count: int, clip: list[bytes], camera: CameraMessage, stop: asyncio.Event
+) -> tuple[Fleet, asyncio.Future[Any]]:
+    """Start ``count`` replayed drones; they run until ``stop`` is set (await the returned future after)."""
+    fleet = Fleet(started=time.time(), duration_s=0.0, warmup_s=0.0)
+    names = [f"replay-{i + 1}" for i in range(count)]
+    for name in names:
+        fleet.sent[name] = []
+    running = asyncio.gather(
+        *(_replay_drone(url, token, name, clip, camera, fleet, stop) for name in names), return_exceptions=True
+    )
+    return fleet, running
+
+
+def _cpu_s(pid: int, children: bool = False) -> float:
+    """User + system CPU seconds of a process (and its children, e.g. Triton's backend stubs)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *(root.children(recursive=True) if children else [])]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _stage_means(samples: list[ResultSample]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for stage in (*STAGES, "total"):
+        values = [s.timing[stage] for s in samples if stage in s.timing]
+        if values:
+            out[stage] = round(float(np.mean(values)), 2)
+    # What processing holds besides the timed steps: the message built and encoded, the obstacles message.
+    timed = sum(out.get(k, 0.0) for k in ("projection", "keypoints", "pointcloud", "obstacles"))
+    if "processing" in out:
+        out["message"] = round(out["processing"] - timed, 2)
+    return out
+
+
+async def _step(
+    config: BenchConfig,
+    triton_url: str,
+    triton_pid: int | None,
+    n: int,
+    clip: list[bytes],
+    camera: CameraMessage,
+    workdir: Path,
+    label: str = "",
+    extra_args: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    log_path = config.out / "logs" / f"gateway-cost-{n}-drones{'-' + '-'.join(extra_args) if extra_args else ''}.log"
+    stats = TritonStats(triton_url)
+    with gateway_process(triton_url, workdir, log_path, max(8, n), config.max_in_flight, extra_args=extra_args) as (
+        process,
+        url,
+        token,
+    ):
+        stop = asyncio.Event()
+        fleet, running = await replay_drones(url, token, n, clip, camera, stop)
+        try:
+            await asyncio.sleep(config.warmup_s)
+            counts_before = gateway_counts((await asyncio.to_thread(_get, f"{url}/metrics"))[1])
+            triton_before = await asyncio.to_thread(stats.snapshot)
+            cpu_before = {
+                "gateway": _cpu_s(process.pid),
+                "drones (bench process)": _cpu_s(os.getpid()),
+                **({"triton": _cpu_s(triton_pid, True)} if triton_pid else {}),
+            }
+            start_wall, start = time.time(), time.monotonic()
+            await asyncio.sleep(config.duration_s - config.warmup_s)
+            elapsed = time.monotonic() - start
+            end_wall = time.time()
+            cpu_after = {
+                "gateway": _cpu_s(process.pid),
+                "drones (bench process)": _cpu_s(os.getpid()),
+                **({"triton": _cpu_s(triton_pid, True)} if triton_pid else {}),
+            }
+            counts_after = gateway_counts((await asyncio.to_thread(_get, f"{url}/metrics"))[1])
+            triton = TritonStats.delta(triton_before, await asyncio.to_thread(stats.snapshot))
+        finally:
+            stop.set()
+            outcomes = await running
+    failures = {f"replay-{i + 1}": repr(o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)}
+    counts = _difference(counts_before, counts_after)
+    processed = counts["processed"]
+    window = [r for r in fleet.results if start_wall <= r.received <= end_wall]
+    per_drone = {}
+    for name in sorted(fleet.sent):
+        latency = summarize(r.latency_ms for r in window if r.drone == name)
+        per_drone[name] = None if latency is None else {"p50": round(latency.p50, 1), "p95": round(latency.p95, 1)}
+    latency = summarize(r.latency_ms for r in window)
+    cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+    step = {
+        "drones": n,
+        "window_s": round(elapsed, 2),
+        "results": processed,
+        "results_per_s": processed / elapsed,
+        "frames_received_per_s": counts["received"] / elapsed,
+        "dropped": counts["dropped"],
+        "gateway_cpu_ms_per_result": cpu["gateway"] * 1e3 / processed if processed else None,
+        "gateway_cores_busy": cpu["gateway"] / elapsed,
+        "cores_busy": {k: round(v / elapsed, 2) for k, v in cpu.items()},
+        "latency_ms": None if latency is None else latency.to_dict(),
+        "per_drone_latency_ms": per_drone,
+        "stages_ms": _stage_means(window),
+        "triton": {k: round(v, 3) for k, v in triton.items()},
+        "failures": failures,
+    }
+    log.info(
+        "gateway cost %s, %d drone(s): %.1f results/s, gateway %.1f CPU ms/result, p95 %s ms",
+        label or "(defaults)",
+        n,
+        step["results_per_s"],
+        step["gateway_cpu_ms_per_result"] or float("nan"),
+        None if latency is None else round(latency.p95),
+    )
+    return step
+
+
+def profile_summary(raw: str, results: float, top: int = PROFILE_TOP) -> dict[str, Any]:
+    """Top functions by cumulative samples from py-spy's raw (collapsed stacks) output.
+
+    Start-up stacks (module imports) are left out. ``ms_per_result`` turns
+    samples (10 ms each at py-spy's 100 Hz) into CPU ms per result.
+    """
+    cumulative: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit() or "_find_and_load" in stack:
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            cumulative[frame] += count
+    rows = []
+    for frame, count in cumulative.most_common(top):
+        rows.append(
+            {
+                "function": frame,
+                "cumulative_pct": round(100.0 * count / total, 1),
+                "own_pct": round(100.0 * own[frame] / total, 1),
+                "ms_per_result": round(count * 10.0 / results, 2) if results else None,
+            }
+        )
+    return {"samples": total, "results": results, "rows": rows}
+
+
+async def _profile(
+    config: BenchConfig, triton_url: str, n: int, clip: list[bytes], camera: CameraMessage, workdir: Path
+) -> dict[str, Any]:
+    """The largest step again with the gateway under py-spy (all its threads, 100 Hz, non-blocking)."""
+    import psutil
+
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return {"skipped": "py-spy is not installed (pip install py-spy)"}
+    raw_path = config.out / "gateway_cost_profile.raw"
+    prefix = (spy, "record", "--nonblocking", "--nolineno", "--format", "raw", "-o", str(raw_path), "--")
+    log_path = config.out / "logs" / f"gateway-cost-{n}-drones-profiled.log"
+    with gateway_process(triton_url, workdir, log_path, max(8, n), config.max_in_flight, command_prefix=prefix) as (
+        process,
+        url,
+        token,
+    ):
+        stop = asyncio.Event()
+        _, running = await replay_drones(url, token, n, clip, camera, stop)
+        try:
+            await asyncio.sleep(config.duration_s)
+            results = gateway_counts((await asyncio.to_thread(_get, f"{url}/metrics"))[1])["processed"]
+        finally:
+            stop.set()
+            await running
+        # Stop the gateway itself: py-spy writes its samples when the process it runs exits.
+        for child in psutil.Process(process.pid).children():
+            child.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(process.wait, 30)
+    if not raw_path.is_file():
+        return {"skipped": f"py-spy wrote no samples (see {log_path})"}
+    summary = profile_summary(raw_path.read_text(), results)
+    summary["drones"] = n
+    text = [
+        f"py-spy, gateway process, {n} replayed drones, {results:.0f} results; start-up imports left out",
+        f"{'cum %':>6} {'own %':>6} {'ms/result':>9}  function",
+    ]
+    text += [
+        f"{r['cumulative_pct']:6.1f} {r['own_pct']:6.1f} {r['ms_per_result'] or 0:9.2f}  {r['function']}"
+        for r in summary["rows"]
+    ]
+    (config.out / "gateway_cost_profile.txt").write_text("\n".join(text) + "\n")
+    (config.out / "gateway_cost_profile.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["files"] = ["gateway_cost_profile.txt", "gateway_cost_profile.json", raw_path.name]
+    return summary
+
+
+def _triton_alone(triton_url: str, frames: list[NDArray[np.uint8]], count: int) -> dict[str, Any]:
+    from dronedepth.benchmarks.efficiency import TritonAlone
+
+    alone = TritonAlone(triton_url, frames[:4])
+    try:
+        return alone.measure(warmup=3, count=count)
+    finally:
+        alone.close()
+
+
+def gateway_cost_section(config: BenchConfig) -> dict[str, Any]:
+    """Start an embedded Triton with the zero-cost model and run every step; fails if nothing was measured."""
+    from dronedepth.serving import AdapterSettings, EmbeddedTriton
+    from dronedepth.serving.synthetic import tiny_depth_model, write_model
+
+    drones = QUICK_DRONES if config.quick else DRONES
+    frames, camera = clip_frames()
+    started = time.perf_counter()
+    clip = encode_clip(frames)
+    encode_s = time.perf_counter() - started
+    log_dir = config.out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dronedepth-gateway-cost-") as tmp:
+        repository = Path(tmp) / "repository"
+        write_model(repository, tiny_depth_model(), warmup_hw=(FRAME_HEIGHT, FRAME_WIDTH))
+        settings = AdapterSettings(intra_op_threads=1)
+        with EmbeddedTriton(
+            repository,
+            grpc_port=0,
+            http_port=0,
+            metrics_port=0,
+            settings=settings,
+            log_file=log_dir / "triton-zero-cost.log",
+        ) as triton:
+            alone = _triton_alone(triton.grpc_url, frames, 20 if config.quick else 100)
+
+            async def measure() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                steps = []
+                for n in drones:
+                    steps.append(await _step(config, triton.grpc_url, triton.pid, n, clip, camera, Path(tmp)))
+                levers = []
+                for label, args in LEVERS:
+                    lever = await _step(
+                        config, triton.grpc_url, triton.pid, drones[-1], clip, camera, Path(tmp), label, args
+                    )
+                    levers.append({"lever": label, "gateway_args": list(args), **lever})
+                profile = await _profile(config, triton.grpc_url, drones[-1], clip, camera, Path(tmp))
+                return steps, levers, profile
+
+            steps, levers, profile = asyncio.run(measure())
+    if not any(step["results"] > 0 for step in steps):
+        raise DroneDepthError("the gateway-cost section measured no result: see logs/gateway-cost-*.log")
+    return {
+        "fps_per_drone": FPS,
+        "duration_s": config.duration_s,
+        "warmup_s": config.warmup_s,
+        "frame": f"{FRAME_WIDTH}×{FRAME_HEIGHT}",
+        "clip": {
+            "frames": len(clip),
+            "keyframe_interval": KEYFRAME_INTERVAL,
+            "bitrate_kbit_s": round(sum(map(len, clip)) * 8 * FPS / len(clip) / 1e3),
+            "encode_once_s": round(encode_s, 2),
+        },
+        "model": "tiny synthetic (depth = 0.5 + 4·luma/255, relative) through the embedded CPU Triton",
+        "triton_alone": alone,
+        "steps": steps,
+        "levers": levers,
+        "profile": profile,
+    }
