@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV := .venv
 TRITON_ENV := .venv-triton
 STAMPS := .cache/stamps
-APT_PACKAGES := libusb-1.0-0 libgl1 libgomp1 chromium fonts-dejavu-core
+APT_PACKAGES := libusb-1.0-0 libgl1 libgomp1 chromium fonts-dejavu-core coturn
 # CPU torch is all export needs, even on a GPU server; the pin keeps pip from pulling a CUDA build.
 TORCH := torch==2.13.0
 

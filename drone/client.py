@@ -558,6 +558,12 @@ class DroneClient:
 
         try:
             await pc.setLocalDescription(await pc.createOffer())
+            if self.config.ice_relay_only and "a=candidate:" not in pc.localDescription.sdp:
+                # aioice drops a failed TURN allocation silently: say why no media path can exist.
+                raise InferenceUnavailable(
+                    f"no relay candidate from {', '.join(self.config.ice_servers)}: the TURN server refused "
+                    "--ice-username/--ice-credential-file or cannot be reached"
+                )
             posting = asyncio.ensure_future(
                 post_offer(
                     http,
