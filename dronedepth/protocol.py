@@ -498,6 +498,9 @@ class KeypointsMessage:
     metres for metric depth; ``frame`` names it) instead of the optical frame;
     ``axes`` then stays ``optical`` (it only ever names camera-frame axes).
     ``ids`` (optional) are landmark ids, one per point, stable across frames.
+    ``scale`` (optional, :class:`Scale`) says where the depth's scale came
+    from; ``scale_check`` (optional, metric models, :class:`ScaleCheck`) how
+    far the model's own scale is from the anchors'.
     """
 
     pts: int
@@ -515,6 +518,8 @@ class KeypointsMessage:
     camera_pose: CameraPose | None = None
     world_points: bool = False
     ids: NDArray[np.int64] | None = None
+    scale: Scale | None = None
+    scale_check: ScaleCheck | None = None
 
     type: ClassVar[str] = "keypoints"
     OPTICAL_FRAME: ClassVar[str] = "camera_optical"
@@ -575,6 +580,10 @@ class KeypointsMessage:
             out["world_from_camera"] = self.camera_pose.to_dict()
         if self.ids is not None:
             out["ids"] = self.ids.tolist()
+        if self.scale is not None:
+            out["scale"] = self.scale.to_dict()
+        if self.scale_check is not None:
+            out["scale_check"] = self.scale_check.to_dict()
         return out
 
     @classmethod
@@ -627,6 +636,8 @@ class KeypointsMessage:
             camera_pose=camera_pose,
             world_points=world_points,
             ids=None if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1),
+            scale=None if payload.get("scale") is None else Scale.from_dict(payload["scale"]),
+            scale_check=None if payload.get("scale_check") is None else ScaleCheck.from_dict(payload["scale_check"]),
         )
 
 
@@ -977,11 +988,53 @@ class Scale:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ScaleCheck:
+    """A metric model's scale error on one frame's anchors: the ``scale_check`` object of a result.
+
+    ``ratio`` = anchors' metric depth ÷ the model's depth (median over the
+    inliers; 1.0 = the model's metres are right, 0.71 = the model says 1.4 m
+    where there is 1 m), ``residual`` the RMS relative residual of the
+    inliers (unitless), ``anchors_used`` their count.
+    """
+
+    ratio: float
+    residual: float
+    anchors_used: int
+
+    def __post_init__(self) -> None:
+        where = "scale_check"
+        if not (math.isfinite(self.ratio) and self.ratio > 0):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: ratio must be finite and > 0, got {self.ratio!r}")
+        if not (math.isfinite(self.residual) and self.residual >= 0):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: residual must be finite and ≥ 0, got {self.residual!r}")
+        if isinstance(self.anchors_used, bool) or not isinstance(self.anchors_used, int) or self.anchors_used < 0:
+            raise ProtocolError(
+                INVALID_MESSAGE, f"{where}: anchors_used must be an integer ≥ 0, got {self.anchors_used!r}"
+            )
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"ratio": round(self.ratio, 5), "residual": round(self.residual, 5), "anchors_used": self.anchors_used}
+
+    @classmethod
+    def from_dict(cls, payload: Any) -> ScaleCheck:
+        where = "scale_check"
+        if not isinstance(payload, dict):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: must be an object, got {payload!r}")
+        return cls(
+            ratio=_number(payload, "ratio", where),
+            residual=_number(payload, "residual", where),
+            anchors_used=_integer(payload, "anchors_used", where),
+        )
+
+
 OBSTACLE_NO_DATA: Final = -1.0
 """``obstacles`` distance of a sector that was not seen: unknown, never free."""
 OBSTACLE_FREE: Final = -2.0
 """``obstacles`` distance of a sector seen free of obstacles up to ``max_range_m``."""
 MAX_OBSTACLE_SECTORS: Final = 360
+OBSTACLE_SOURCES: Final = ("none", "camera", "map")
+"""Where an ``obstacles`` sector's distance comes from (``sources``), in this order of codes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -996,7 +1049,10 @@ class ObstaclesMessage:
     or :data:`OBSTACLE_NO_DATA`. ``gravity_aligned`` is True when the ranges
     are in the horizontal plane (attitude known); False when the body was
     taken as level (no pose). ``pts`` is the frame's pts (90 kHz), ``stamp``
-    its capture time (Unix seconds). Sent only for metric depth.
+    its capture time (Unix seconds). Sent only for metric depth. ``sources``
+    (optional, with the world map on) says per sector where its distance
+    comes from: one of :data:`OBSTACLE_SOURCES` (``camera``: this frame,
+    ``map``: the world map, what this or another drone saw before, ``none``: no data).
     """
 
     pts: int
@@ -1008,6 +1064,7 @@ class ObstaclesMessage:
     max_range_m: float
     distances_m: tuple[float, ...]
     frame_index: int = 0
+    sources: tuple[str, ...] | None = None
     frame: ClassVar[str] = "body_frd"
 
     type: ClassVar[str] = "obstacles"
@@ -1041,9 +1098,20 @@ class ObstaclesMessage:
                     f"{where}: distances_m[{i}] = {d!r} is neither in [min_range_m, max_range_m] "
                     f"nor {OBSTACLE_FREE} (free) or {OBSTACLE_NO_DATA} (no data)",
                 )
+        if self.sources is not None:
+            if len(self.sources) != len(self.distances_m):
+                raise ProtocolError(
+                    INVALID_MESSAGE,
+                    f"{where}: {len(self.sources)} sources for {len(self.distances_m)} distances; one per sector",
+                )
+            unknown = sorted(set(self.sources) - set(OBSTACLE_SOURCES))
+            if unknown:
+                raise ProtocolError(
+                    INVALID_MESSAGE, f"{where}: sources must be {', '.join(OBSTACLE_SOURCES)}, got {unknown[0]!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": self.type,
             "pts": self.pts,
             "stamp": self.stamp,
@@ -1056,6 +1124,9 @@ class ObstaclesMessage:
             "max_range_m": self.max_range_m,
             "distances_m": [round(d, 3) for d in self.distances_m],
         }
+        if self.sources is not None:
+            out["sources"] = list(self.sources)
+        return out
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> ObstaclesMessage:
@@ -1068,6 +1139,9 @@ class ObstaclesMessage:
         distances = payload.get("distances_m")
         if not isinstance(distances, list):
             raise ProtocolError(INVALID_MESSAGE, f"{where}: 'distances_m' must be a list of numbers")
+        sources = payload.get("sources")
+        if sources is not None and not (isinstance(sources, list) and all(isinstance(s, str) for s in sources)):
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: 'sources' must be a list of strings")
         return cls(
             pts=_integer(payload, "pts", where),
             stamp=_number(payload, "stamp", where),
@@ -1078,6 +1152,7 @@ class ObstaclesMessage:
             min_range_m=_number(payload, "min_range_m", where),
             max_range_m=_number(payload, "max_range_m", where),
             distances_m=tuple(_number({"distances_m": d}, "distances_m", where) for d in distances),
+            sources=None if sources is None else tuple(sources),
         )
 
 

@@ -14,6 +14,8 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dronedepth.gateway.config import SCALE_MODES
+
 from dronedepth.axes import AXES
 from dronedepth.contract import GATEWAY_PORT, MODEL_NAME
 from dronedepth.errors import ConfigError
@@ -220,6 +222,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds a frame may lie from the drone's poses and still get one (default: %(default)s)",
     )
+    proc.add_argument(
+        "--scale",
+        choices=SCALE_MODES,
+        default="auto",
+        help="metric scale: auto (metric models keep theirs, relative ones get it from the drone's height above "
+        "ground + attitude or its anchors), model (every model keeps its own), off (no estimation) "
+        "(default: %(default)s)",
+    )
+    proc.add_argument(
+        "--scale-correct",
+        action="store_true",
+        help="apply the scale recovered from anchors to metric models too (--scale auto; docs/scale.md)",
+    )
     proc.add_argument("--max-range", type=_positive_float, metavar="M", help="ignore depth beyond this (metres)")
     proc.add_argument("--voxel-size", type=_positive_float, metavar="M", help="voxel-downsample the clouds of --record")
     proc.add_argument("--remove-outliers", action="store_true", help="remove outliers from the clouds of --record")
@@ -293,8 +308,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     """The gateway's config and depth client from parsed arguments; raises ConfigError."""
-    from dronedepth.gateway.config import GatewayConfig, read_drone_tokens, read_ice_credential, read_token
-    from dronedepth.gateway.ice import MediaPorts, parse_public_ip
+    from dronedepth.gateway.config import GatewayConfig, read_drone_tokens, read_token
     from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
     from dronedepth.gateway.keypoints import KeypointConfig
     from dronedepth.gateway.pipeline import ProcessingConfig
@@ -336,6 +350,8 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
         ice_servers=tuple(args.ice_server),
         idle_timeout=args.idle_timeout,
         pose_max_gap=args.pose_max_gap,
+        scale=args.scale,
+        scale_correct=args.scale_correct,
         record_dir=args.record,
         record_every=args.record_every,
         record_bag_dir=args.record_bag,
@@ -392,11 +408,11 @@ async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event 
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # not the main thread, or not POSIX
             pass
-        ice_username=args.ice_username,
-        ice_credential=read_ice_credential(args.ice_credential_file),
-        ice_relay_only=args.ice_relay_only,
-        rtc_ports=MediaPorts.parse(rtc_ports) if rtc_ports else None,
-        public_ip=parse_public_ip(public_ip) if public_ip else None,
+        ice_username = (args.ice_username,)
+        ice_credential = (read_ice_credential(args.ice_credential_file),)
+        ice_relay_only = (args.ice_relay_only,)
+        rtc_ports = (MediaPorts.parse(rtc_ports) if rtc_ports else None,)
+        public_ip = (parse_public_ip(public_ip) if public_ip else None,)
     gateway = Gateway(config, client)
     try:
         await gateway.start()

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_FRAME_PIXELS",
+    "SCALE_MODES",
     "GatewayConfig",
+    "ScaleMode",
     "parse_ice_server",
     "read_drone_tokens",
     "read_ice_credential",
@@ -30,6 +32,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_FRAME_PIXELS = 1920 * 1080
+ScaleMode = Literal["auto", "model", "off"]
+SCALE_MODES: tuple[ScaleMode, ...] = ("auto", "model", "off")
+"""``--scale``: see :attr:`GatewayConfig.scale`."""
 TOKEN_ENV = "DRONEDEPTH_TOKEN"
 ICE_CREDENTIAL_ENV = "DRONEDEPTH_ICE_CREDENTIAL"
 _ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
@@ -117,6 +122,12 @@ class GatewayConfig:
     """Results are dropped, not queued, while more than this waits to be sent to a drone."""
     pose_max_gap: float = 0.1
     """Seconds a frame may lie from the drone's poses and still get one (interpolated or extrapolated)."""
+    scale: ScaleMode = "auto"
+    """``auto``: metric models keep their scale, relative ones get the scale recovered from anchors (ground
+    from height above ground + attitude, the drone's ``anchors``); ``model``: every model keeps its own scale
+    (a metric model's is still checked); ``off``: no scale estimation at all (docs/scale.md)."""
+    scale_correct: bool = False
+    """Apply the recovered scale correction to metric models too (needs ``scale`` ``auto``)."""
 
     def __post_init__(self) -> None:
         if self.token is None:
@@ -150,6 +161,10 @@ class GatewayConfig:
                 raise ConfigError(f"{name} must be positive, got {value}")
         if not (0 <= self.pose_max_gap <= 10):
             raise ConfigError(f"pose_max_gap must be within 0..10 seconds, got {self.pose_max_gap}")
+        if self.scale not in SCALE_MODES:
+            raise ConfigError(f"scale must be one of {', '.join(SCALE_MODES)}, got {self.scale!r}")
+        if self.scale_correct and self.scale != "auto":
+            raise ConfigError(f"--scale-correct needs --scale auto (got --scale {self.scale})")
         if isinstance(self.max_in_flight, int) and self.max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.workers is not None and self.workers < 1:

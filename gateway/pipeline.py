@@ -35,6 +35,7 @@ from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import CAMERA_MISMATCH, CameraMessage, CameraPose, KeypointsMessage
 
 if TYPE_CHECKING:
+    from dronedepth.gateway.scaling import FrameScale
     from open3d.geometry import PointCloud
 
 __all__ = ["OUTPUT_FRAMES", "FramePose", "FrameProcessor", "FrameResult", "ProcessingConfig", "relative_depth"]
@@ -186,12 +187,16 @@ class FrameProcessor:
         frame_index: int,
         timing: dict[str, float] | None = None,
         pose: FramePose | None = None,
+        scale: FrameScale | None = None,
     ) -> FrameResult:
         """Process one frame; ``rgb`` is ``(H, W, 3)`` uint8 RGB, ``depth`` ``(H, W)`` model output.
 
         ``pose`` (the body's pose at the frame's capture instant) gives the
         message its ``world_from_camera`` (through the camera's mount) and the
-        obstacle profile its attitude and height above ground.
+        obstacle profile its attitude and height above ground. ``scale`` (the
+        session's :class:`~gateway.scaling.FrameScale`) puts its ``scale`` and
+        ``scale_check`` on the message; its ``metric_depth``, when given,
+        replaces the model's output: the frame is then metric.
 
         Raises ``ProtocolError(CAMERA_MISMATCH)`` when the frame is not
         ``camera.width`` × ``camera.height`` (see :meth:`CameraMessage.scaled`).
@@ -214,7 +219,10 @@ class FrameProcessor:
 
         start = time.perf_counter()
         rays = ray_grid(camera)
-        if self.depth_kind == "relative":
+        depth_kind: DepthKind = self.depth_kind
+        if scale is not None and scale.metric_depth is not None:
+            z, depth_kind = scale.metric_depth, "metric"
+        elif depth_kind == "relative":
             z = relative_depth(depth, config.min_disparity)
         else:
             z = np.asarray(depth, dtype=np.float32)
@@ -250,7 +258,7 @@ class FrameProcessor:
             world_from_camera = pose.body.world_from_body @ body_from_camera
             camera_pose = CameraPose(pose.frame_id, world_from_camera, pose.match)
         obstacles = None
-        if config.obstacles is not None and self.depth_kind == "metric":  # relative depth has no metres
+        if config.obstacles is not None and depth_kind == "metric":  # relative depth has no metres
             obstacles = obstacle_profile_from_depth(
                 z,
                 rays,
@@ -268,7 +276,7 @@ class FrameProcessor:
             points=keypoint_points,
             pixels=keypoints.pixels,
             scores=keypoints.scores,
-            depth_kind=self.depth_kind,
+            depth_kind=depth_kind,
             width=width,
             height=height,
             frame_index=frame_index,
@@ -278,6 +286,8 @@ class FrameProcessor:
             descriptors=keypoints.descriptors,
             camera_pose=camera_pose,
             world_points=camera_pose is not None and config.output_frame == "world",
+            scale=None if scale is None else scale.scale,
+            scale_check=None if scale is None else scale.check,
         )
         return FrameResult(
             message=message,

@@ -40,7 +40,7 @@ import numpy as np
 from dronedepth.gateway.anchors import AnchorSamples
 from numpy.typing import NDArray
 
-from dronedepth.protocol import Scale, ScaleSource
+from dronedepth.protocol import Scale, ScaleCheck, ScaleSource
 
 __all__ = [
     "InverseDepthFit",
@@ -268,23 +268,6 @@ class ScaleEstimator:
             anchors_used=self._anchors_used,
         )
         return ScaleEstimate(scale, trusted=confidence >= self.config.trust_threshold, time_s=time_s)
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleCheck:
-    """A metric model's scale error on one frame's anchors.
-
-    ``ratio`` = anchors' metric depth ÷ the model's depth (median over the
-    inliers; 1.0 = the model's metres are right), ``residual`` the RMS
-    relative residual of the inliers, ``anchors_used`` their count.
-    """
-
-    ratio: float
-    residual: float
-    anchors_used: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        return {"ratio": round(self.ratio, 5), "residual": round(self.residual, 5), "anchors_used": self.anchors_used}
 
 
 def check_metric_scale(samples: AnchorSamples, config: ScaleConfig | None = None) -> ScaleCheck | None:

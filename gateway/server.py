@@ -444,10 +444,25 @@ class Gateway:
             "Receive-to-send time of each connected drone's latest result.",
             labels=["drone"],
         )
+        scale_ratio = GaugeMetricFamily(
+            "dronedepth_drone_scale_ratio",
+            "Metric models: anchors' depth / the model's depth on each drone's latest check (1 = right).",
+            labels=["drone"],
+        )
+        scale_confidence = GaugeMetricFamily(
+            "dronedepth_drone_scale_confidence",
+            "Confidence (0..1) of the scale of each drone's latest result; 0 = the model's own scale.",
+            labels=["drone", "source"],
+        )
         for drone_id, session in sorted(self.sessions.items()):
+            scale = session.snapshot()["scale"]
+            if scale["check"] is not None:
+                scale_ratio.add_metric([drone_id], scale["check"]["ratio"])
+            if scale["scale"] is not None:
+                scale_confidence.add_metric([drone_id, scale["scale"]["source"]], scale["scale"]["confidence"])
             frames.add_metric([drone_id, "received"], session.frames_received)
             frames.add_metric([drone_id, "processed"], session.frames_processed)
             frames.add_metric([drone_id, "dropped"], sum(session.dropped.values()))
             if "total" in session.last_timing:
                 latency.add_metric([drone_id], session.last_timing["total"] / 1e3)
-        return [frames, latency]
+        return [frames, latency, scale_ratio, scale_confidence]

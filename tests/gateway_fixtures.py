@@ -193,11 +193,19 @@ class TestDrone:
 class FakeDepthClient:
     """In-process depth: ``1 + 4 × luma / 255`` of the blurred frame (metres), optionally slow or unavailable.
 
-    The blur keeps the depth smooth, like a real model's, so most keypoints get a depth.
+    The blur keeps the depth smooth, like a real model's, so most keypoints get a depth. ``output``
+    replaces it: the model's output for a frame (metres for ``metric``, disparity for ``relative``).
     """
 
-    def __init__(self, *, delay: float = 0.0, depth_kind: DepthKind = "metric") -> None:
+    def __init__(
+        self,
+        *,
+        delay: float = 0.0,
+        depth_kind: DepthKind = "metric",
+        output: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
+    ) -> None:
         self.delay = delay
+        self._output = output
         self.available = True
         self._depth_kind: DepthKind = depth_kind
         self.calls = 0
@@ -224,6 +232,8 @@ class FakeDepthClient:
                 await asyncio.sleep(self.delay)
         finally:
             self.in_flight -= 1
+        if self._output is not None:
+            return self._output(rgb)
         luma = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (0, 0), 8).astype(np.float32)
         return (1.0 + 4.0 * luma / 255.0).astype(np.float32)
 
