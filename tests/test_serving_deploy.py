@@ -107,6 +107,33 @@ def test_the_gateway_command_is_one_the_gateway_accepts(services: dict[str, Any]
     assert re.search(r":(\d+)-(\d+):\1-\2/udp", published), "the WebRTC UDP range must be published"
 
 
+def test_the_gateway_binds_its_media_in_exactly_the_published_udp_range(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway reads the range compose publishes (same ports inside and out) and the address to advertise."""
+    from dronedepth.gateway import cli as gateway_cli
+    from dronedepth.gateway.ice import MediaPorts
+
+    gateway = services["gateway"]
+    udp = [p for p in gateway["ports"] if p.endswith("/udp")]
+    assert len(udp) == 1
+    published = re.fullmatch(r"[^:]*:(\d+)-(\d+):(\d+)-(\d+)/udp", udp[0])
+    assert published and published.group(1, 2) == published.group(3, 4)
+    environment = gateway["environment"]
+    assert environment["DRONEDEPTH_RTC_PORTS"] == f"{published[1]}-{published[2]}"
+    assert "DRONEDEPTH_PUBLIC_IP" in environment
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DRONEDEPTH_PUBLIC_IP", "198.51.100.7")  # what deploy/dronedepth.env sets
+    monkeypatch.setenv("DRONEDEPTH_TOKEN", "t" * 32)
+    args = build_parser(load=["gateway"]).parse_args(gateway["command"])
+    args.token_file = None  # the secret file exists only in the container: the token comes from the environment
+    config, _ = gateway_cli.build(args)
+    assert config.rtc_ports == MediaPorts(int(published[1]), int(published[2]))
+    assert config.public_ip == "198.51.100.7"
+    assert "ports" not in services["triton"] and services["triton"]["networks"] == ["backend"]
+
+
 def test_the_export_job_command_is_one_export_accepts(services: dict[str, Any]) -> None:
     export = services["export"]
     env = export["environment"]
