@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "drone": ("dronedepth.drone.cli", "Stream a camera, video, image folder or synthetic scene to a gateway."),
     "view": ("dronedepth.cli.view", "Watch a drone's live point cloud and keypoints from a gateway."),
+    "map": ("dronedepth.cli.map", "Export a gateway's world map (fused from every drone) to a PLY file."),
     "demo": ("dronedepth.cli.demo", "Run the whole pipeline end to end on this machine and write the results."),
     "bench": ("dronedepth.benchmarks.cli", "Measure latency and throughput of every stage and of the baselines."),
 }

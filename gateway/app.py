@@ -6,7 +6,8 @@
   (:mod:`~dronedepth.gateway.http_guard`: header deadline, cap on waiting connections),
 - ``GET /stream/<drone>`` (:mod:`~dronedepth.gateway.stream_route`),
 - the web pages ``/``, ``/drone``, ``/assets/...`` and the API ``/api/drones...``
-  (:mod:`~dronedepth.gateway.web`).
+  (:mod:`~dronedepth.gateway.web`),
+- the world map ``GET /map.ply`` and ``/api/map.png`` (:mod:`~dronedepth.gateway.map_routes`).
 
 The route modules import neither this module nor the server: their handlers
 read the gateway and the token from the app (:mod:`~dronedepth.gateway.app_keys`).
@@ -17,6 +18,7 @@ from __future__ import annotations
 from aiohttp import web
 from dronedepth.gateway import signaling
 from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY, RoutedGateway
+from dronedepth.gateway.map_routes import add_map_routes
 from dronedepth.gateway.ops import add_ops_routes
 from dronedepth.gateway.stream_route import add_stream_routes
 from dronedepth.gateway.web import add_web_routes
@@ -33,4 +35,5 @@ def create_app(gateway: RoutedGateway) -> web.Application:
     add_ops_routes(app)
     add_stream_routes(app, gateway.stream_hub, gateway.config.token)
     add_web_routes(app)
+    add_map_routes(app)
     return app

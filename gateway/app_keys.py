@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from dronedepth.gateway.http_guard import ConnectionGuard
     from dronedepth.gateway.inference import DepthService
     from dronedepth.gateway.logthrottle import LogThrottle
+    from dronedepth.gateway.mapping import MapService
     from dronedepth.gateway.metrics import GatewayMetrics
     from dronedepth.gateway.outputs.previews import PreviewHub
     from dronedepth.gateway.outputs.stream import StreamHub
@@ -36,6 +37,7 @@ class RoutedGateway(Protocol):
     depth: DepthService
     metrics: GatewayMetrics
     preview_hub: PreviewHub | None
+    world_map: MapService | None
     stream_hub: StreamHub
     guard: ConnectionGuard
     refusal_log: LogThrottle

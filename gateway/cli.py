@@ -24,6 +24,7 @@ from dronedepth.shutdown import STOP_SIGNALS, exit_status, run_until_signalled
 if TYPE_CHECKING:
     from dronedepth.gateway.config import GatewayConfig
     from dronedepth.gateway.inference import DepthClient
+    from dronedepth.gateway.mapping import MapSettings
 
 __all__ = ["add_arguments", "build", "run"]
 
@@ -287,6 +288,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address of the Foxglove server; it has NO authentication (default: %(default)s)",
     )
 
+    world = parser.add_argument_group(
+        "world map", "Fuse the drones' metric depth and poses into one map per world frame (docs/outputs.md)."
+    )
+    world.add_argument("--map", action="store_true", help="fuse a world map; serve it on /map.ply and the / page")
+    world.add_argument(
+        "--map-voxel", type=_positive_float, default=0.1, metavar="M", help="voxel size (default: %(default)s m)"
+    )
+    world.add_argument(
+        "--map-range", type=_positive_float, default=20.0, metavar="M", help="depth fused (default: %(default)s m)"
+    )
+    world.add_argument(
+        "--map-drones",
+        default="all",
+        metavar="IDS",
+        help="comma-separated drones whose frames are fused and who get map data, or 'all' (default); only "
+        "drones whose poses share one world frame may share a map",
+    )
+    world.add_argument(
+        "--map-blocks",
+        type=_positive_int,
+        default=20_000,
+        metavar="N",
+        help="voxel blocks held (8x8x8 voxels, 4 KiB each); the farthest from every drone go first "
+        "(default: %(default)s = 80 MiB)",
+    )
+    world.add_argument(
+        "--map-local-box",
+        type=_positive_float,
+        metavar="M",
+        help="half-width of the local_map box sent to each drone at 2 Hz (default: 10 m, at most 100 voxels)",
+    )
+    world.add_argument(
+        "--map-pose-gate",
+        choices=("on", "off"),
+        default="off",
+        help="reject frames whose pose disagrees with the map (off by default: it also rejects correct frames "
+        "on long flights over flat ground; see docs/outputs.md)",
+    )
+
     lim = parser.add_argument_group("limits")
     lim.add_argument("--max-drones", type=_positive_int, default=8, metavar="N", help="default: %(default)s")
     lim.add_argument(
@@ -350,6 +390,7 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
         ice_servers=tuple(args.ice_server),
         idle_timeout=args.idle_timeout,
         pose_max_gap=args.pose_max_gap,
+        world_map=_map_settings(args) if args.map else None,
         scale=args.scale,
         scale_correct=args.scale_correct,
         record_dir=args.record,
@@ -379,6 +420,34 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     else:
         client = TritonDepthClient(args.triton_url, args.model, args.inference_timeout)
     return config, client
+
+
+def _map_settings(args: argparse.Namespace) -> MapSettings:
+    from dronedepth.gateway.fusion import MapConfig
+    from dronedepth.gateway.mapping import MapSettings
+
+    drones = None if args.map_drones.strip() == "all" else frozenset(filter(None, args.map_drones.split(",")))
+    if drones is not None and not drones:
+        raise ConfigError("--map-drones: give drone ids separated by commas, or 'all'")
+    try:
+        fusion = MapConfig(
+            voxel_size_m=args.map_voxel,
+            max_depth_m=args.map_range,
+            block_budget=args.map_blocks,
+            gate=args.map_pose_gate == "on",
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    # local_map holds at most 200x200 cells and 254 height levels: the default box shrinks with small voxels.
+    half_width = args.map_local_box if args.map_local_box is not None else min(10.0, 100 * args.map_voxel)
+    vertical = min(10.0, 120 * args.map_voxel)
+    return MapSettings(
+        fusion=fusion,
+        drones=drones,
+        local_map_half_width_m=half_width,
+        local_map_below_m=vertical,
+        local_map_above_m=vertical,
+    )
 
 
 async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event | None = None) -> int | None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from aiortc import RTCConfiguration, RTCIceServer
     from dronedepth.gateway.ice import MediaPorts
+    from dronedepth.gateway.mapping import MapSettings
     from dronedepth.gateway.pipeline import ProcessingConfig
 
 __all__ = [
@@ -122,6 +123,8 @@ class GatewayConfig:
     """Results are dropped, not queued, while more than this waits to be sent to a drone."""
     pose_max_gap: float = 0.1
     """Seconds a frame may lie from the drone's poses and still get one (interpolated or extrapolated)."""
+    world_map: MapSettings | None = None
+    """Fuse the drones' metric depth into one world map per world frame (``--map``); ``None``: no map."""
     scale: ScaleMode = "auto"
     """``auto``: metric models keep their scale, relative ones get the scale recovered from anchors (ground
     from height above ground + attitude, the drone's ``anchors``); ``model``: every model keeps its own scale

@@ -44,7 +44,7 @@ from dronedepth.gateway.projection import RayGrid
 from numpy.typing import NDArray
 
 from dronedepth.frames import Transform, matrix_from_quaternion
-from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
+from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, OBSTACLE_SOURCES, ObstaclesMessage
 
 __all__ = [
     "SOURCE_CAMERA",
@@ -70,7 +70,8 @@ SOURCE_CAMERA: Final = 1
 """Sector source: this frame's depth."""
 SOURCE_MAP: Final = 2
 """Sector source: the world map (what this drone or another saw before; may be older than the frame)."""
-SOURCE_NAMES: Final = ("none", "camera", "map")
+SOURCE_NAMES: Final = OBSTACLE_SOURCES
+"""Wire names of the source codes (``obstacles`` ``sources``), indexed by code."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,7 @@ class ObstacleProfile:
             min_range_m=self.min_range_m,
             max_range_m=self.max_range_m,
             distances_m=tuple(round(float(d), 3) for d in self.distances_m),
+            sources=None if self.sources is None else self.source_names,
         )
 
 

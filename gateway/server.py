@@ -43,6 +43,7 @@ from dronedepth import protocol
 from dronedepth.errors import ConfigError, GatewayBusy, GatewayFull, ProtocolError
 
 if TYPE_CHECKING:
+    from dronedepth.gateway.mapping import MapService
     from dronedepth.gateway.outputs.sinks import ResultSink
 
 __all__ = ["Gateway"]
@@ -83,6 +84,8 @@ class Gateway:
         """The web pages' depth previews and result rates; set to None before :meth:`start` for none."""
         self.sinks: SinkSet | None = None
         """Every output of processed frames; made by :meth:`start`."""
+        self.world_map: MapService | None = None
+        """The world maps and their fusion thread (``config.world_map``); made by :meth:`start`."""
         self.metrics = metrics or GatewayMetrics()
         # No success for a whole timeout period while the server is busy: tell the drones it is an outage.
         self.depth = DepthService(
@@ -168,6 +171,7 @@ class Gateway:
         try:
             # In a worker: the outputs import Open3D, rosbags or foxglove and open files and ports.
             self.sinks = await loop.run_in_executor(self._executor, self._open_sinks)
+            self.world_map = await loop.run_in_executor(self._executor, self._open_map)
             self._runner = web.AppRunner(
                 self.app,
                 access_log=None,
@@ -229,6 +233,8 @@ class Gateway:
                 log.warning("HTTP server did not stop within %.0f s", timeout)
             self._runner = None
         await self.depth.close()
+        if self.world_map is not None:
+            await self._close_map(timeout)
         if self.sinks is not None:
             # After the sessions: their drones' recordings and bags are finished by now; this flushes the rest.
             try:
@@ -276,6 +282,32 @@ class Gateway:
             sinks.append(self.extra_sink)
         return SinkSet(sinks)
 
+    def _open_map(self) -> MapService | None:
+        """The started world-map service of ``config.world_map``, or None (worker thread: imports Open3D)."""
+        settings = self.config.world_map
+        if settings is None:
+            return None
+        from dronedepth.gateway.mapping import MapService
+
+        service = MapService(settings)
+        service.start()
+        self.metrics.add_collector(service.collect)
+        return service
+
+    async def _close_map(self, timeout: float) -> None:
+        """Stop fusing, then save each map as ``record_dir/map_<frame>.ply`` when recording."""
+        world_map, self.world_map = self.world_map, None
+        assert world_map is not None
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._executor, world_map.close, timeout), 2 * timeout)
+            if self.config.record_dir is not None:
+                work = loop.run_in_executor(self._executor, world_map.save, self.config.record_dir)
+                saved = await asyncio.wait_for(work, 2 * timeout)
+                log.info("world map saved: %s", ", ".join(str(path) for path in saved) or "empty, nothing written")
+        except Exception as exc:
+            log.error("closing the world map failed: %r", exc)
+
     def _recording_stopped(self, drone_id: str, reason: str) -> None:
         """A sink stopped recording a drone session (``write_failed``, ``low_disk``, ``size_limit``); any thread."""
         self.metrics.recordings_stopped.inc(reason=reason)
@@ -288,6 +320,9 @@ class Gateway:
         if self.sinks is not None:
             sinks, self.sinks = self.sinks, None
             await asyncio.get_running_loop().run_in_executor(self._executor, sinks.close)
+        if self.world_map is not None:
+            world_map, self.world_map = self.world_map, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, world_map.close, 1.0)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -414,6 +449,7 @@ class Gateway:
             make_processor=self._make_processor,
             on_closed=self._session_closed,
             sink=self.sinks,
+            world_map=self.world_map,
         )
 
     def _make_processor(self, depth_kind: str) -> FrameProcessor:

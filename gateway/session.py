@@ -80,6 +80,7 @@ from dronedepth.protocol import (
 
 if TYPE_CHECKING:
     import av
+    from dronedepth.gateway.mapping import MapService
     from dronedepth.gateway.outputs.sinks import ResultSink
 
 __all__ = ["DroneSession", "LatestFrame", "SessionContext"]
@@ -221,6 +222,8 @@ class SessionContext:
 
     The gateway's :class:`~gateway.sinks.SinkSet`: recordings, bags, live
     viewers all go through it."""
+    world_map: MapService | None = None
+    """The world map (``--map``): gets each frame after its keypoints, completes its obstacles to 360°."""
 
 
 class DroneSession:
@@ -371,6 +374,8 @@ class DroneSession:
             dropped,
         )
         self._metrics.sessions_closed.inc(reason=reason.split(":")[0])
+        if self._ctx.world_map is not None:
+            self._ctx.world_map.forget(self.drone_id)
         self._closed.set()
         if self._ctx.on_closed is not None:
             self._ctx.on_closed(self)
@@ -728,14 +733,60 @@ class DroneSession:
         result, text, obstacles = await loop.run_in_executor(executor, work)
         message = result.message
         self._told_internal = False
-        if self._deliver(message, text) and obstacles is not None and result.obstacles is not None:
+        delivered = self._deliver(message, text)
+        if delivered and self._ctx.world_map is not None:
+            obstacles = await self._with_world_map(self._ctx.world_map, result, camera, captured, item, obstacles)
+        if delivered and obstacles is not None and result.obstacles is not None:
             self._send(obstacles)
             ranges = result.obstacles.distances_m[result.obstacles.distances_m >= 0]  # not free, not no data
             self.nearest_obstacle_m = float(ranges.min()) if len(ranges) else None
+        if (
+            delivered
+            and self._ctx.world_map is not None
+            and (local_map := self._ctx.world_map.take_local_map(self.drone_id))
+        ):
+            self._send(local_map)
         for stage, ms in message.timing.items():
             self._metrics.stage_seconds.observe(ms / 1e3, stage=stage)
         if self._ctx.sink is not None:
             await self._to_sink(captured, camera, rgb, result)
+
+    async def _with_world_map(
+        self,
+        world_map: MapService,
+        result: FrameResult,
+        camera: CameraMessage,
+        captured: float,
+        item: _Received,
+        obstacles: str | None,
+    ) -> str | None:
+        """Hand the frame to the map (never waits) and complete its obstacles to 360° from the map.
+
+        Returns the encoded ``obstacles`` to send: the merged profile (in a
+        worker thread; ``result.obstacles`` becomes it, so the outputs see it
+        too), or ``obstacles`` unchanged when there is nothing to merge.
+        """
+        world_map.submit(
+            self.drone_id,
+            result.depth,
+            camera,
+            result.message.camera_pose,
+            metric=result.message.depth_kind == "metric",
+            stamp=captured,
+        )
+        pose = result.pose
+        if result.obstacles is None or pose is None or self._processor is None:
+            return obstacles
+        obstacle_config = self._processor.config.obstacles
+        assert obstacle_config is not None  # the profile exists
+        work = functools.partial(
+            world_map.surround, self.drone_id, result.obstacles, pose.body, pose.frame_id, obstacle_config
+        )
+        merged = await asyncio.get_running_loop().run_in_executor(self._ctx.executor, work)
+        if merged is result.obstacles:
+            return obstacles
+        result.obstacles = merged
+        return protocol.encode(merged.to_message(int(item.frame.pts or 0), captured, item.index))
 
     async def _frame_pose(self, item: _Received) -> FramePose | None:
         """The body's pose at the frame's pts, waiting at most the maximum gap for one still on its way."""
