@@ -1035,8 +1035,6 @@ OBSTACLE_FREE: Final = -2.0
 MAX_OBSTACLE_SECTORS: Final = 360
 OBSTACLE_SOURCES: Final = ("none", "camera", "map")
 """Where an ``obstacles`` sector's distance comes from (``sources``), in this order of codes."""
-OBSTACLE_SOURCES: Final = ("none", "camera", "map")
-"""Where an ``obstacles`` sector's distance comes from (``sources``), in this order of codes."""
 
 
 @dataclass(frozen=True, slots=True)
