@@ -348,12 +348,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     """The gateway's config and depth client from parsed arguments; raises ConfigError."""
-    from dronedepth.gateway.config import GatewayConfig, read_drone_tokens, read_token
+    from dronedepth.gateway.config import GatewayConfig, read_drone_tokens, read_ice_credential, read_token
+    from dronedepth.gateway.ice import MediaPorts, parse_public_ip
     from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
     from dronedepth.gateway.keypoints import KeypointConfig
     from dronedepth.gateway.pipeline import ProcessingConfig
 
     token = read_token(args.token_file)
+    # Containers set the media options in the environment (docker-compose.yml); an empty value means unset.
+    rtc_ports = args.rtc_ports or os.environ.get("DRONEDEPTH_RTC_PORTS", "").strip()
+    public_ip = args.public_ip or os.environ.get("DRONEDEPTH_PUBLIC_IP", "").strip()
     if token is None and not args.insecure_no_auth:
         raise ConfigError(
             "no token: give --token-file FILE or set DRONEDEPTH_TOKEN "
@@ -388,6 +392,11 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
         inference_timeout=args.inference_timeout,
         max_in_flight=args.max_in_flight,
         ice_servers=tuple(args.ice_server),
+        ice_username=args.ice_username,
+        ice_credential=read_ice_credential(args.ice_credential_file),
+        ice_relay_only=args.ice_relay_only,
+        rtc_ports=MediaPorts.parse(rtc_ports) if rtc_ports else None,
+        public_ip=parse_public_ip(public_ip) if public_ip else None,
         idle_timeout=args.idle_timeout,
         pose_max_gap=args.pose_max_gap,
         world_map=_map_settings(args) if args.map else None,
@@ -412,9 +421,6 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     if args.foxglove is None and args.foxglove_host != "127.0.0.1":
         log.warning("--foxglove-host is ignored without --foxglove")
     client: DepthClient
-    # Containers set the media options in the environment (docker-compose.yml); an empty value means unset.
-    rtc_ports = args.rtc_ports or os.environ.get("DRONEDEPTH_RTC_PORTS", "").strip()
-    public_ip = args.public_ip or os.environ.get("DRONEDEPTH_PUBLIC_IP", "").strip()
     if args.onnx_model is not None:
         client = OnnxRuntimeDepthClient(args.onnx_model)
     else:
@@ -477,11 +483,6 @@ async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event 
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # not the main thread, or not POSIX
             pass
-        ice_username = (args.ice_username,)
-        ice_credential = (read_ice_credential(args.ice_credential_file),)
-        ice_relay_only = (args.ice_relay_only,)
-        rtc_ports = (MediaPorts.parse(rtc_ports) if rtc_ports else None,)
-        public_ip = (parse_public_ip(public_ip) if public_ip else None,)
     gateway = Gateway(config, client)
     try:
         await gateway.start()
