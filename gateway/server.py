@@ -97,13 +97,13 @@ class Gateway:
         )
         self.sessions: dict[str, DroneSession] = {}
         """Every session, connected or still connecting."""
-        self._pending: set[str] = set()
-        # Sessions answered but not yet connected (ICE/DTLS): drone id -> remote address.
-        self._connecting: dict[str, str] = {}
         self.host_candidates = HostCandidatePolicy(
             config.rtc_ports, config.public_ip, on_exhausted=self.metrics.media_ports_exhausted.inc
         )
         """Where media sockets bind (``rtc_ports``) and the address answers advertise (``public_ip``)."""
+        self._pending: set[str] = set()
+        # Sessions answered but not yet connected (ICE/DTLS): drone id -> remote address.
+        self._connecting: dict[str, str] = {}
         self.drone_ids_by_token_digest = config.drone_ids_by_token_digest()
         """Per-drone credentials (SHA-256 hex of the token → drone id), or None: the fleet token."""
         self.guard = ConnectionGuard(
@@ -387,8 +387,12 @@ class Gateway:
             session = DroneSession(drone_id, pc, self._context(), remote=remote)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+                self.host_candidates.apply(pc)
                 answer = await pc.createAnswer()
                 await pc.setLocalDescription(answer)
+            except GatewayFull:  # no free media port: the drone may retry, nothing is wrong with its offer
+                await session.close("no media port")
+                raise
             except Exception as exc:
                 await session.close("offer refused")
                 raise ProtocolError(protocol.INVALID_MESSAGE, f"the offer cannot be applied: {exc}") from exc
@@ -422,7 +426,6 @@ class Gateway:
 
         def expire() -> None:
             if self._connecting.get(session.drone_id) is not None and self.sessions.get(session.drone_id) is session:
-                self.host_candidates.apply(pc)
                 self.metrics.pending_offers_expired.inc()
                 session.schedule_close(f"pending: ICE/DTLS did not complete within {timeout:g} s")
 
