@@ -262,7 +262,7 @@ class MapService:
                 settings.local_map_half_width_m,
                 settings.local_map_below_m,
                 settings.local_map_above_m,
-                job.stamp,
+                time.time(),  # when the map was read: cells may hold what any drone saw before
             )
             self._local_maps[job.drone_id] = protocol.encode(message)
             self._local_map_at[job.drone_id] = now
