@@ -33,6 +33,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "map": ("dronedepth.cli.map", "Export a gateway's world map (fused from every drone) to a PLY file."),
     "demo": ("dronedepth.cli.demo", "Run the whole pipeline end to end on this machine and write the results."),
     "bench": ("dronedepth.benchmarks.cli", "Measure latency and throughput of every stage and of the baselines."),
+    "eval": (
+        "dronedepth.benchmarks.eval_cli",
+        "Score metric depth, scale, obstacles and flicker against ground truth on synthetic flights.",
+    ),
 }
 
 
