@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import cv2
 import numpy as np
-from dronedepth.gateway.keypoints import KeypointConfig, KeypointDetector, lift_keypoints
+from dronedepth.gateway.keypoints import KeypointConfig, KeypointDetector, Keypoints, lift_keypoints
+from dronedepth.gateway.landmarks import LandmarkConfig, LandmarkTracker
 from dronedepth.gateway.obstacles import (
     ObstacleConfig,
     ObstacleProfile,
@@ -32,7 +33,7 @@ from dronedepth.contract import DEPTH_KINDS, DepthKind
 from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.frames import Transform
 from dronedepth.pose_buffer import TimedPose
-from dronedepth.protocol import CAMERA_MISMATCH, CameraMessage, CameraPose, KeypointsMessage
+from dronedepth.protocol import CAMERA_MISMATCH, VIDEO_CLOCK_RATE, CameraMessage, CameraPose, KeypointsMessage
 
 if TYPE_CHECKING:
     from dronedepth.gateway.scaling import FrameScale
@@ -62,7 +63,8 @@ class ProcessingConfig:
     puts the keypoints of frames that have a pose in the world frame (ENU) on
     the wire; it refuses ``axes`` other than ``optical``. ``obstacles`` (None:
     off) configures the obstacle profile of metric frames, in sectors of
-    ``obstacle_sector_deg``.
+    ``obstacle_sector_deg``. ``landmarks`` (None: off) gives the keypoints
+    of metric frames with a pose their landmark ids.
     """
 
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
@@ -76,6 +78,7 @@ class ProcessingConfig:
     output_frame: OutputFrame = "camera"
     obstacles: ObstacleConfig | None = field(default_factory=ObstacleConfig)
     obstacle_sector_deg: float = DEFAULT_SECTOR_WIDTH_DEG
+    landmarks: LandmarkConfig | None = field(default_factory=LandmarkConfig)
 
     def __post_init__(self) -> None:
         if self.axes not in AXES:
@@ -172,6 +175,9 @@ class FrameProcessor:
         self._make_point_cloud: Callable[..., PointCloud] | None = None
         self._layout: tuple[CameraMessage, SectorLayout] | None = None
         """The obstacle sectors of the last camera (they depend only on the intrinsics and the mount)."""
+        self._landmarks = None if config.landmarks is None else LandmarkTracker(config.landmarks)
+        self._landmark_world: str | None = None
+        """The world frame the landmarks are in: a pose in another one resets them."""
         if config.build_cloud:
             from dronedepth.gateway.pointcloud import make_point_cloud  # imports Open3D (~0.6 s): only when needed
 
@@ -257,6 +263,11 @@ class FrameProcessor:
         if pose is not None:
             world_from_camera = pose.body.world_from_body @ body_from_camera
             camera_pose = CameraPose(pose.frame_id, world_from_camera, pose.match)
+        landmark_ids = None
+        if self._landmarks is not None and camera_pose is not None and depth_kind == "metric":
+            landmark_ids = self._landmark_ids(keypoint_points, keypoints, camera_pose, camera, pts)
+            timing["landmarks"] = (time.perf_counter() - after_cloud) * 1e3
+        after_landmarks = time.perf_counter()
         obstacles = None
         if config.obstacles is not None and depth_kind == "metric":  # relative depth has no metres
             obstacles = obstacle_profile_from_depth(
@@ -269,7 +280,7 @@ class FrameProcessor:
                 mask=valid,
                 height_above_ground_m=None if pose is None else pose.body.height_above_ground_m,
             )
-            timing["obstacles"] = (time.perf_counter() - after_cloud) * 1e3
+            timing["obstacles"] = (time.perf_counter() - after_landmarks) * 1e3
 
         message = KeypointsMessage(
             pts=pts,
@@ -286,6 +297,7 @@ class FrameProcessor:
             descriptors=keypoints.descriptors,
             camera_pose=camera_pose,
             world_points=camera_pose is not None and config.output_frame == "world",
+            ids=landmark_ids,
             scale=None if scale is None else scale.scale,
             scale_check=None if scale is None else scale.check,
         )
@@ -298,6 +310,30 @@ class FrameProcessor:
             valid=valid,
             pose=pose,
             obstacles=obstacles,
+        )
+
+    def _landmark_ids(
+        self,
+        points_optical: NDArray[np.float32],
+        keypoints: Keypoints,
+        camera_pose: CameraPose,
+        camera: CameraMessage,
+        pts: int,
+    ) -> NDArray[np.int64]:
+        """The landmark id of each keypoint of a metric frame with a pose (see :mod:`gateway.landmarks`)."""
+        assert self._landmarks is not None
+        if camera_pose.frame_id != self._landmark_world:
+            if self._landmark_world is not None:  # positions in the old frame mean nothing in the new one
+                self._landmarks.reset()
+            self._landmark_world = camera_pose.frame_id
+        return self._landmarks.update(
+            points_optical,
+            keypoints.descriptors,
+            keypoints.descriptor_type,
+            camera_pose.world_from_camera,
+            camera,
+            depth_kind="metric",
+            time_s=pts / VIDEO_CLOCK_RATE,  # the session's capture clock: only differences matter
         )
 
     def _sector_layout(self, camera: CameraMessage, rays: RayGrid, body_from_camera: Transform) -> SectorLayout:

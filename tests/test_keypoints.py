@@ -3,7 +3,14 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
-from dronedepth.gateway.keypoints import KeypointConfig, KeypointDetector, Keypoints, bucket, lift_keypoints
+from dronedepth.gateway.keypoints import (
+    KeypointConfig,
+    KeypointDetector,
+    Keypoints,
+    bucket,
+    lift_keypoints,
+    suppress_twins,
+)
 from dronedepth.gateway.projection import RayGrid, project_points, ray_grid, valid_depth_mask
 
 from dronedepth.errors import ConfigError
@@ -242,3 +249,20 @@ def test_window_is_clipped_at_the_image_border():
     keypoints = Keypoints(pixels=np.array([[0.0, 0.0], [159.0, 119.0]], np.float32), scores=np.ones(2, np.float32))
     _, kept = lift_keypoints(keypoints, depth, ray_grid(PINHOLE), np.ones(depth.shape, bool), window=3)
     assert kept.tolist() == [0, 1]  # only 4 of the 9 window pixels lie inside the image at a corner
+
+
+def test_twins_within_two_pixels_keep_only_the_strongest():
+    pixels = np.array([[10.0, 10.0], [11.4, 10.9], [13.1, 10.0], [50.2, 40.0], [50.2, 40.0], [0.0, 0.0]], np.float32)
+    scores = np.array([0.5, 0.9, 0.2, 0.3, 0.3, 0.1], np.float32)
+    # 0 is 1.8 px from the stronger 1; 2 is 1.7 px from 1; 3 and 4 are one place (the first is kept); 5 is alone.
+    np.testing.assert_array_equal(suppress_twins(pixels, scores, 64, 48), [1, 3, 5])
+    assert len(suppress_twins(np.empty((0, 2), np.float32), np.empty(0, np.float32), 64, 48)) == 0
+
+
+def test_orb_keeps_no_twins_on_a_photo(photo_gray):
+    found = KeypointDetector(KeypointConfig(method="orb", max_keypoints=500)).detect(photo_gray)
+    rounded = np.rint(found.pixels)
+    gaps = np.linalg.norm(rounded[:, None, :] - rounded[None, :, :], axis=2)
+    np.fill_diagonal(gaps, np.inf)
+    # The 5x5 disc holds offsets up to (2, 1) (2.24 px): no two kept keypoints' rounded pixels are that close.
+    assert len(found) > 100 and gaps.min() > 2.3
