@@ -33,13 +33,28 @@ from dronedepth.contract import DEPTH_KINDS, DepthKind
 from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.frames import Transform
 from dronedepth.pose_buffer import TimedPose
-from dronedepth.protocol import CAMERA_MISMATCH, VIDEO_CLOCK_RATE, CameraMessage, CameraPose, KeypointsMessage
+from dronedepth.protocol import (
+    CAMERA_MISMATCH,
+    VIDEO_CLOCK_RATE,
+    CameraMessage,
+    CameraPose,
+    KeypointsMessage,
+    Scale,
+    ScaleCheck,
+)
 
 if TYPE_CHECKING:
-    from dronedepth.gateway.scaling import FrameScale
     from open3d.geometry import PointCloud
 
-__all__ = ["OUTPUT_FRAMES", "FramePose", "FrameProcessor", "FrameResult", "ProcessingConfig", "relative_depth"]
+__all__ = [
+    "OUTPUT_FRAMES",
+    "FramePose",
+    "FrameProcessor",
+    "FrameResult",
+    "FrameScale",
+    "ProcessingConfig",
+    "relative_depth",
+]
 
 OutputFrame = Literal["camera", "world"]
 OUTPUT_FRAMES: Final[tuple[OutputFrame, ...]] = ("camera", "world")
@@ -113,6 +128,16 @@ class FramePose:
     frame_id: str
     match: str
     body: TimedPose
+
+
+@dataclass(frozen=True, slots=True)
+class FrameScale:
+    """The scale of one frame: ``metric_depth`` (z-depth in metres, NaN where invalid) replaces the model's
+    output when not None; ``scale`` and ``check`` go on the wire (``scale_check`` only for metric models)."""
+
+    metric_depth: NDArray[np.float32] | None
+    scale: Scale
+    check: ScaleCheck | None
 
 
 @dataclass(slots=True)
@@ -200,7 +225,7 @@ class FrameProcessor:
         ``pose`` (the body's pose at the frame's capture instant) gives the
         message its ``world_from_camera`` (through the camera's mount) and the
         obstacle profile its attitude and height above ground. ``scale`` (the
-        session's :class:`~gateway.scaling.FrameScale`) puts its ``scale`` and
+        session's :class:`FrameScale`) puts its ``scale`` and
         ``scale_check`` on the message; its ``metric_depth``, when given,
         replaces the model's output: the frame is then metric.
 

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 from dronedepth.gateway.anchors import AnchorSamples, drone_samples, ground_from_pose, ground_grid, ground_samples
 from dronedepth.gateway.config import SCALE_MODES, ScaleMode
-from dronedepth.gateway.pipeline import FramePose, relative_depth
+from dronedepth.gateway.pipeline import FramePose, FrameScale, relative_depth
 from dronedepth.gateway.projection import ray_grid
 from dronedepth.gateway.scale import ScaleCheck, ScaleConfig, ScaleEstimate, ScaleEstimator, check_metric_scale
 from numpy.typing import NDArray
@@ -47,16 +46,6 @@ __all__ = ["FrameScale", "SessionScale"]
 
 MAX_BUFFERED_ANCHORS: Final = 32
 """``anchors`` messages kept per drone while they wait for their frame (a rangefinder at 20–50 Hz, video at 10+)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FrameScale:
-    """The scale of one frame: ``metric_depth`` (z-depth in metres, NaN where invalid) replaces the model's
-    output when not None; ``scale`` and ``check`` go on the wire (``scale_check`` only for metric models)."""
-
-    metric_depth: NDArray[np.float32] | None
-    scale: Scale
-    check: ScaleCheck | None
 
 
 class SessionScale:
