@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -371,7 +372,8 @@ async def _profile(
     """The largest step again with the gateway under py-spy (all its threads, 100 Hz, non-blocking)."""
     import psutil
 
-    spy = shutil.which("py-spy")
+    beside = Path(sys.executable).parent / "py-spy"  # the venv's, when it is not on PATH
+    spy = str(beside) if beside.is_file() else shutil.which("py-spy")
     if spy is None:
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
     raw_path = config.out / "gateway_cost_profile.raw"

@@ -414,7 +414,7 @@ def _gateway_cost(section: dict[str, Any]) -> list[str]:
             f"(all {len(profile['rows'])} in `gateway_cost_profile.txt`):",
             "",
             markdown_table(
-                ["function", "cumulative %", "own %", "CPU ms/result"],
+                ["function", "cumulative %", "own %", "sampled ms/result (busy threads, not CPU)"],
                 [
                     [f"`{r['function']}`", fmt(r["cumulative_pct"]), fmt(r["own_pct"]), fmt(r["ms_per_result"], 2)]
                     for r in profile["rows"][:10]
