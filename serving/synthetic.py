@@ -118,6 +118,51 @@ def conv_depth_model(channels: int = 64, layers: int = 3, stride: int = 4, seed:
     return _finish(helper.make_graph(nodes, "conv_depth", [image], [depth], initializers))
 
 
+def ground_disparity_model(gain: float = 1.0) -> onnx.ModelProto:
+    """A relative model that sees flat ground: disparity ``gain · max(0, (v + ½ − H/2) / (W/2))`` at row ``v``.
+
+    For a level camera with its principal point at the image centre
+    (``cy = H/2 − ½``) and ``fy = (W/2) / tan(hfov/2)`` over flat ground
+    ``h`` metres below (the drone's synthetic scene), the true inverse depth of
+    row ``v`` is ``(v − cy) / (fy · h)``: this output is that times
+    ``gain · h / tan(hfov/2)``, an unknown scale as a relative model's
+    disparity has, and 0 (no depth) above the horizon. It ignores the image:
+    whatever stands on the ground is seen as ground.
+    """
+    image, depth = _io()
+    initializers = [
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero_f"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one_f"),
+        numpy_helper.from_array(np.array(gain, np.float32), "gain"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array([2], np.int64), "two"),
+        numpy_helper.from_array(np.array([3], np.int64), "three"),
+        numpy_helper.from_array(np.array([-1, 1], np.int64), "column"),
+    ]
+    nodes = [
+        helper.make_node("Shape", [INPUT_NAME], ["image_shape"]),
+        helper.make_node("Slice", ["image_shape", "zero", "three"], ["out_shape"]),  # [batch, H, W]
+        helper.make_node("Slice", ["image_shape", "one", "two"], ["h_int"]),
+        helper.make_node("Slice", ["image_shape", "two", "three"], ["w_int"]),
+        helper.make_node("Cast", ["h_int"], ["h"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["w_int"], ["w"], to=TensorProto.FLOAT),
+        helper.make_node("Squeeze", ["h", "zero"], ["h_scalar"]),
+        helper.make_node("Range", ["zero_f", "h_scalar", "one_f"], ["rows"]),  # 0, 1, ..., H − 1
+        helper.make_node("Mul", ["h", "half"], ["half_h"]),
+        helper.make_node("Mul", ["w", "half"], ["half_w"]),
+        helper.make_node("Add", ["rows", "half"], ["row_centres"]),
+        helper.make_node("Sub", ["row_centres", "half_h"], ["below_centre"]),
+        helper.make_node("Div", ["below_centre", "half_w"], ["slope"]),
+        helper.make_node("Relu", ["slope"], ["ground"]),
+        helper.make_node("Mul", ["ground", "gain"], ["disparity"]),
+        helper.make_node("Reshape", ["disparity", "column"], ["disparity_column"]),  # [H, 1]
+        helper.make_node("Expand", ["disparity_column", "out_shape"], [OUTPUT_NAME]),
+    ]
+    return _finish(helper.make_graph(nodes, "ground_disparity", [image], [depth], initializers))
+
+
 def write_model(
     repository: str | Path,
     model: onnx.ModelProto,
