@@ -77,8 +77,16 @@ async def wait_until(predicate: Callable[[], bool], what: str) -> None:
 
 
 def check_results(results: Path, client: DroneClient, summary: DroneSummary) -> list[dict]:
-    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    every_line = [json.loads(line) for line in results.read_text().splitlines()]
+    assert {line["type"] for line in every_line} <= {"keypoints", "obstacles"}
+    lines = [line for line in every_line if line["type"] == "keypoints"]
+    profiles = [line for line in every_line if line["type"] == "obstacles"]
     assert summary.results == len(lines) >= 1
+    # Obstacle profiles (metric depth only), each after its frame's keypoints, with the drone's waypoints.
+    assert summary.obstacle_profiles == len(profiles)
+    assert {line["pts"] for line in profiles} <= {line["pts"] for line in lines}
+    for line in profiles:
+        assert line["waypoints"]["frame"] == "base_link_level" and line["waypoints"]["units"] == "m"
     assert summary.unmatched == 0, "every result's pts matched a frame sent"
     assert summary.errors == 0, summary.error_codes
     camera = client.camera
@@ -89,7 +97,7 @@ def check_results(results: Path, client: DroneClient, summary: DroneSummary) -> 
         assert line["type"] == "keypoints" and line["drone_id"] == "it-drone"
         assert (line["width"], line["height"]) == (camera.width, camera.height)
         assert line["latency_ms"] > 0
-        assert line["waypoints"]["units"] == ("m" if line["depth_kind"] == "metric" else "relative")
+        assert "waypoints" not in line  # waypoints come from obstacle profiles, not keypoints
     for line in with_points:
         check_projection(line, camera, tolerance_px=0.2)  # points travel rounded to 0.1 mm
     latencies = sorted(line["latency_ms"] for line in lines)
