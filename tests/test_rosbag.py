@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import struct
@@ -22,7 +24,7 @@ from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap_ros2.decoder import DecoderFactory
 from output_fixtures import make_record
 
-from dronedepth.protocol import CameraMessage
+from dronedepth.protocol import CameraMessage, Scale, ScaleCheck
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "drone_7"  # ros_name("drone-7")
@@ -206,6 +208,32 @@ def test_relative_depth_goes_to_its_own_topic(tmp_path: Path) -> None:
     depth = np.frombuffer(bytes(msg.data), "<f4").reshape(48, 64)
     np.testing.assert_array_equal(depth, record.result.depth)  # NaN where invalid, as the pipeline gave it
     assert "dronedepth.depth_kind: relative" in (bag / "metadata.yaml").read_text()
+
+
+def test_scale_is_recorded_as_the_drone_received_it(tmp_path: Path) -> None:
+    """``/<ns>/scale``: the result's ``scale`` and ``scale_check`` as JSON at the capture time; none without one."""
+    scale = Scale(source="ground", a=0.4376, b=0.0012, residual=0.0041, confidence=0.87, anchors_used=250)
+    check = ScaleCheck(ratio=0.71, residual=0.02, anchors_used=120)
+    unscaled = make_record("drone-7", frame_index=0)  # --scale off: no scale on the result, no message
+    scaled = make_record("drone-7", frame_index=1, seed=1)
+    message = dataclasses.replace(scaled.message, scale=scale, scale_check=check)
+    scaled = dataclasses.replace(scaled, result=dataclasses.replace(scaled.result, message=message))
+    sink = BagSink(tmp_path)
+    sink.write(unscaled)
+    sink.write(scaled)
+    bag = sink.bag_path("drone-7")
+    sink.close()
+    assert bag is not None
+    ((log_time, name, msg),) = read_bag(bag)[f"/{NS}/scale"]
+    assert name == "std_msgs/msg/String" and log_time == scaled.stamp_ns
+    wire = json.loads(json.dumps(message.to_dict()))  # what the drone reads off the data channel
+    assert json.loads(msg.data) == {
+        "pts": wire["pts"],
+        "depth_kind": "metric",
+        "scale": wire["scale"],
+        "scale_check": wire["scale_check"],
+    }
+    assert Scale.from_dict(json.loads(msg.data)["scale"]) == scale
 
 
 def test_invalid_metric_depth_becomes_nan(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ bytes live. Topics, for a drone whose ROS name is ``<ns>`` (see :func:`ros_name`
     /<ns>/depth_relative    sensor_msgs/msg/Image 32FC1, NOT metres (relative models only)
     /<ns>/points            sensor_msgs/msg/PointCloud2       x y z rgb
     /<ns>/keypoints         sensor_msgs/msg/PointCloud2       x y z score u v
+    /<ns>/scale             std_msgs/msg/String               JSON: the result's depth_kind, scale, scale_check
     /<ns>/obstacles         sensor_msgs/msg/LaserScan         metric frames with an obstacle profile
     /tf                     tf2_msgs/msg/TFMessage            <world> → <ns>/base_link (with a pose),
                                                               <ns>/base_link → <ns>/base_link_level
@@ -30,6 +31,7 @@ by every drone so several drones' clouds land in one scene.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import re
@@ -77,7 +79,7 @@ log = logging.getLogger(__name__)
 OPTICAL_FRAME: Final = "camera_optical_frame"
 BODY_FRAME: Final = "base_link"
 LEVEL_FRAME: Final = "base_link_level"
-TOPIC_KINDS: Final = ("tf", "camera_info", "image", "depth", "points", "keypoints", "obstacles")
+TOPIC_KINDS: Final = ("tf", "camera_info", "image", "depth", "points", "keypoints", "obstacles", "scale")
 """The kinds of message a frame may have, written in this order (see :meth:`RosEncoder.kinds`)."""
 TF_STATIC: Final = "tf_static"
 """The camera mount's kind: once per bag and mount (every frame on the live server, for late subscribers)."""
@@ -90,6 +92,7 @@ COMPRESSED_IMAGE: Final = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO: Final = "sensor_msgs/msg/CameraInfo"
 LASER_SCAN: Final = "sensor_msgs/msg/LaserScan"
 TF_MESSAGE: Final = "tf2_msgs/msg/TFMessage"
+STRING: Final = "std_msgs/msg/String"
 _TOPIC_TYPES: Final = {
     "tf": TF_MESSAGE,
     TF_STATIC: TF_MESSAGE,
@@ -99,6 +102,7 @@ _TOPIC_TYPES: Final = {
     "depth": IMAGE,
     "points": POINT_CLOUD2,
     "keypoints": POINT_CLOUD2,
+    "scale": STRING,
 }
 
 _FLOAT32: Final = 7  # sensor_msgs/msg/PointField.FLOAT32
@@ -228,6 +232,7 @@ class RosEncoder:
         self._camera_info = types[CAMERA_INFO]
         self._laser_scan = types[LASER_SCAN]
         self._tf_message = types[TF_MESSAGE]
+        self._string = types[STRING]
         self._transform_stamped = types["geometry_msgs/msg/TransformStamped"]
         self._transform = types["geometry_msgs/msg/Transform"]
         self._vector3 = types["geometry_msgs/msg/Vector3"]
@@ -249,10 +254,13 @@ class RosEncoder:
         """The kinds of message ``record`` has, in writing order (``tf_static`` aside)."""
         result = record.result
         has_obstacles = result.obstacles is not None
+        has_scale = result.message.scale is not None  # None with --scale off
         return tuple(
             kind
             for kind in TOPIC_KINDS
-            if (kind != "obstacles" or has_obstacles) and (kind != "tf" or has_obstacles or result.pose is not None)
+            if (kind != "obstacles" or has_obstacles)
+            and (kind != "tf" or has_obstacles or result.pose is not None)
+            and (kind != "scale" or has_scale)
         )
 
     def topic(self, record: FrameRecord, kind: str) -> str:
@@ -377,6 +385,22 @@ class RosEncoder:
         raw[:, 14] = colors[:, 0]
         raw[:, 15] = 0
         return self._cloud(header, raw.reshape(-1), n, 16, self._cloud_fields)
+
+    def _build_scale(self, record: FrameRecord, header: Any) -> Any:
+        """The result's scale as the drone received it (its ``to_dict`` JSON), with its ``pts`` and ``depth_kind``.
+
+        ``std_msgs/String`` has no header: the bag's log time is the frame's capture time.
+        """
+        message = record.message
+        assert message.scale is not None  # kinds() lists scale only for results that have one
+        payload: dict[str, Any] = {
+            "pts": message.pts,
+            "depth_kind": message.depth_kind,
+            "scale": message.scale.to_dict(),
+        }
+        if message.scale_check is not None:
+            payload["scale_check"] = message.scale_check.to_dict()
+        return self._string(data=json.dumps(payload, separators=(",", ":"), allow_nan=False))
 
     def _build_keypoints(self, record: FrameRecord, header: Any) -> Any:
         message = record.message
