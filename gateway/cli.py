@@ -22,9 +22,12 @@ from dronedepth.errors import ConfigError
 from dronedepth.shutdown import STOP_SIGNALS, exit_status, run_until_signalled
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dronedepth.gateway.config import GatewayConfig
     from dronedepth.gateway.inference import DepthClient
     from dronedepth.gateway.mapping import MapSettings
+    from dronedepth.gateway.server import Gateway
 
 __all__ = ["add_arguments", "build", "run"]
 
@@ -344,13 +347,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="close a session after this long without video (default: %(default)s)",
     )
     lim.add_argument("--workers", type=_positive_int, metavar="N", help="processing threads (default: one per core)")
+    lim.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="gateway processes behind the one port: a front process places each drone on the least-loaded of N "
+        "workers (each with --workers threads); 1 (default) = one process, no front (docs/deployment.md)",
+    )
 
 
 def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     """The gateway's config and depth client from parsed arguments; raises ConfigError."""
+    config = build_config(args)
+    from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
+
+    client: DepthClient
+    if args.onnx_model is not None:
+        client = OnnxRuntimeDepthClient(args.onnx_model)
+    else:
+        client = TritonDepthClient(args.triton_url, args.model, args.inference_timeout)
+    return config, client
+
+
+def build_config(args: argparse.Namespace) -> GatewayConfig:
+    """The gateway's config from parsed arguments; raises ConfigError."""
     from dronedepth.gateway.config import GatewayConfig, read_drone_tokens, read_ice_credential, read_token
     from dronedepth.gateway.ice import MediaPorts, parse_public_ip
-    from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
     from dronedepth.gateway.keypoints import KeypointConfig
     from dronedepth.gateway.pipeline import ProcessingConfig
 
@@ -420,12 +443,7 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     )
     if args.foxglove is None and args.foxglove_host != "127.0.0.1":
         log.warning("--foxglove-host is ignored without --foxglove")
-    client: DepthClient
-    if args.onnx_model is not None:
-        client = OnnxRuntimeDepthClient(args.onnx_model)
-    else:
-        client = TritonDepthClient(args.triton_url, args.model, args.inference_timeout)
-    return config, client
+    return config
 
 
 def _map_settings(args: argparse.Namespace) -> MapSettings:
@@ -456,11 +474,17 @@ def _map_settings(args: argparse.Namespace) -> MapSettings:
     )
 
 
-async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event | None = None) -> int | None:
+async def serve(
+    config: GatewayConfig,
+    client: DepthClient,
+    stop: asyncio.Event | None = None,
+    prepare: Callable[[Gateway], None] | None = None,
+) -> int | None:
     """Run a gateway until ``stop`` is set or SIGTERM/SIGINT arrives, then shut it down; returns that signal.
 
     While serving, the signals set ``stop`` from the event loop, so the gateway closes its sessions the
     ordinary way; before and after, :func:`~dronedepth.shutdown.run_until_signalled` (in :func:`run`) covers them.
+    ``prepare`` may adjust the gateway before it starts (a cluster worker adds its front's trust middleware).
     """
     from dronedepth.gateway.server import Gateway
 
@@ -484,6 +508,8 @@ async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event 
         except (NotImplementedError, RuntimeError):  # not the main thread, or not POSIX
             pass
     gateway = Gateway(config, client)
+    if prepare is not None:
+        prepare(gateway)
     try:
         await gateway.start()
         if config.token is None:
@@ -496,11 +522,19 @@ async def serve(config: GatewayConfig, client: DepthClient, stop: asyncio.Event 
     return received[0] if received else None
 
 
-def run(args: argparse.Namespace) -> int:
+def quiet_media_logs(args: argparse.Namespace) -> None:
+    """Unless ``--verbose``: aioice logs every ICE candidate pair at INFO; keep one line per session event."""
     if not getattr(args, "verbose", False):
-        # aioice logs every ICE candidate pair at INFO: keep one line per session event.
         for name in ("aioice", "aiortc"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.processes > 1:
+        from dronedepth.gateway.cluster import run_front
+
+        return run_front(args)
+    quiet_media_logs(args)
     config, client = build(args)
     return run_until_signalled(lambda: _serve_until_signalled(config, client))
 
