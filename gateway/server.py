@@ -44,6 +44,7 @@ from dronedepth.errors import ConfigError, GatewayBusy, GatewayFull, ProtocolErr
 
 if TYPE_CHECKING:
     from dronedepth.gateway.mapping import MapService
+    from dronedepth.gateway.outputs.map_topic import MapPublisher
     from dronedepth.gateway.outputs.sinks import ResultSink
 
 __all__ = ["Gateway"]
@@ -86,6 +87,8 @@ class Gateway:
         """Every output of processed frames; made by :meth:`start`."""
         self.world_map: MapService | None = None
         """The world maps and their fusion thread (``config.world_map``); made by :meth:`start`."""
+        self.map_publisher: MapPublisher | None = None
+        """The map on ``/map`` in the bag and Foxglove outputs, when there are both a map and such an output."""
         self.metrics = metrics or GatewayMetrics()
         # No success for a whole timeout period while the server is busy: tell the drones it is an outage.
         self.depth = DepthService(
@@ -288,11 +291,22 @@ class Gateway:
         if settings is None:
             return None
         from dronedepth.gateway.mapping import MapService
+        from dronedepth.gateway.outputs.map_topic import MapPublisher
 
         service = MapService(settings)
         service.start()
         self.metrics.add_collector(service.collect)
+        targets = MapPublisher.targets_in(self.sinks.sinks if self.sinks is not None else ())
+        if targets:
+            self.map_publisher = MapPublisher(service, targets)
+            self.map_publisher.start()
         return service
+
+    def _close_map_publisher(self) -> None:
+        """Publish the final map and stop (worker thread; before the outputs close)."""
+        publisher, self.map_publisher = self.map_publisher, None
+        if publisher is not None:
+            publisher.close(self.config.shutdown_timeout)
 
     async def _close_map(self, timeout: float) -> None:
         """Stop fusing, then save each map as ``record_dir/map_<frame>.ply`` when recording."""
@@ -301,6 +315,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.run_in_executor(self._executor, world_map.close, timeout), 2 * timeout)
+            await asyncio.wait_for(loop.run_in_executor(self._executor, self._close_map_publisher), 2 * timeout)
             if self.config.record_dir is not None:
                 work = loop.run_in_executor(self._executor, world_map.save, self.config.record_dir)
                 saved = await asyncio.wait_for(work, 2 * timeout)
@@ -317,6 +332,7 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
         self._runner = self._site = None
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_map_publisher)
         if self.sinks is not None:
             sinks, self.sinks = self.sinks, None
             await asyncio.get_running_loop().run_in_executor(self._executor, sinks.close)

@@ -5,7 +5,9 @@ The topics, types and bytes are those of the rosbag2 recording
 schemas, so Foxglove shows a live drone and its recorded bag the same way
 (``/tf`` and ``/tf_static`` are shared by every drone; ``/tf_static`` is sent
 with every frame, as the server has no latching, so a client that connects
-late still places the camera). A
+late still places the camera). The world map's ``/map`` (``/map_odom``)
+comes from :mod:`~dronedepth.gateway.outputs.map_topic` through
+:meth:`FoxgloveSink.write_map`. A
 topic is serialised only while a client subscribes to it (``has_sinks``), so
 an idle server costs nothing per frame.
 
@@ -22,7 +24,7 @@ import threading
 from typing import Final
 
 import foxglove
-from dronedepth.gateway.outputs.rosbag import GLOBAL_TOPICS, TF_STATIC, RosEncoder
+from dronedepth.gateway.outputs.rosbag import GLOBAL_TOPICS, TF_STATIC, RosEncoder, RosMessage
 from dronedepth.gateway.outputs.sinks import FrameRecord
 
 from dronedepth.errors import ConfigError
@@ -91,6 +93,17 @@ class FoxgloveSink:
             # The SDK takes bytes only (not a memoryview): one copy per subscribed topic.
             data = message.data if isinstance(message.data, bytes) else bytes(message.data)
             channel.log(data, log_time=record.stamp_ns)
+
+    repeat_map: Final = True
+    """The map is sent every period even unchanged: the server has no latching, a late client gets it so."""
+
+    def write_map(self, message: RosMessage, stamp_ns: int) -> None:
+        """Publish one world-map message (a topic of no drone) to the clients subscribed to it."""
+        if self._closed:
+            return
+        channel = self._channel("", message.topic, message.msgtype)
+        if channel.has_sinks():
+            channel.log(message.data if isinstance(message.data, bytes) else bytes(message.data), log_time=stamp_ns)
 
     def close_drone(self, drone_id: str) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ bytes live. Topics, for a drone whose ROS name is ``<ns>`` (see :func:`ros_name`
     /tf                     tf2_msgs/msg/TFMessage            <world> → <ns>/base_link (with a pose),
                                                               <ns>/base_link → <ns>/base_link_level
     /tf_static              tf2_msgs/msg/TFMessage            <ns>/base_link → <ns>/camera_optical_frame
+    /map, /map_odom         sensor_msgs/msg/PointCloud2       x y z: the world map's occupied voxels (``--map``)
 
 Images and clouds are in frame ``<ns>/camera_optical_frame`` (REP-103: x
 right, y down, z forward) whatever the gateway's ``--axes``; the obstacles in
@@ -24,7 +25,9 @@ right, y down, z forward) whatever the gateway's ``--axes``; the obstacles in
 z is up against gravity; the body itself when no attitude is known). Every
 message, transforms included, is stamped with the frame's capture time.
 ``<world>`` is the pose's frame (``map`` or ``odom``, ENU, REP-105), shared
-by every drone so several drones' clouds land in one scene.
+by every drone so several drones' clouds land in one scene. The world map
+(:meth:`RosEncoder.map_message`) belongs to no drone: :class:`BagSink` writes
+it to a gateway-level ``fleet_<UTC>`` bag, stamped when the map was read.
 ``docs/outputs.md`` has the details and the reasons.
 """
 
@@ -56,12 +59,15 @@ from dronedepth.frames import Transform, quaternion_from_matrix
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, CameraMessage
 
 if TYPE_CHECKING:
+    from dronedepth.gateway.fusion import OccupiedVoxels
     from dronedepth.gateway.pipeline import FramePose
 
 __all__ = [
     "BODY_FRAME",
+    "FLEET_BAG",
     "GLOBAL_TOPICS",
     "LEVEL_FRAME",
+    "MAP_TOPICS",
     "OPTICAL_FRAME",
     "TF_STATIC",
     "TOPIC_KINDS",
@@ -83,8 +89,12 @@ TOPIC_KINDS: Final = ("tf", "camera_info", "image", "depth", "points", "keypoint
 """The kinds of message a frame may have, written in this order (see :meth:`RosEncoder.kinds`)."""
 TF_STATIC: Final = "tf_static"
 """The camera mount's kind: once per bag and mount (every frame on the live server, for late subscribers)."""
+FLEET_BAG: Final = "fleet"
+"""The gateway-level bag's name (``fleet_<UTC>``) and recorder id (metrics, its ``dronedepth.drone_id``)."""
 GLOBAL_TOPICS: Final = frozenset({"/tf", "/tf_static"})
 """Topics every drone shares (its frame ids carry its namespace), as in a multi-robot ROS system."""
+MAP_TOPICS: Final = {"map": "/map", "odom": "/map_odom"}
+"""The world map's topic per world frame (REP-105 ``map`` or ``odom``); each message is in that frame."""
 
 POINT_CLOUD2: Final = "sensor_msgs/msg/PointCloud2"
 IMAGE: Final = "sensor_msgs/msg/Image"
@@ -107,6 +117,7 @@ _TOPIC_TYPES: Final = {
 
 _FLOAT32: Final = 7  # sensor_msgs/msg/PointField.FLOAT32
 _CLOUD_FIELDS: Final = (("x", 0), ("y", 4), ("z", 8), ("rgb", 12))
+_MAP_FIELDS: Final = (("x", 0), ("y", 4), ("z", 8))
 _KEYPOINT_FIELDS: Final = (("x", 0), ("y", 4), ("z", 8), ("score", 12), ("u", 16), ("v", 20))
 
 _ROS_INVALID: Final = re.compile(r"[^A-Za-z0-9_]+")
@@ -244,6 +255,7 @@ class RosEncoder:
         # Field layouts are the same for every frame: build them once.
         self._cloud_fields = [field_type(name=n, offset=o, datatype=_FLOAT32, count=1) for n, o in _CLOUD_FIELDS]
         self._keypoint_fields = [field_type(name=n, offset=o, datatype=_FLOAT32, count=1) for n, o in _KEYPOINT_FIELDS]
+        self._map_fields = [field_type(name=n, offset=o, datatype=_FLOAT32, count=1) for n, o in _MAP_FIELDS]
         self._definitions: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
         self._memo_key = object()
@@ -313,6 +325,23 @@ class RosEncoder:
         message = builder(record, header)
         msgtype = _TOPIC_TYPES[kind]
         return RosMessage(self.topic(record, kind), msgtype, self.typestore.serialize_cdr(message, msgtype))
+
+    def map_message(self, snapshot: OccupiedVoxels) -> RosMessage:
+        """The world map's occupied voxels as a ``PointCloud2`` (x y z float32, metres, ENU) on :data:`MAP_TOPICS`.
+
+        In the map's own world frame, stamped when the snapshot was read (its
+        voxels hold what every drone saw up to then).
+        """
+        points = np.ascontiguousarray(snapshot.points, dtype="<f4")
+        stamp_ns = round(snapshot.stamp * 1e9)
+        header = self._header(
+            stamp=self._time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
+            frame_id=snapshot.frame_id,
+        )
+        cloud = self._cloud(header, points.view(np.uint8).reshape(-1), len(points), 12, self._map_fields)
+        return RosMessage(
+            MAP_TOPICS[snapshot.frame_id], POINT_CLOUD2, self.typestore.serialize_cdr(cloud, POINT_CLOUD2)
+        )
 
     # ------------------------------------------------------------------ transforms and obstacles
 
@@ -499,36 +528,48 @@ class _DroneBag:
         )
         messages = self.encoder.encode_all(record, with_mount=new_mount)
         with self._lock:
-            if self._writer is None:
-                if self.budget.stopped is not None:
-                    return
-                raise ValueError(f"bag {self.path} is closed")
-            # Uncompressed size: an upper bound of what the frame adds to the bag.
-            if not self.budget.admit(sum(len(message.data) for message in messages)):
-                self._finish()  # a size or disk limit: close the bag properly, so it stays readable
-                return
-            try:
-                for message in messages:
-                    connection = self._connections.get(message.topic)
-                    if connection is None:
-                        text, rihs01 = self.encoder.definition(message.msgtype)
-                        connection = self._connections[message.topic] = self._writer.add_connection(
-                            message.topic, message.msgtype, msgdef=text, rihs01=rihs01
-                        )
-                    # Log time = capture time, so `ros2 bag play` replays at the drone's pace.
-                    self._writer.write(connection, record.stamp_ns, message.data)
-                if self._can_flush:
-                    self._flush()
-            except OSError as exc:
-                self._abort()
-                self.budget.stop("write_failed", f"{exc.strerror or exc}")
+            # Log time = capture time, so `ros2 bag play` replays at the drone's pace.
+            if not self._write_locked(messages, record.stamp_ns):
                 return
             self.depth_kinds.add(record.message.depth_kind)
             self._mount = mount
             self.frames += 1
-            size = self._file_size()
-            self.budget.spent(size - self._size)
-            self._size = size
+
+    def write_messages(self, messages: list[RosMessage], log_time_ns: int) -> None:
+        """Write messages that belong to no frame (the world map), logged at ``log_time_ns``."""
+        with self._lock:
+            if self._write_locked(messages, log_time_ns):
+                self.frames += 1
+
+    def _write_locked(self, messages: list[RosMessage], log_time_ns: int) -> bool:
+        """Write ``messages`` within the budget and flush them (under the lock); False when not written."""
+        if self._writer is None:
+            if self.budget.stopped is not None:
+                return False
+            raise ValueError(f"bag {self.path} is closed")
+        # Uncompressed size: an upper bound of what the messages add to the bag.
+        if not self.budget.admit(sum(len(message.data) for message in messages)):
+            self._finish()  # a size or disk limit: close the bag properly, so it stays readable
+            return False
+        try:
+            for message in messages:
+                connection = self._connections.get(message.topic)
+                if connection is None:
+                    text, rihs01 = self.encoder.definition(message.msgtype)
+                    connection = self._connections[message.topic] = self._writer.add_connection(
+                        message.topic, message.msgtype, msgdef=text, rihs01=rihs01
+                    )
+                self._writer.write(connection, log_time_ns, message.data)
+            if self._can_flush:
+                self._flush()
+        except OSError as exc:
+            self._abort()
+            self.budget.stop("write_failed", f"{exc.strerror or exc}")
+            return False
+        size = self._file_size()
+        self.budget.spent(size - self._size)
+        self._size = size
+        return True
 
     def _file_size(self) -> int:
         storage = getattr(self._writer, "storage", None)
@@ -616,6 +657,8 @@ class BagSink:
             raise ConfigError(f"cannot create the bag directory {self.directory}: {exc.strerror or exc}") from exc
         self.encoder = encoder or RosEncoder()
         self._bags: dict[str, _DroneBag] = {}
+        self._fleet_bag: _DroneBag | None = None
+        """The gateway-level bag of what belongs to no drone (the world map), opened by the first such message."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -647,6 +690,26 @@ class BagSink:
                 log.info("drone %s: recording rosbag2 %s", record.drone_id, path)
         bag.write(record)
 
+    repeat_map: Final = False
+    """A bag records each map once (a new one when it changed)."""
+
+    def write_map(self, message: RosMessage, stamp_ns: int) -> None:
+        """Record one world-map message in ``<directory>/fleet_<UTC time>/``, one bag for the gateway's life."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("the bag sink is closed")
+            bag = self._fleet_bag
+            if bag is None:
+                path = self._new_path(FLEET_BAG)
+                bag = self._fleet_bag = _DroneBag(path, self.encoder, FLEET_BAG, self.limits, self.on_fault)
+                log.info("recording the world map in rosbag2 %s", path)
+        bag.write_messages([message], stamp_ns)
+
+    def fleet_bag_path(self) -> Path | None:
+        """The gateway-level bag (the world map), if one was opened."""
+        with self._lock:
+            return self._fleet_bag.path if self._fleet_bag is not None else None
+
     def close_drone(self, drone_id: str) -> None:
         with self._lock:
             bag = self._bags.pop(drone_id, None)
@@ -657,5 +720,7 @@ class BagSink:
         with self._lock:
             self._closed = True
             bags, self._bags = list(self._bags.values()), {}
+            if self._fleet_bag is not None:
+                bags.append(self._fleet_bag)
         for bag in bags:
             bag.close()
