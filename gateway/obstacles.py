@@ -135,6 +135,16 @@ class ObstacleProfile:
             return tuple(SOURCE_NAMES[SOURCE_CAMERA if s else SOURCE_NONE] for s in seen)
         return tuple(SOURCE_NAMES[int(code)] for code in self.sources)
 
+    def nearest(self) -> tuple[float, float] | None:
+        """``(range_m, azimuth_deg)`` of the nearest obstacle (azimuth of its sector's centre, body FRD,
+        clockwise from forward, in [-180, 180)); None when no sector holds one (free or no data)."""
+        measured = np.flatnonzero(self.distances_m >= 0)
+        if len(measured) == 0:
+            return None
+        i = int(measured[np.argmin(self.distances_m[measured])])
+        azimuth = (float(self.layout.centres_deg[i]) + 180.0) % 360.0 - 180.0
+        return float(self.distances_m[i]), azimuth
+
     def to_message(self, pts: int, stamp: float, frame_index: int = 0) -> ObstaclesMessage:
         """The ``obstacles`` message for the frame with this ``pts`` (90 kHz) and capture ``stamp`` (Unix s)."""
         return ObstaclesMessage(

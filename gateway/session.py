@@ -81,6 +81,7 @@ from dronedepth.protocol import (
 if TYPE_CHECKING:
     import av
     from dronedepth.gateway.mapping import MapService
+    from dronedepth.gateway.obstacles import ObstacleProfile
     from dronedepth.gateway.outputs.sinks import ResultSink
 
 __all__ = ["DroneSession", "LatestFrame", "SessionContext"]
@@ -297,6 +298,8 @@ class DroneSession:
         """The pose lookup status of the latest processed frame (``none`` before any frame)."""
         self.nearest_obstacle_m: float | None = None
         """Nearest obstacle distance of the latest ``obstacles`` message (None: none seen or no message)."""
+        self.last_obstacles: tuple[ObstacleProfile, float] | None = None
+        """The latest profile sent and its frame's capture time (Unix s), for the operator page's staleness."""
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
@@ -740,6 +743,7 @@ class DroneSession:
             self._send(obstacles)
             ranges = result.obstacles.distances_m[result.obstacles.distances_m >= 0]  # not free, not no data
             self.nearest_obstacle_m = float(ranges.min()) if len(ranges) else None
+            self.last_obstacles = (result.obstacles, captured)
         if (
             delivered
             and self._ctx.world_map is not None

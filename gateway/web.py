@@ -1,7 +1,8 @@
 """The gateway's web pages: the operator dashboard and a browser that acts as a drone.
 
 - ``GET /``: the **operator page**: every connected drone with its live depth
-  preview, result rate, latency percentiles and dropped frames, polled every
+  preview, result rate, latency percentiles, dropped frames, pose status and
+  nearest obstacle, polled every
   second from the two JSON/JPEG endpoints below.
 - ``GET /drone``: a **browser as a drone**: the device camera streams to the
   gateway over WebRTC with the same protocol as ``dronedepth drone`` and the
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY
@@ -42,10 +43,17 @@ from dronedepth.gateway.responses import json_error
 
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
 
+if TYPE_CHECKING:
+    from dronedepth.gateway.obstacles import ObstacleProfile
+
 __all__ = ["STATIC_DIR", "add_web_routes"]
 
 
 STATIC_DIR: Final = Path(__file__).with_name("static")
+OBSTACLE_STALE_S: Final = 0.5
+"""An obstacle profile whose frame is older than this is shown stale: the drone's default
+``--obstacle-max-age``, past which it stops forwarding the profile to the autopilot."""
+_POSE_MATCHED: Final = frozenset({"exact", "interpolated", "extrapolated"})
 ICON_SVG: Final = """\
 <svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32" role="img" aria-label="dronedepth">
   <defs>
@@ -215,6 +223,8 @@ class _WebRoutes:
                 "result_rate": None,
                 "latency_ms": {"p50": None, "p95": None, "last": None, "samples": 0},
                 "preview": None,
+                "pose": _pose_status(session.snapshot()["pose"]),
+                "nearest_obstacle": _nearest_obstacle(session.last_obstacles, now_wall),
             }
             stats = hub.stats(drone_id) if hub is not None else None
             if stats is not None:
@@ -260,6 +270,42 @@ class _WebRoutes:
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
         return web.Response(body=jpeg, content_type="image/jpeg", headers=headers)
+
+
+def _pose_status(pose: dict[str, Any]) -> dict[str, Any]:
+    """The session's pose state for the operator: ``none`` (no pose received), ``matched`` (the latest frame got
+    one: ``match`` says how), ``lost`` (poses came, but none matched the latest frame)."""
+    if not pose["received"]:
+        status = "none"
+    elif pose["match"] in _POSE_MATCHED:
+        status = "matched"
+    else:
+        status = "none" if pose["match"] == "none" else "lost"  # "none": no frame processed yet
+    return {
+        "status": status,
+        "match": pose["match"],
+        "frame_id": pose["frame_id"],
+        "received": pose["received"],
+        "frames_with_pose": pose["frames_with_pose"],
+    }
+
+
+def _nearest_obstacle(last: tuple[ObstacleProfile, float] | None, now_wall: float) -> dict[str, Any] | None:
+    """The nearest obstacle of the latest profile (None before any): ``range_m`` (None: none within range),
+    ``bearing_deg`` (body FRD: 0 ahead, positive to the right), ``age_s`` since its frame's capture, ``stale``."""
+    if last is None:
+        return None
+    profile, captured = last
+    nearest = profile.nearest()
+    age_s = max(0.0, now_wall - captured)
+    return {
+        "range_m": None if nearest is None else round(nearest[0], 2),
+        "bearing_deg": None if nearest is None else round(nearest[1], 1),
+        "max_range_m": profile.max_range_m,
+        "gravity_aligned": profile.gravity_aligned,
+        "age_s": round(age_s, 2),
+        "stale": age_s > OBSTACLE_STALE_S,
+    }
 
 
 def add_web_routes(app: web.Application) -> None:

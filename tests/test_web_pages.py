@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 from dronedepth.contract import MODEL_NAME
 from dronedepth.protocol import KeypointsMessage
 from tests import serving_fixtures
+from tests.test_gateway_poses import FPS, send_poses
 
 triton_repository = serving_fixtures.triton_repository
 triton_server = serving_fixtures.triton_server
@@ -267,6 +268,16 @@ async def test_api_reports_a_connected_drone_and_serves_its_preview():
             assert entry["latency_ms"]["p50"] > 0 and entry["latency_ms"]["p95"] >= entry["latency_ms"]["p50"]
             assert entry["connected_s"] >= 0 and entry["connected_since"].endswith("+00:00")
             assert entry["preview"]["seq"] >= 1 and entry["preview"]["width"] == 320
+            assert entry["pose"] == {
+                "status": "none",
+                "match": session.last_pose_match,
+                "frame_id": None,
+                "received": 0,
+                "frames_with_pose": 0,
+            }
+            nearest = entry["nearest_obstacle"]  # metric depth: a profile per frame, the drone paused 0.5 s ago
+            assert nearest["stale"] is (nearest["age_s"] > 0.5) and nearest["gravity_aligned"] is False
+            assert nearest["range_m"] is None or 0 < nearest["range_m"] <= nearest["max_range_m"]
             assert worker_threads and all(name.startswith("gateway-worker") for name in worker_threads)
             assert threading.main_thread().name not in worker_threads, "never encoded in the event loop's thread"
 
@@ -382,3 +393,51 @@ async def test_browser_drone_streams_and_the_operator_page_shows_it(triton_serve
         await context.close()
     assert hub.previews_encoded >= 1
     assert page_errors == [], "no uncaught JavaScript errors on any page"
+
+
+@pytest.mark.slow
+async def test_operator_page_shows_pose_status_and_nearest_obstacle(tmp_path):
+    """A posed aiortc drone: the card says matched (with the world frame), then lost when the poses stop, and
+    the nearest obstacle goes stale when the video stops."""
+    video = write_y4m(tmp_path / "camera.y4m", photo_paths(), width=320, height=240, frames=10, fps=15)
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with web_gateway(FakeDepthClient()) as (gw, _), chromium(video) as browser:
+        drone = TestDrone(photo(320, 240), fps=FPS)
+        stop_poses = asyncio.Event()
+        try:
+            await drone.connect(gw.url, drone_id="posed-1", camera=camera_for(320, 240))
+            poses = asyncio.ensure_future(send_poses(drone, stop_poses))
+            context = await browser.new_context(viewport={"width": 1280, "height": 860})
+            context.set_default_timeout(BROWSER_TIMEOUT_MS)
+            page_errors: list[str] = []
+            context.on("weberror", lambda error: page_errors.append(str(error.error)))
+            operator = await context.new_page()
+            await operator.goto(f"{gw.url}/?token={TOKEN}")
+            card = '[data-drone-id="posed-1"]'
+            await operator.wait_for_function(
+                f"""() => {{ const pose = document.querySelector('{card} .pose');
+                    const obstacle = document.querySelector('{card} .obstacle');
+                    return pose && pose.dataset.status === 'matched' && obstacle.dataset.stale === 'false'; }}"""
+            )
+            pose_text = await operator.inner_text(f"{card} .pose")
+            assert pose_text.startswith("matched") and "map" in pose_text and "exact" in pose_text
+            obstacle_text = await operator.inner_text(f"{card} .obstacle")
+            assert re.match(r"^(\d+\.\dm|clear)", obstacle_text), obstacle_text  # the unit is a <small>
+            assert "ago" in obstacle_text
+            await operator.screenshot(path=str(ARTIFACTS / "web-operator-pose.png"))
+
+            stop_poses.set()  # frames go on without poses: the pose is lost
+            await poses
+            await operator.wait_for_function(f"() => document.querySelector('{card} .pose').dataset.status === 'lost'")
+            assert drone.track is not None
+            drone.track.pause()  # no frame, no profile: the nearest obstacle goes stale
+            await operator.wait_for_function(
+                f"() => document.querySelector('{card} .obstacle').dataset.stale === 'true'"
+            )
+            assert "stale" in await operator.inner_text(f"{card} .obstacle")
+            await operator.screenshot(path=str(ARTIFACTS / "web-operator-pose-lost.png"))
+            await context.close()
+            assert page_errors == [], "no uncaught JavaScript errors"
+        finally:
+            stop_poses.set()
+            await drone.close()

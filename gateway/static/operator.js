@@ -106,6 +106,9 @@
     const dropped = setValue(el, ".dropped", DD.number(d.frames.dropped), null, why || null);
     dropped.title = "superseded: a newer frame arrived before this one was processed (newest frame wins)";
 
+    updatePose(el, d.pose);
+    updateObstacle(el, d.nearest_obstacle);
+
     const kind = el.querySelector(".kind");
     if (d.depth_kind) {
       kind.hidden = false;
@@ -137,6 +140,47 @@
     } else {
       empty.textContent = d.camera ? "Waiting for depth…" : "Waiting for the camera message…";
     }
+  }
+
+  const poseText = { none: "none", matched: "matched", lost: "lost" };
+  const poseClass = { none: "stale", matched: "ok", lost: "bad" };
+
+  function updatePose(el, pose) {
+    const sub = pose.status === "none"
+      ? "no pose received"
+      : pose.match + (pose.frame_id ? " · " + pose.frame_id : "");
+    const dd = setValue(el, ".pose", poseText[pose.status] || pose.status, null, sub);
+    dd.className = "pose " + (poseClass[pose.status] || "");
+    dd.dataset.status = pose.status;
+    dd.title = DD.number(pose.frames_with_pose) + " frames with a pose, " + DD.number(pose.received) + " poses received";
+  }
+
+  function bearing(deg) {
+    // Body FRD: 0 ahead, positive to the right.
+    if (Math.abs(deg) < 0.5) return "ahead";
+    return DD.number(Math.abs(deg), 0) + "° " + (deg > 0 ? "right" : "left");
+  }
+
+  function updateObstacle(el, o) {
+    let dd;
+    if (!o) {
+      dd = setValue(el, ".obstacle", "—", null, "no obstacle profile");
+      dd.className = "obstacle";
+      dd.dataset.stale = "true";
+      return;
+    }
+    const age = (o.age_s < 60 ? DD.number(o.age_s, 1) + " s" : DD.duration(o.age_s)) + " ago";
+    const where = o.range_m === null ? "within " + DD.number(o.max_range_m, 0) + " m" : bearing(o.bearing_deg);
+    const sub = (o.stale ? "stale · " : where + " · ") + age;
+    if (o.range_m === null) {
+      dd = setValue(el, ".obstacle", "clear", null, sub);
+    } else {
+      dd = setValue(el, ".obstacle", DD.number(o.range_m, 1), "m", sub);
+    }
+    dd.className = "obstacle " + (o.stale ? "stale" : o.range_m !== null && o.range_m < 2 ? "bad" : "ok");
+    dd.dataset.stale = String(o.stale);
+    dd.title = (o.gravity_aligned ? "gravity-aligned" : "body frame: no attitude known") +
+      "; stale once its frame is over 0.5 s old (the drone's default --obstacle-max-age)";
   }
 
   async function loadPreview(card, id, seq) {
