@@ -19,10 +19,10 @@ of one receiver (no global patch); :func:`check_aiortc_internals` says whether
 the aiortc in use still has what this relies on (a test calls it).
 
 :class:`FrameSizeGate` refuses frames from their dimensions before they reach
-the decoder: a VP8 keyframe states its width and height in its first ten
-bytes (RFC 6386 §9.1), and inter frames keep the size of the keyframe they
-follow, so they share its verdict. H.264 frames pass the gate untouched; the
-session checks their size after decoding.
+the decoder: a VP8 keyframe states its width and height in its header, an
+H.264 access unit in its sequence parameter set (read by
+:mod:`~dronedepth.gateway.frame_headers`), and the frames that follow keep
+that size, so they share its verdict.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
+from dronedepth.gateway.frame_headers import encoded_frame_size
 
 __all__ = [
     "VIDEO_BUFFER_PACKETS",
@@ -41,44 +42,27 @@ __all__ = [
     "MarkerJitterBuffer",
     "check_aiortc_internals",
     "install",
-    "vp8_keyframe_size",
 ]
 
 VIDEO_BUFFER_PACKETS: Final = 512
 """Capacity of the video buffer in packets: aiortc's own for video."""
 _BUFFER_ATTRIBUTE: Final = "_RTCRtpReceiver__jitter_buffer"
 """aiortc's private (name-mangled) ``RTCRtpReceiver.__jitter_buffer``."""
-_VP8_START_CODE: Final = b"\x9d\x01\x2a"
-_VP8_KEYFRAME_HEADER_BYTES: Final = 10
-"""3-byte frame tag, 3-byte start code, 2 bytes width, 2 bytes height."""
-
-
-def vp8_keyframe_size(frame: bytes) -> tuple[int, int] | None:
-    """(width, height) in pixels of a VP8 keyframe, or None for an inter frame or data that is not VP8.
-
-    Frame tag bit 0 is 0 on keyframes (RFC 6386 §9.1); width and height are
-    14-bit little-endian fields after the start code (their top 2 bits are
-    an upscaling hint the decoder's output size ignores).
-    """
-    if len(frame) < _VP8_KEYFRAME_HEADER_BYTES or frame[0] & 1 or frame[3:6] != _VP8_START_CODE:
-        return None
-    width = int.from_bytes(frame[6:8], "little") & 0x3FFF
-    height = int.from_bytes(frame[8:10], "little") & 0x3FFF
-    return width, height
-
-
-def _is_vp8_inter_frame(frame: bytes) -> bool:
-    # An H.264 access unit from aiortc's depayloader starts with a 00 00 00 01 start code: bit 0 is clear.
-    return len(frame) >= 3 and bool(frame[0] & 1)
 
 
 class FrameSizeGate:
-    """Admits encoded VP8 frames whose keyframe is at most ``max_pixels``; tells ``on_refused`` of each refusal.
+    """Admits encoded VP8 and H.264 frames of at most ``max_pixels``; tells ``on_refused`` of each refusal.
 
-    ``on_refused(width, height)`` runs on the event loop (the receiver's packet
-    handler) once per refused frame; reporting once is the caller's choice.
-    Frames before the first keyframe pass (the decoder cannot decode them
-    anyway, and asks for a keyframe).
+    A frame stating its size (VP8 keyframe, H.264 access unit with an SPS)
+    sets the verdict; the frames after it share that verdict until the next
+    one states a size, so once a keyframe is refused its inter frames are
+    too, until an allowed VP8 keyframe or H.264 SPS (encoders send one with
+    each IDR) comes.
+    ``on_refused(width, height)`` runs on the event loop (the receiver's
+    packet handler) once per refused frame; reporting once is the caller's
+    choice. Frames before the first stated size pass (the decoder cannot
+    decode them anyway, and asks for a keyframe); an SPS the gate cannot read
+    states no size, and the session checks decoded frames as well.
     """
 
     def __init__(self, max_pixels: int, on_refused: Callable[[int, int], None]) -> None:
@@ -87,15 +71,13 @@ class FrameSizeGate:
         self.max_pixels = max_pixels
         self._on_refused = on_refused
         self._refused_size: tuple[int, int] | None = None
-        """Size of the latest keyframe when it was over the limit: its inter frames are refused too."""
+        """The latest stated size when it was over the limit: the frames after it are refused too."""
         self.refused = 0
 
     def admit(self, frame: bytes) -> bool:
-        size = vp8_keyframe_size(frame)
+        size = encoded_frame_size(frame)
         if size is not None:
             self._refused_size = size if size[0] * size[1] > self.max_pixels else None
-        elif not _is_vp8_inter_frame(frame):
-            return True
         if self._refused_size is None:
             return True
         self.refused += 1

@@ -1,4 +1,4 @@
-"""gateway/receiver.py: release at the marker packet, loss and reordering as before, the VP8 size gate."""
+"""gateway/receiver.py: release at the marker packet, loss and reordering as before, the VP8 and H.264 size gate."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ from aiortc.codecs.vpx import vp8_depayload
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
-from dronedepth.gateway.receiver import (
-    FrameSizeGate,
-    MarkerJitterBuffer,
-    check_aiortc_internals,
-    install,
-    vp8_keyframe_size,
-)
+from dronedepth.gateway.frame_headers import encoded_frame_size, vp8_keyframe_size
+from dronedepth.gateway.receiver import FrameSizeGate, MarkerJitterBuffer, check_aiortc_internals, install
+from test_frame_headers import libx264
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 
@@ -138,9 +134,24 @@ def test_the_gate_refuses_an_oversized_keyframe_and_its_inter_frames() -> None:
     assert [gate.admit(f) for f in big] == [False, False, False]
     assert refusals == [(1280, 720)] * 3 and gate.refused == 3
     assert [gate.admit(f) for f in small] == [True, True, True]
-    assert gate.admit(b"\x00\x00\x00\x01\x65\x88") is True  # H.264 is checked after decoding
     with pytest.raises(ValueError, match="max_pixels must be at least 1, got 0"):
         FrameSizeGate(0, lambda w, h: None)
+
+
+def test_the_gate_refuses_an_oversized_h264_sps_and_the_frames_after_it() -> None:
+    refusals: list[tuple[int, int]] = []
+    gate = FrameSizeGate(640 * 480, lambda w, h: refusals.append((w, h)))
+    big = libx264(1920, 1080, count=4)  # SPS + IDR, then P frames without an SPS
+    small = libx264(640, 480, count=4)
+    assert len(big) == len(small) == 4
+    assert [gate.admit(f) for f in big] == [False] * 4
+    assert refusals == [(1920, 1080)] * 4 and gate.refused == 4
+    # An SPS the gate cannot read states no size: the refusal stands.
+    truncated_sps = small[0][:10]
+    assert truncated_sps[4] == 0x67 and encoded_frame_size(truncated_sps) is None
+    assert gate.admit(truncated_sps) is False
+    assert [gate.admit(f) for f in small] == [True] * 4  # an allowed SPS with its IDR lifts it
+    assert [gate.admit(f) for f in big[:2]] == [False, False]
 
 
 def test_a_refused_frame_never_leaves_the_buffer() -> None:
