@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from dronedepth.gateway.obstacles import (
     ObstacleConfig,
+    ObstacleProfile,
+    SectorLayout,
     obstacle_profile,
     obstacle_profile_from_depth,
     sector_layout,
@@ -265,3 +267,12 @@ def test_infinite_sky_depth_is_no_data_and_no_warning() -> None:
     sky = np.full_like(depth, np.inf)
     sky_profile = obstacle_profile_from_depth(sky, rays, layout, mount, None, CONFIG)
     assert (sky_profile.distances_m == OBSTACLE_NO_DATA).all()
+
+
+def test_nearest_is_the_closest_measured_sector_with_its_frd_bearing() -> None:
+    layout = SectorLayout(sector_width_deg=5.0, angle_offset_deg=170.0, count=4)  # 170, 175, 180 (-180), 185 (-175)
+    distances = np.array([OBSTACLE_FREE, 3.0, 2.5, OBSTACLE_NO_DATA], np.float32)
+    profile = ObstacleProfile(layout, distances, 0.3, 8.0, True)
+    assert profile.nearest() == (2.5, -180.0)
+    empty = ObstacleProfile(layout, np.array([OBSTACLE_FREE, OBSTACLE_NO_DATA] * 2, np.float32), 0.3, 8.0, True)
+    assert empty.nearest() is None
