@@ -600,7 +600,7 @@ class DroneSession:
                 return
 
     def _refuse_too_large(self, width: int, height: int) -> None:
-        """Drop a frame over ``max_frame_pixels`` (VP8: before decoding, by its receiver's gate); tell once a size."""
+        """Drop a frame over ``max_frame_pixels`` (by the receiver's gate, else once decoded); tell once a size."""
         self._last_frame_at = time.monotonic()  # refused video is still video: not an idle drone
         self._drop(FRAME_TOO_LARGE)
         if self._told_too_large != (width, height) and self.send_error(
@@ -670,7 +670,7 @@ class DroneSession:
                 )
             return
         if width * height > self._config.max_frame_pixels:
-            self._refuse_too_large(width, height)  # H.264: the receiver's gate reads VP8 sizes only
+            self._refuse_too_large(width, height)  # a size the receiver's gate could not read (unreadable SPS)
             return
         camera = self._frame_camera(width, height)
         if camera is None:
