@@ -7,7 +7,9 @@
 - ``GET /drone``: a **browser as a drone**: the device camera streams to the
   gateway over WebRTC with the same protocol as ``dronedepth drone`` and the
   keypoints that come back are drawn over the video.
-- ``GET /api/drones``: per-drone statistics (JSON).
+- ``GET /api/drones``: per-drone statistics (JSON), with each drone's ``scale``
+  (:meth:`~dronedepth.gateway.scaling.SessionScale.snapshot`: the latest
+  frame's scale, a metric model's latest scale check, the mode).
 - ``GET /api/drones/{drone}/preview.jpg``: the drone's latest depth preview.
 - ``GET /assets/{name}``: the pages' CSS and JavaScript (no data, no auth).
 
@@ -193,6 +195,7 @@ class _WebRoutes:
         drones: dict[str, Any] = {}
         for drone_id, session in sorted(gateway.sessions.items()):
             connected_s = now_mono - session.created_at
+            snapshot = session.snapshot()
             camera = session.camera
             dropped = {reason: n for reason, n in sorted(session.dropped.items()) if n}
             entry: dict[str, Any] = {
@@ -223,7 +226,8 @@ class _WebRoutes:
                 "result_rate": None,
                 "latency_ms": {"p50": None, "p95": None, "last": None, "samples": 0},
                 "preview": None,
-                "pose": _pose_status(session.snapshot()["pose"]),
+                "pose": _pose_status(snapshot["pose"]),
+                "scale": snapshot["scale"],
                 "nearest_obstacle": _nearest_obstacle(session.last_obstacles, now_wall),
             }
             stats = hub.stats(drone_id) if hub is not None else None
@@ -245,6 +249,7 @@ class _WebRoutes:
                 "max_drones": gateway.config.max_drones,
                 "uptime_s": round(gateway.metrics.uptime.value(), 1),
                 "previews": hub is not None,
+                "map": gateway.world_map is not None,
                 "latency_basis": "gateway: frame received to keypoints sent (ms)",
             },
             "drones": drones,

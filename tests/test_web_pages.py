@@ -419,6 +419,8 @@ async def test_operator_page_shows_pose_status_and_nearest_obstacle(tmp_path):
                     const obstacle = document.querySelector('{card} .obstacle');
                     return pose && pose.dataset.status === 'matched' && obstacle.dataset.stale === 'false'; }}"""
             )
+            no_map = "() => { const panel = document.getElementById('map-panel'); return !panel || panel.hidden; }"
+            assert await operator.evaluate(no_map), "no world map panel without --map"
             pose_text = await operator.inner_text(f"{card} .pose")
             assert pose_text.startswith("matched") and "map" in pose_text and "exact" in pose_text
             obstacle_text = await operator.inner_text(f"{card} .obstacle")
@@ -436,6 +438,43 @@ async def test_operator_page_shows_pose_status_and_nearest_obstacle(tmp_path):
             )
             assert "stale" in await operator.inner_text(f"{card} .obstacle")
             await operator.screenshot(path=str(ARTIFACTS / "web-operator-pose-lost.png"))
+            await context.close()
+            assert page_errors == [], "no uncaught JavaScript errors"
+        finally:
+            stop_poses.set()
+            await drone.close()
+
+
+@pytest.mark.slow
+async def test_operator_page_shows_the_top_down_world_map_when_the_map_is_on(tmp_path):
+    """With --map and a posed drone the page shows the occupancy PNG (refreshed); without --map no panel."""
+    from tests.test_gateway_map import MAP
+
+    video = write_y4m(tmp_path / "camera.y4m", photo_paths(), width=320, height=240, frames=10, fps=15)
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with web_gateway(FakeDepthClient(), world_map=MAP) as (gw, _), chromium(video) as browser:
+        drone = TestDrone(photo(320, 240), fps=FPS)
+        stop_poses = asyncio.Event()
+        try:
+            await drone.connect(gw.url, drone_id="mapper-1", camera=camera_for(320, 240))
+            poses = asyncio.ensure_future(send_poses(drone, stop_poses))
+            context = await browser.new_context(viewport={"width": 1280, "height": 860})
+            context.set_default_timeout(BROWSER_TIMEOUT_MS)
+            page_errors: list[str] = []
+            context.on("weberror", lambda error: page_errors.append(str(error.error)))
+            operator = await context.new_page()
+            await operator.goto(f"{gw.url}/?token={TOKEN}")
+            await operator.wait_for_function(
+                """() => { const img = document.getElementById('map-img');
+                    return img && !img.hidden && img.complete && img.naturalWidth > 0
+                        && !document.getElementById('map-panel').hidden; }"""
+            )
+            first = await operator.evaluate("() => document.getElementById('map-img').src")
+            assert "m per pixel" in await operator.inner_text("#map-panel")
+            await operator.wait_for_function(f"() => document.getElementById('map-img').src !== {first!r}")  # refreshed
+            await operator.screenshot(path=str(ARTIFACTS / "web-operator-map.png"))
+            stop_poses.set()
+            await poses
             await context.close()
             assert page_errors == [], "no uncaught JavaScript errors"
         finally:

@@ -86,6 +86,30 @@
     return dd;
   }
 
+  const SCALE_SOURCES = { model: "model", ground: "from ground", anchors: "from anchors" };
+
+  // The depth badge says what the latest result's depth is (docs/scale.md): metres only when they are.
+  function depthBadge(depthKind, scale) {
+    const fit = scale && scale.scale;
+    const check = scale && scale.check;
+    if (depthKind === "relative") {
+      const why = scale && scale.mode === "auto" ? " (no trusted scale from the ground or anchors yet)" : "";
+      return { text: "relative depth: not metres", title: "Relative depth: scaled by an unknown factor, not metres" + why };
+    }
+    const source = fit ? fit.source : "model";
+    const parts = ["metric (" + (SCALE_SOURCES[source] || source) + ")"];
+    const titles = [source === "model" ? "Depth in metres, the model's own" : "Depth in metres recovered " + parts[0].slice(8, -1)];
+    if (source !== "model") {
+      parts.push(DD.number(fit.confidence * 100) + " %");
+      titles.push("confidence " + DD.number(fit.confidence, 2) + " from " + DD.number(fit.anchors_used) + " anchors");
+    }
+    if (check) {
+      parts.push("scale check ×" + DD.number(check.ratio, 2));
+      titles.push("anchors' depth ÷ the model's depth = " + DD.number(check.ratio, 3) + " over " + DD.number(check.anchors_used) + " anchors");
+    }
+    return { text: parts.join(" · "), title: titles.join("; ") };
+  }
+
   function ms(value) {
     return value === null || value === undefined ? "—" : DD.number(value, value < 10 ? 1 : 0);
   }
@@ -111,10 +135,11 @@
 
     const kind = el.querySelector(".kind");
     if (d.depth_kind) {
+      const badge = depthBadge(d.depth_kind, d.scale);
       kind.hidden = false;
-      kind.textContent = d.depth_kind === "relative" ? "relative depth" : "metric";
+      kind.textContent = badge.text;
       kind.className = "badge kind " + d.depth_kind;
-      kind.title = d.depth_kind === "relative" ? "Relative depth: scaled by an unknown factor, not metres" : "Depth in metres";
+      kind.title = badge.title;
     } else {
       kind.hidden = true;
     }
@@ -207,8 +232,68 @@
     }
   }
 
+  // World map panel (gateway --map): the top-down occupancy PNG, refreshed every MAP_REFRESH_MS; hidden when off.
+  const MAP_REFRESH_MS = 2000;
+  const mapPanel = { el: null, img: null, note: null, url: null, loadedAt: 0, loading: false };
+
+  function mapElements() {
+    if (!mapPanel.el) {
+      const el = document.createElement("section");
+      el.className = "card map-panel";
+      el.id = "map-panel";
+      el.innerHTML = '<header class="card-head"><h2>World map</h2><span class="pill" id="map-frame">map</span></header>' +
+        '<div class="map-view"><div class="preview-empty" id="map-note">Nothing fused yet</div>' +
+        '<img id="map-img" alt="Top-down occupancy of the world map (north up; brighter is higher)" hidden></div>' +
+        '<footer class="card-foot"><span id="map-scale"></span><span>north up · brighter = higher</span></footer>';
+      grid.parentNode.insertBefore(el, grid);
+      mapPanel.el = el;
+      mapPanel.img = el.querySelector("#map-img");
+      mapPanel.note = el.querySelector("#map-note");
+    }
+    return mapPanel;
+  }
+
+  async function refreshMap(on) {
+    if (!on) {
+      if (mapPanel.el) mapPanel.el.hidden = true;
+      return;
+    }
+    const panel = mapElements();
+    panel.el.hidden = false;
+    if (panel.loading || Date.now() - panel.loadedAt < MAP_REFRESH_MS) return;
+    panel.loading = true;
+    try {
+      const reply = await fetch("/api/map.png", { headers: DD.authHeaders(token), cache: "no-store" });
+      panel.loadedAt = Date.now();
+      if (reply.status === 404) {
+        panel.img.hidden = true;
+        panel.note.textContent = "Nothing fused yet";
+        panel.note.hidden = false;
+        return;
+      }
+      if (!reply.ok) throw new Error("HTTP " + reply.status);
+      const url = URL.createObjectURL(await reply.blob());
+      panel.img.onload = () => {
+        if (panel.url) URL.revokeObjectURL(panel.url);
+        panel.url = url;
+      };
+      panel.img.src = url;
+      panel.img.hidden = false;
+      panel.note.hidden = true;
+      setText(panel.el, "#map-frame", reply.headers.get("X-Map-Frame") || "map");
+      setText(panel.el, "#map-scale", (reply.headers.get("X-Map-Cell-M") || "?") + " m per pixel");
+    } catch (e) {
+      panel.img.hidden = true;
+      panel.note.textContent = "Map unavailable";
+      panel.note.hidden = false;
+    } finally {
+      panel.loading = false;
+    }
+  }
+
   function render(data) {
     setGateway(data.gateway, true);
+    refreshMap(Boolean(data.gateway.map));
     const ids = Object.keys(data.drones);
     for (const [id, card] of cards) {
       if (!(id in data.drones)) {
