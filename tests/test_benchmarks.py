@@ -289,8 +289,10 @@ def test_quick_gateway_cost_run_measures_cpu_per_result_stages_levers_and_a_prof
     assert all(step["per_drone_latency_ms"].values()), "every replayed drone got results"
     for stage in ("queue", "convert", "inference", "projection", "keypoints", "processing"):
         assert step["stages_ms"][stage] >= 0, stage
-    (lever,) = section["levers"]
-    assert lever["gateway_args"] == ["--keypoint-scale", "0.5"] and lever["results"] > 0
+    half, processes = section["levers"]
+    assert half["gateway_args"] == ["--keypoint-scale", "0.5"] and half["results"] > 0
+    assert processes["gateway_args"] == ["--processes", "2"] and processes["results"] > 0
+    assert all(processes["per_drone_latency_ms"].values()), "drones on both processes got results"
     profile = section["profile"]
     assert profile.get("skipped") or (profile["rows"] and (out / "gateway_cost_profile.txt").is_file())
     assert "## gateway cost" in (out / "benchmark.md").read_text()
