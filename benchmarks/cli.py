@@ -23,7 +23,7 @@ __all__ = ["QUICK", "add_arguments", "config_from_args", "run"]
 
 log = logging.getLogger("dronedepth.benchmarks")
 
-SECTIONS = ("stages", "efficiency", "baseline", "projection", "scaling", "gateway-cost", "gpu")
+SECTIONS = ("stages", "efficiency", "baseline", "projection", "scaling", "gateway-cost", "receiver", "gpu")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 QUICK = {"input_size": 154, "duration": 8.0, "warmup": 2.0, "frames": 6, "warmup_frames": 2, "drones": "1,2"}
 """``--quick``: a small input size and short runs (about 1.5 minutes on 2 cores); flags given win."""
@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "sections: stages (per-stage latency), efficiency (pipeline vs bare ONNX Runtime), baseline (naive\n"
         "PyTorch loop), projection (ours vs Open3D), scaling (1-8 drones), gateway-cost (the gateway's CPU\n"
-        "per result with a zero-cost model and replayed drones, 1-16 drones, py-spy profile), gpu (only with\n"
-        "an NVIDIA GPU)\n\n"
+        "per result with a zero-cost model and replayed drones, 1-16 drones, py-spy profile), receiver (aiortc's\n"
+        "frame release against release at the marker packet, clean and 1 % RTP loss), gpu (only with an NVIDIA\n"
+        "GPU)\n\n"
         "examples:\n"
         "  dronedepth bench --quick                        # smoke run, ~1.5 min on 2 cores\n"
         "  dronedepth bench                                # everything, ViT-S random init at 518\n"

@@ -50,7 +50,7 @@ __all__ = [
 
 log = logging.getLogger("dronedepth.benchmarks")
 
-SECTIONS = ("stages", "efficiency", "baseline", "projection", "scaling", "gateway-cost", "gpu")
+SECTIONS = ("stages", "efficiency", "baseline", "projection", "scaling", "gateway-cost", "receiver", "gpu")
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
 PHOTOS = SAMPLE_DIR
 HFOV_DEG = 60.0

@@ -424,6 +424,40 @@ def _gateway_cost(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _receiver(section: dict[str, Any]) -> list[str]:
+    setup = section["setup"]
+    rows = []
+    for run in section["runs"]:
+        latency = run["latency_ms"] or {}
+        rows.append(
+            [
+                run["receiver"],
+                f"{run['loss']:.0%}",
+                fmt(latency.get("p50")),
+                fmt(latency.get("p95")),
+                run["frames_sent"],
+                run["frames_answered"],
+                run["frames_lost"],
+                run["frames_corrupted"],
+                f"{run['rtp_packets_dropped']} / {run['rtp_packets_sent']}",
+            ]
+        )
+    return [
+        "## 8. Receiver: aiortc's frame release against release at the marker packet",
+        "",
+        f"One drone, {setup['frame']} at {setup['fps']:g} fps, {setup['duration_s']:g} s per run, the first "
+        f"{setup['warmup_s']:g} s left out; depth: {setup['depth']}; {setup['link']}. Glass-to-result is the "
+        "drone's capture to its `keypoints`; lost: sent in the window, never answered; corrupted: frames aiortc's "
+        "decoder failed on.",
+        "",
+        markdown_table(
+            ["receiver", "RTP loss", "p50 ms", "p95 ms", "sent", "answered", "lost", "corrupted", "RTP dropped"],
+            rows,
+            "llrrrrrrr",
+        ),
+    ]
+
+
 def markdown_report(doc: dict[str, Any]) -> str:
     lines = _header(doc)
     sections = doc["sections"]
@@ -434,6 +468,7 @@ def markdown_report(doc: dict[str, Any]) -> str:
         "projection": _projection,
         "scaling": _scaling,
         "gateway-cost": _gateway_cost,
+        "receiver": _receiver,
         "gpu": _gpu,
     }
     for name, render in renderers.items():

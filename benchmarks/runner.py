@@ -2,7 +2,8 @@
 
 Order: the model is exported (or reused), the embedded Triton started once;
 then the stage run (one drone through the whole pipeline), bare ONNX Runtime,
-the naive PyTorch baseline, projection, the scaling steps and GPU mode. Each
+the naive PyTorch baseline, projection, the scaling steps, the gateway cost,
+the receiver runs (their own in-process gateway and zero-cost depth) and GPU mode. Each
 section that fails is recorded as skipped with its reason; the others go on.
 """
 
@@ -188,6 +189,16 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         from dronedepth.benchmarks.gateway_cost import gateway_cost_section
 
         _section(doc, "gateway-cost", lambda: gateway_cost_section(config))
+    if config.wants("receiver"):
+        from dronedepth.benchmarks.receiver import receiver_section
+
+        _section(
+            doc,
+            "receiver",
+            lambda: asyncio.run(
+                receiver_section(frames, fps=config.fps, duration_s=config.duration_s, warmup_s=config.warmup_s)
+            ),
+        )
     if config.wants("gpu"):
         from dronedepth.benchmarks.gpu import gpu_section
 

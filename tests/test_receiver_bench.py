@@ -1,10 +1,20 @@
-"""benchmarks/receiver.py: both receivers measured through a real gateway, the lossy link really drops RTP."""
+"""benchmarks/receiver.py: both receivers measured through a real gateway, the lossy link really drops RTP;
+the section in ``dronedepth bench``."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from dronedepth.benchmarks.harness import load_frames
 from dronedepth.benchmarks.receiver import receiver_run, table
 from dronedepth.gateway.receiver import MarkerJitterBuffer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_each_receiver_is_measured_on_a_lossy_link() -> None:
@@ -19,3 +29,30 @@ async def test_each_receiver_is_measured_on_a_lossy_link() -> None:
         assert 0 < run["rtp_packets_dropped"] < run["rtp_packets_sent"]
         assert run["frames_corrupted"] == 0
     assert "marker" in table({"runs": runs})
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_the_receiver_section(tmp_path: Path) -> None:
+    """``dronedepth bench --quick --only receiver``, short: both receivers, clean and lossy, in JSON and Markdown."""
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "dronedepth.cli", "bench", "--quick", "--only", "receiver"]
+    command += ["--duration", "3", "--warmup", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    doc = json.loads((out / "benchmark.json").read_text())
+    assert not doc["skipped"] and set(doc["sections"]) == {"receiver"}
+    assert "model" not in doc  # no export, no Triton: the section brings its own zero-cost depth
+    runs = doc["sections"]["receiver"]["runs"]
+    assert [(r["receiver"], r["loss"]) for r in runs] == [
+        ("aiortc", 0.0),
+        ("marker", 0.0),
+        ("aiortc", 0.01),
+        ("marker", 0.01),
+    ]
+    for run in runs:
+        assert run["latency_ms"]["n"] > 0 and run["frames_answered"] > 0
+        assert (run["rtp_packets_dropped"] > 0) == (run["loss"] > 0)
+    report = (out / "benchmark.md").read_text()
+    assert "## 8. Receiver" in report and "| marker | 1% |" in report
