@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 from dronedepth.contract import MODEL_NAME
 from dronedepth.protocol import KeypointsMessage
 from tests import serving_fixtures
+from tests import test_gateway_scale as ground_scene
 from tests.test_gateway_poses import FPS, send_poses
 
 triton_repository = serving_fixtures.triton_repository
@@ -480,3 +481,53 @@ async def test_operator_page_shows_the_top_down_world_map_when_the_map_is_on(tmp
         finally:
             stop_poses.set()
             await drone.close()
+
+
+@pytest.mark.slow
+async def test_operator_badge_says_where_the_scale_comes_from(tmp_path):
+    """A relative model: the drone flying with its height above ground gets "metric (from ground) · N %", the one
+    without stays "relative depth: not metres" (tests/test_gateway_scale.py's flat ground and model)."""
+    video = write_y4m(tmp_path / "camera.y4m", photo_paths(), width=320, height=240, frames=10, fps=15)
+    ARTIFACTS.mkdir(exist_ok=True)
+    client = FakeDepthClient(depth_kind="relative", output=ground_scene.relative_output)
+    async with web_gateway(client) as (gw, _), chromium(video) as browser:
+        grounded = TestDrone(photo(320, 240), fps=ground_scene.FPS)
+        unscaled = TestDrone(photo(320, 240), fps=ground_scene.FPS)
+        stop_poses = asyncio.Event()
+        poses = None
+        try:
+            await grounded.connect(gw.url, drone_id="grounded", camera=ground_scene.CAMERA)
+            await unscaled.connect(gw.url, drone_id="unscaled", camera=ground_scene.CAMERA)
+            poses = asyncio.ensure_future(ground_scene.send_poses(grounded, stop_poses))
+            context = await browser.new_context(viewport={"width": 1280, "height": 860})
+            context.set_default_timeout(BROWSER_TIMEOUT_MS)
+            page_errors: list[str] = []
+            context.on("weberror", lambda error: page_errors.append(str(error.error)))
+            operator = await context.new_page()
+            await operator.goto(f"{gw.url}/?token={TOKEN}")
+            badge = "document.querySelector('[data-drone-id=\"{}\"] .kind')"
+            await operator.wait_for_function(
+                f"""() => {{ const g = {badge.format("grounded")}, u = {badge.format("unscaled")};
+                    return g && u && !g.hidden && !u.hidden && g.textContent.startsWith('metric'); }}"""
+            )
+            # textContent: the badge's CSS shows it in capitals.
+            grounded_text = await operator.evaluate(f"() => {badge.format('grounded')}.textContent")
+            assert re.fullmatch(r"metric \(from ground\) · \d+ %", grounded_text), grounded_text
+            unscaled_text = await operator.evaluate(f"() => {badge.format('unscaled')}.textContent")
+            assert unscaled_text == "relative depth: not metres"
+            assert "metres recovered from ground" in (
+                await operator.get_attribute('[data-drone-id="grounded"] .kind', "title") or ""
+            )
+            status, _, body = await _get(gw.url + "/api/drones", AUTH)
+            entries = json.loads(body)["drones"]
+            assert status == 200 and entries["grounded"]["scale"]["scale"]["source"] == "ground"
+            assert entries["unscaled"]["scale"]["scale"]["source"] == "model"
+            assert entries["unscaled"]["depth_kind"] == "relative" and entries["grounded"]["scale"]["mode"] == "auto"
+            await operator.screenshot(path=str(ARTIFACTS / "web-operator-scale.png"))
+            await context.close()
+            assert page_errors == [], "no uncaught JavaScript errors"
+        finally:
+            stop_poses.set()
+            if poses is not None:
+                await poses
+            await asyncio.gather(grounded.close(), unscaled.close())
