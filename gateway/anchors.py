@@ -41,9 +41,12 @@ __all__ = [
 
 GROUND_GRID_PIXELS: Final = 3000
 """About how many pixels :func:`ground_grid` samples: enough for a robust fit, cheap at any resolution."""
-MIN_DEPRESSION_RAD: Final = math.radians(5.0)
-"""Rays less than this below the horizon meet the ground too far and too obliquely to anchor anything:
-an attitude error of δ changes their ground depth by a relative δ / depression."""
+MIN_DEPRESSION_RAD: Final = math.radians(10.0)
+"""Rays less than this below the horizon meet the ground too obliquely to anchor anything. A tilt error δ
+of the sensed attitude changes a ray's ground inverse depth by a relative δ · cot(depression), the same
+sign for every anchor of the frame, so the fit cannot average it away: with an autopilot's ~0.2° tilt noise
+that is 4 % at 5° (above the metric check's 3 % target), 2 % at 10°. Measured (``dronedepth eval``, camera
+level, boxes): per-frame ratio error σ 1.9 % with 5°, 1.6 % with 10°."""
 MAX_GROUND_DEPTH_M: Final = 1000.0
 
 
