@@ -478,7 +478,7 @@ async def serve_front(
 
 def run_front(args: argparse.Namespace) -> int:
     """``dronedepth gateway --processes N`` (N > 1): the front in this process, N workers as children."""
-    from dronedepth.gateway.cli import build_config
+    from dronedepth.gateway.launch import build_config
 
     config = build_config(args)  # the workers make their depth clients; the front needs none
     worker_args(args, 0, args.processes)  # refuses what cannot be shared before any process starts

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
-from dronedepth.gateway import cli as gateway_cli
+from dronedepth.gateway import launch
 from dronedepth.gateway.responses import json_error
 from dronedepth.gateway.server import Gateway
 
@@ -75,11 +75,11 @@ def main() -> int:
         format=f"%(asctime)s %(levelname)-7s [process {spec.index}] %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    gateway_cli.quiet_media_logs(spec.args)
-    config, client = gateway_cli.build(spec.args)
+    launch.quiet_media_logs(spec.args)
+    config, client = launch.build(spec.args)
 
     def serve() -> int:
-        signum = asyncio.run(gateway_cli.serve(config, client, prepare=trust_front(spec.secret)))
+        signum = asyncio.run(launch.serve(config, client, prepare=trust_front(spec.secret)))
         return 0 if signum is None else exit_status(signum)
 
     return run_until_signalled(serve)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from dronedepth.gateway import cli as gateway_cli
+from dronedepth.gateway import launch
 from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
 from dronedepth.gateway.outputs.recording import session_folders
 from dronedepth.serving.synthetic import tiny_depth_model
@@ -39,14 +39,14 @@ def test_every_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "--ice-server", "turn:user:pass@turn.example.org:3478", "--idle-timeout", "7", "--workers", "3",
         "--max-in-flight", "2",
     )  # fmt: skip
-    config, client = gateway_cli.build(args)
+    config, client = launch.build(args)
     assert isinstance(client, TritonDepthClient)
     assert (client.url, client.model, client.timeout) == ("triton:8001", "m", 2.5)
     assert config.token == TOKEN and config.port == 0 and config.max_drones == 3
     assert config.max_frame_pixels == 100000 and config.idle_timeout == 7 and config.workers == 3
     assert config.max_in_flight == 2
-    assert gateway_cli.build(_args("--triton-url", "h:1"))[0].max_in_flight == "auto"
-    assert gateway_cli.build(_args("--triton-url", "h:1", "--max-in-flight", "drones"))[0].max_in_flight is None
+    assert launch.build(_args("--triton-url", "h:1"))[0].max_in_flight == "auto"
+    assert launch.build(_args("--triton-url", "h:1", "--max-in-flight", "drones"))[0].max_in_flight is None
     assert config.record_dir == tmp_path and config.record_every == 5
     processing = config.processing
     assert processing is not None
@@ -65,7 +65,7 @@ def test_every_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_output_and_tls_options_reach_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DRONEDEPTH_TOKEN", TOKEN)
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    config, _ = gateway_cli.build(
+    config, _ = launch.build(
         _args(
             "--triton-url", "h:1", "--record-bag", str(tmp_path / "bags"), "--foxglove", "--voxel-size", "0.1",
             "--tls-cert", str(cert), "--tls-key", str(key),
@@ -76,12 +76,12 @@ def test_output_and_tls_options_reach_the_config(monkeypatch: pytest.MonkeyPatch
     assert (config.tls_cert, config.tls_key) == (cert, key) and config.tls
     assert config.processing is not None and not config.processing.build_cloud, "bags never read the Open3D cloud"
 
-    config, _ = gateway_cli.build(_args("--triton-url", "h:1", "--foxglove", "9000", "--foxglove-host", "0.0.0.0"))
+    config, _ = launch.build(_args("--triton-url", "h:1", "--foxglove", "9000", "--foxglove-host", "0.0.0.0"))
     assert (config.foxglove_port, config.foxglove_host) == (9000, "0.0.0.0")
-    config, _ = gateway_cli.build(_args("--triton-url", "h:1", "--foxglove", "0"))
+    config, _ = launch.build(_args("--triton-url", "h:1", "--foxglove", "0"))
     assert config.foxglove_port == 0
 
-    config, _ = gateway_cli.build(_args("--triton-url", "h:1"))
+    config, _ = launch.build(_args("--triton-url", "h:1"))
     assert (config.record_bag_dir, config.foxglove_port, config.tls_cert, config.tls_key) == (None, None, None, None)
     assert not config.tls and config.ssl_context() is None
 
@@ -90,12 +90,12 @@ def test_output_and_tls_options_reach_the_config(monkeypatch: pytest.MonkeyPatch
 def test_tls_needs_both_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given: str, missing: str) -> None:
     monkeypatch.setenv("DRONEDEPTH_TOKEN", TOKEN)
     with pytest.raises(ConfigError, match=f"{given} needs {missing}"):
-        gateway_cli.build(_args("--triton-url", "h:1", given, str(tmp_path / "file.pem")))
+        launch.build(_args("--triton-url", "h:1", given, str(tmp_path / "file.pem")))
 
 
 def test_defaults_listen_on_8080_without_ice_servers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRONEDEPTH_TOKEN", TOKEN)
-    config, _ = gateway_cli.build(_args("--triton-url", "localhost:8001"))
+    config, _ = launch.build(_args("--triton-url", "localhost:8001"))
     assert (config.host, config.port, config.ice_servers) == ("0.0.0.0", 8080, ())
     assert config.processing is not None and not config.processing.build_cloud
 
@@ -103,7 +103,7 @@ def test_defaults_listen_on_8080_without_ice_servers(monkeypatch: pytest.MonkeyP
 def test_no_token_refuses_to_start(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("DRONEDEPTH_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="--token-file"):
-        gateway_cli.build(_args("--triton-url", "localhost:8001"))
+        launch.build(_args("--triton-url", "localhost:8001"))
     assert cli.main(["gateway", "--triton-url", "localhost:8001"]) == 2
     assert "no token" in capsys.readouterr().err
 
@@ -112,14 +112,14 @@ def test_token_file_and_insecure_mode(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.delenv("DRONEDEPTH_TOKEN", raising=False)
     token_file = tmp_path / "token"
     token_file.write_text(f"  {TOKEN}\n")
-    config, _ = gateway_cli.build(_args("--triton-url", "h:1", "--token-file", str(token_file)))
+    config, _ = launch.build(_args("--triton-url", "h:1", "--token-file", str(token_file)))
     assert config.token == TOKEN
     token_file.write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
-        gateway_cli.build(_args("--triton-url", "h:1", "--token-file", str(token_file)))
+        launch.build(_args("--triton-url", "h:1", "--token-file", str(token_file)))
     with pytest.raises(ConfigError, match="cannot read the token file"):
-        gateway_cli.build(_args("--triton-url", "h:1", "--token-file", str(tmp_path / "missing")))
-    config, _ = gateway_cli.build(_args("--triton-url", "h:1", "--insecure-no-auth"))
+        launch.build(_args("--triton-url", "h:1", "--token-file", str(tmp_path / "missing")))
+    config, _ = launch.build(_args("--triton-url", "h:1", "--insecure-no-auth"))
     assert config.token is None and config.allow_no_auth
 
 
@@ -144,7 +144,7 @@ def test_bad_arguments_are_usage_errors(argv: list[str], message: str, capsys: p
 def test_bad_ice_server_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRONEDEPTH_TOKEN", TOKEN)
     with pytest.raises(ConfigError, match="must start with one of stun:"):
-        gateway_cli.build(_args("--triton-url", "h:1", "--ice-server", "http://stun.example.org"))
+        launch.build(_args("--triton-url", "h:1", "--ice-server", "http://stun.example.org"))
 
 
 async def test_gateway_process_serves_a_drone_and_exits_on_sigterm(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from dronedepth.gateway import cli as gateway_cli
+from dronedepth.gateway import launch
 from dronedepth.gateway.ice import HostCandidatePolicy, MediaPorts
 from gateway_fixtures import TOKEN, OfferRefused, TestDrone, camera_for, drones, photo, running_gateway, wait_until
 from ice_fixtures import free_udp_range, sdp_candidates, selected_pair
@@ -97,15 +97,15 @@ async def test_a_public_address_of_another_machine_binds_every_local_address() -
 
 def test_media_options_come_from_flags_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRONEDEPTH_TOKEN", TOKEN)
-    config, _ = gateway_cli.build(_args("--rtc-ports", "40000-40009", "--public-ip", "198.51.100.4"))
+    config, _ = launch.build(_args("--rtc-ports", "40000-40009", "--public-ip", "198.51.100.4"))
     assert (config.rtc_ports, config.public_ip) == (MediaPorts(40000, 40009), "198.51.100.4")
     monkeypatch.setenv("DRONEDEPTH_RTC_PORTS", "41000-41001")
     monkeypatch.setenv("DRONEDEPTH_PUBLIC_IP", "2001:db8::1")
-    config, _ = gateway_cli.build(_args())
+    config, _ = launch.build(_args())
     assert (config.rtc_ports, config.public_ip) == (MediaPorts(41000, 41001), "2001:db8::1")
     monkeypatch.setenv("DRONEDEPTH_PUBLIC_IP", "")  # compose passes an empty value when it is not set
     monkeypatch.delenv("DRONEDEPTH_RTC_PORTS")
-    config, _ = gateway_cli.build(_args())
+    config, _ = launch.build(_args())
     assert (config.rtc_ports, config.public_ip) == (None, None)
 
 
@@ -123,7 +123,7 @@ def test_bad_media_options_are_refused_clearly(
 ) -> None:
     monkeypatch.setenv("DRONEDEPTH_TOKEN", TOKEN)
     with pytest.raises(ConfigError, match=message):
-        gateway_cli.build(_args(*argv))
+        launch.build(_args(*argv))
 
 
 def test_the_help_says_the_range_bounds_the_drones() -> None:

@@ -111,7 +111,7 @@ def test_the_gateway_binds_its_media_in_exactly_the_published_udp_range(
     services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gateway reads the range compose publishes (same ports inside and out) and the address to advertise."""
-    from dronedepth.gateway import cli as gateway_cli
+    from dronedepth.gateway import launch
     from dronedepth.gateway.ice import MediaPorts
 
     gateway = services["gateway"]
@@ -128,7 +128,7 @@ def test_the_gateway_binds_its_media_in_exactly_the_published_udp_range(
     monkeypatch.setenv("DRONEDEPTH_TOKEN", "t" * 32)
     args = build_parser(load=["gateway"]).parse_args(gateway["command"])
     args.token_file = None  # the secret file exists only in the container: the token comes from the environment
-    config, _ = gateway_cli.build(args)
+    config, _ = launch.build(args)
     assert config.rtc_ports == MediaPorts(int(published[1]), int(published[2]))
     assert config.public_ip == "198.51.100.7"
     assert "ports" not in services["triton"] and services["triton"]["networks"] == ["backend"]
