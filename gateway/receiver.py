@@ -126,7 +126,7 @@ class MarkerJitterBuffer(JitterBuffer):
                 return None
             if packet.marker:
                 packets = [self._packets[uint16_add(origin, i) % self._capacity] for i in range(count + 1)]
-                frame = JitterFrame(data=b"".join(p._data for p in packets), timestamp=first.timestamp)  # type: ignore[attr-defined,union-attr]
+                frame = JitterFrame(data=b"".join(p._data for p in packets), timestamp=first.timestamp)  # type: ignore[union-attr]
                 self.remove(count + 1)
                 return frame
         return None
