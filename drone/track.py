@@ -116,9 +116,11 @@ class SourceTrack(VideoStreamTrack):
     def _finish(self) -> VideoFrame:
         """After the last frame: one repeat of it, then the end.
 
-        aiortc's receiver releases a frame only when the next frame's first
-        packet arrives, so without the repeat the gateway would never see the
-        last frame. The repeat itself stays in the receiver's buffer.
+        aiortc's stock receiver releases a frame only when the next frame's
+        first packet arrives, so without the repeat such a gateway would never
+        see the last frame. A receiver that releases frames at their marker
+        packet (the dronedepth gateway's) processes the repeat too, so it is
+        remembered as a capture of the last frame's instant: its result matches.
         """
         if self._last_rgb is None or self._flushed:
             self.ended.set()
@@ -128,6 +130,9 @@ class SourceTrack(VideoStreamTrack):
         frame = VideoFrame.from_ndarray(self._last_rgb, format="rgb24")
         frame.pts = self._last_pts + _PTS_STEP
         frame.time_base = TIME_BASE
+        last_capture = self._capture_times.get(self._last_pts)
+        if last_capture is not None:
+            self._capture_times[frame.pts] = last_capture
         self._last_rgb = None
         return frame
 
