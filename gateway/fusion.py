@@ -321,11 +321,17 @@ class WorldMap:
         centres = (keys.astype(np.float64) + 0.5) * self.config.block_size_m
         positions = np.stack([state.position for state in self._drones.values()])
         nearest = np.min(np.linalg.norm(centres[:, None, :] - positions[None, :, :], axis=2), axis=1)
-        farthest = np.argsort(nearest)[keep:]
-        hashmap.erase(
-            o3c.Tensor(np.ascontiguousarray(keys[farthest], dtype=np.int32), dtype=o3c.int32, device=self.device)
+        farthest = o3c.Tensor(
+            np.ascontiguousarray(keys[np.argsort(nearest)[keep:]], dtype=np.int32), dtype=o3c.int32, device=self.device
         )
-        self.blocks_evicted += len(farthest)
+        # Open3D reuses an erased block's buffer for the next block it activates without clearing it: unless
+        # its voxels are cleared here, the old surface reappears wherever the next new block lies.
+        buffer_index, _ = hashmap.find(farthest)
+        buffer_index = buffer_index.to(o3c.int64)
+        for name in ("tsdf", "weight"):
+            self._grid.attribute(name)[buffer_index] = 0.0
+        hashmap.erase(farthest)
+        self.blocks_evicted += int(farthest.shape[0])
 
     def _active_keys(self) -> NDArray[np.int32]:
         hashmap = self._grid.hashmap()
