@@ -391,6 +391,9 @@ async def stream(
         host="127.0.0.1",
         port=0,
         max_drones=max(args.drones, 1),
+        # A CPU ViT-S at 518 takes ~0.6 s a frame on 2 idle cores, several seconds on a busy machine or for the
+        # first request (ONNX Runtime builds its session): the gateway's 5 s default would call Triton down.
+        inference_timeout=30.0,
         record_dir=out / "recordings",
         record_every=4,
         record_bag_dir=out / "bags",
