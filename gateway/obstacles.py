@@ -18,13 +18,27 @@ the camera's horizontal field of view and depends only on the intrinsics and
 the mount, so it is computed once per camera.
 
 Distances. For each sector the nearest horizontal range (metres, from the
-body origin) of the points inside the vertical band
+body origin) **with support** among the points inside the vertical band
 ``[-band_below_m, +band_above_m]`` around the drone's height, farther than
 ``min_range_m``. Points lower than ``height_above_ground_m - ground_margin_m``
-below the body are ground and never obstacles. A sector whose band points are
-all beyond ``max_range_m`` is :data:`~dronedepth.protocol.OBSTACLE_FREE`; a
-sector with no band point at all (not seen, or only invalid depth) is
-:data:`~dronedepth.protocol.OBSTACLE_NO_DATA`: unknown, never free.
+below the body are ground and never obstacles.
+
+Support. Depth models put isolated wrong pixels at depth edges (flying
+pixels): the plain nearest range would turn a single one into a phantom near
+obstacle. Two tests, both needed (each alone lets the outliers of a 5 %
+outlier frame through): a depth map's pixel counts only with a 4-neighbour
+within ``support_bin`` (relative) of its depth (a surface, even a wire or pole
+three pixels wide, is a patch; a flying pixel stands alone), and a sector
+bins its points by range (log-spaced bins ``support_bin`` wide) and reports
+the nearest range of the first pair of adjacent bins holding at least
+``max(min_support_points, min_support_fraction × the sector's band points)``
+points. A sector whose supported points are all beyond ``max_range_m`` is
+:data:`~dronedepth.protocol.OBSTACLE_FREE`; a sector with too few band points
+to support anything (not seen, or only invalid or scattered depth) is
+:data:`~dronedepth.protocol.OBSTACLE_NO_DATA`: unknown, never free. Points
+already aggregated (a world map's occupied voxels,
+:func:`obstacle_profile_from_level_points`) need no support: the nearest one
+counts.
 
 The depth must be metric (metres): relative depth has no scale and gives no
 obstacle distances.
@@ -84,12 +98,28 @@ class ObstacleConfig:
     max_range_m: float = 20.0
     ground_margin_m: float = 0.3
     """With a known height above ground, points within this of the ground are ground."""
+    support_bin: float = 0.03
+    """Relative width of a camera sector's range bins and the depth tolerance between neighbouring pixels of
+    one surface: above the model's per-pixel noise (~2 %); a supported range is at most two bins nearer than
+    the surface."""
+    min_support_points: int = 3
+    """Fewest points that make a camera sector's range count (the floor at low resolution)."""
+    min_support_fraction: float = 0.005
+    """Fewest points that make a range count, as a fraction of the sector's band points: the outliers that
+    survive the neighbour test grow with the sector's pixel count; a wire three pixels tall across a 5° sector
+    at 640×480 holds ~4 % of it."""
 
     def __post_init__(self) -> None:
         for name in ("band_below_m", "band_above_m", "min_range_m", "max_range_m", "ground_margin_m"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"obstacles: {name} must be a finite number >= 0, got {value!r}")
+        if not (math.isfinite(self.support_bin) and 0 < self.support_bin <= 1):
+            raise ValueError(f"obstacles: support_bin must be in (0, 1], got {self.support_bin!r}")
+        if not (isinstance(self.min_support_points, int) and self.min_support_points >= 1):
+            raise ValueError(f"obstacles: min_support_points must be an integer >= 1, got {self.min_support_points!r}")
+        if not (math.isfinite(self.min_support_fraction) and 0 <= self.min_support_fraction < 1):
+            raise ValueError(f"obstacles: min_support_fraction must be in [0, 1), got {self.min_support_fraction!r}")
         if not self.min_range_m < self.max_range_m:
             raise ValueError(
                 f"obstacles: min_range_m ({self.min_range_m}) must be below max_range_m ({self.max_range_m})"
@@ -269,7 +299,9 @@ def obstacle_profile_from_depth(
         valid &= rays.valid
     # Zero the rejected pixels: +inf (sky) times a zero ray or rotation component would be NaN with a
     # RuntimeWarning, an error where warnings are errors. One copy, only for frames that hold such values.
-    z = depth.reshape(-1) if valid.all() else np.where(valid, depth, np.float32(0)).reshape(-1)
+    z = depth if valid.all() else np.where(valid, depth, np.float32(0))
+    valid &= _has_a_neighbour_at_its_depth(z, config.support_bin)
+    z = z.reshape(-1)
     return _profile(
         rays.rays[..., 0].reshape(-1) * z,
         rays.rays[..., 1].reshape(-1) * z,
@@ -281,6 +313,20 @@ def obstacle_profile_from_depth(
         config,
         height_above_ground_m,
     )
+
+
+def _has_a_neighbour_at_its_depth(depth: NDArray[np.float32], tolerance: float) -> NDArray[np.bool_]:
+    """Pixels with a 4-neighbour within ``tolerance`` (relative) of their depth: a surface, however thin,
+    is at least a pixel pair; a flying pixel sits alone at a random depth. Rejected pixels hold 0."""
+    tol = depth * np.float32(tolerance)
+    coherent = np.zeros(depth.shape, dtype=np.bool_)
+    across = np.abs(depth[:, 1:] - depth[:, :-1]) <= tol[:, 1:]
+    coherent[:, 1:] = across
+    coherent[:, :-1] |= across
+    down = np.abs(depth[1:, :] - depth[:-1, :]) <= tol[1:, :]
+    coherent[1:, :] |= down
+    coherent[:-1, :] |= down
+    return coherent
 
 
 def _profile(
@@ -317,7 +363,9 @@ def _profile(
     lowest = -config.band_below_m
     if height_above_ground_m is not None:
         lowest = max(lowest, -(height_above_ground_m - config.ground_margin_m))
-    return _bin_level_points(x, y, z, valid, layout, config, lowest, gravity_aligned=attitude is not None)
+    return _bin_level_points(
+        x, y, z, valid, layout, config, lowest, gravity_aligned=attitude is not None, supported=True
+    )
 
 
 def _bin_level_points(
@@ -329,8 +377,10 @@ def _bin_level_points(
     config: ObstacleConfig,
     lowest: float,
     gravity_aligned: bool,
+    supported: bool,
 ) -> ObstacleProfile:
-    """Nearest band point per sector of points already in the level frame (metres, body origin at 0)."""
+    """Per sector, the nearest band point of points already in the level frame (metres, body origin at 0):
+    with ``supported``, the nearest range with support (camera pixels), else the nearest point (voxels)."""
     range_squared = x * x
     range_squared += y * y
     with np.errstate(invalid="ignore"):
@@ -352,11 +402,15 @@ def _bin_level_points(
     np.minimum(index, layout.count, out=index)  # sectors out of view share the spare bin with rejected points
     index[~usable] = layout.count
 
-    nearest_squared = np.full(layout.count + 1, np.inf, dtype=np.float32)
-    with np.errstate(invalid="ignore"):  # NaN ranges of invalid pixels land in the spare bin
-        np.minimum.at(nearest_squared, index, range_squared)
-    seen = np.isfinite(nearest_squared[: layout.count])
-    nearest = np.sqrt(nearest_squared[: layout.count])
+    if supported:
+        nearest_squared, seen = _supported_nearest_squared(range_squared, index, layout.count, config)
+    else:
+        nearest_squared = np.full(layout.count + 1, np.inf, dtype=np.float32)
+        with np.errstate(invalid="ignore"):  # NaN ranges of invalid pixels land in the spare bin
+            np.minimum.at(nearest_squared, index, range_squared)
+        nearest_squared = nearest_squared[: layout.count]
+        seen = np.isfinite(nearest_squared)
+    nearest = np.sqrt(nearest_squared)
     distances = np.where(nearest <= config.max_range_m, nearest, np.float32(OBSTACLE_FREE)).astype(np.float32)
     distances[~seen] = OBSTACLE_NO_DATA
     return ObstacleProfile(
@@ -366,6 +420,46 @@ def _bin_level_points(
         max_range_m=config.max_range_m,
         gravity_aligned=gravity_aligned,
     )
+
+
+def _supported_nearest_squared(
+    range_squared: NDArray[np.float32], sector: NDArray[np.int32], count: int, config: ObstacleConfig
+) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """Per sector: the squared nearest range with support (``inf`` where none is within ``max_range_m``) and
+    whether the sector has support at all; ``sector`` is each point's sector, ``count`` for rejected points.
+
+    Bins: ``bins`` log-spaced bins from the smallest binned range out to ``max_range_m``, then one bin for
+    everything beyond. Only the band points are binned: most pixels are outside the band, and this path
+    does enough per point for the gather to pay.
+    """
+    kept = np.flatnonzero(sector < count)
+    kept_squared = range_squared[kept]
+    floor_m = max(config.min_range_m, 0.01)  # where bin 0 starts; min_range_m may be 0
+    per_bin = 2.0 * math.log1p(config.support_bin)  # log of the squared range grows by this per bin
+    bins = max(1, math.ceil(2.0 * math.log(config.max_range_m / floor_m) / per_bin))
+    cells = bins + 1
+    log_range = np.log(np.maximum(kept_squared, np.float32(floor_m**2)))
+    log_range -= np.float32(2.0 * math.log(floor_m))
+    log_range *= np.float32(1.0 / per_bin)
+    np.minimum(log_range, np.float32(bins), out=log_range)
+    cell = sector[kept]
+    cell *= cells
+    cell += log_range.astype(np.int32)
+    points = np.bincount(cell, minlength=count * cells).reshape(count, cells)
+
+    needed = np.maximum(config.min_support_points, np.ceil(config.min_support_fraction * points.sum(axis=1)))
+    pair = points[:, :-1] + points[:, 1:]  # bin k with bin k + 1: a surface straddling a bin edge keeps its support
+    supported = pair >= needed[:, None]
+    has_range = supported.any(axis=1)
+    # Each sector's supported pair as its first cell (one past the last cell where none: no point matches);
+    # the nearest range is taken over the points of those cells only, a small subset.
+    first_cell = np.where(has_range, np.argmax(supported, axis=1) + np.arange(count) * cells, count * cells)
+    offset = cell - first_cell.astype(np.int32)[cell // cells]
+    in_pair = np.flatnonzero(offset.view(np.uint32) <= 1)  # offset 0 or 1 (negative ones wrap to huge)
+    nearest = np.full(count, np.inf, dtype=np.float32)  # inf: beyond max_range_m (free) or no support
+    np.minimum.at(nearest, cell[in_pair] // cells, kept_squared[in_pair])
+    seen = has_range | (points[:, bins] >= needed)
+    return nearest, seen
 
 
 def full_circle_layout(sector_width_deg: float) -> SectorLayout:
@@ -398,7 +492,7 @@ def obstacle_profile_from_level_points(
     x, y, z = (np.ascontiguousarray(points[:, i]) for i in range(3))
     with np.errstate(invalid="ignore"):
         finite = np.asarray(np.isfinite(points).all(axis=1), dtype=np.bool_)
-    return _bin_level_points(x, y, z, finite, layout, config, lowest, gravity_aligned=True)
+    return _bin_level_points(x, y, z, finite, layout, config, lowest, gravity_aligned=True, supported=False)
 
 
 def merge_profiles(camera: ObstacleProfile, world_map: ObstacleProfile) -> ObstacleProfile:

@@ -276,3 +276,55 @@ def test_nearest_is_the_closest_measured_sector_with_its_frd_bearing() -> None:
     assert profile.nearest() == (2.5, -180.0)
     empty = ObstacleProfile(layout, np.array([OBSTACLE_FREE, OBSTACLE_NO_DATA] * 2, np.float32), 0.3, 8.0, True)
     assert empty.nearest() is None
+
+
+def _with_flying_pixels(depth: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``fraction`` of the pixels at a random range, uniform in inverse depth out to half the nearest true
+    depth: the outliers of the evaluation's relative oracle (a random disparity up to twice the largest)."""
+    rng = np.random.default_rng(seed)
+    noisy = depth.copy()
+    outliers = rng.random(depth.shape) < fraction
+    nearest_inverse = 2.0 / float(depth.min())
+    noisy[outliers] = 1.0 / rng.uniform(1e-3, nearest_inverse, int(outliers.sum()))
+    return noisy
+
+
+def test_five_percent_flying_pixels_make_no_phantom_obstacles() -> None:
+    mount = body_from_camera(x=0.1, z=-0.05)
+    level_from_camera = _level_from_camera(0.0, 0.0, mount)
+    depth = SCENE.render(level_from_camera)
+    rays = ray_grid(CAMERA)
+    layout = sector_layout(rays, mount, 5.0)
+    attitude = quaternion_from_rpy(0.0, 0.0, 0.0)
+    truth = _ground_truth(SCENE, depth, level_from_camera, layout, CONFIG)
+    seen = ~np.isnan(truth)
+    for seed in range(3):
+        noisy = _with_flying_pixels(depth, 0.05, seed)
+        profile = obstacle_profile_from_depth(noisy, rays, layout, mount, attitude, CONFIG)
+        # The nearest single pixel would put a phantom obstacle near half the nearest range in every sector.
+        np.testing.assert_allclose(profile.distances_m[seen], truth[seen], rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "thin",
+    [
+        Panel(x=10.0, y=(-0.03, 0.03), z=(-1.5, 10.0)),  # a 6 cm pole straight ahead: 3 pixels wide at 10 m
+        Panel(x=10.0, y=(-50.0, 50.0), z=(0.2, 0.26)),  # a 6 cm wire across the view: 3 pixels tall
+    ],
+    ids=["pole", "wire"],
+)
+def test_a_thin_obstacle_among_flying_pixels_is_still_reported(thin: Panel) -> None:
+    mount = body_from_camera()
+    level_from_camera = _level_from_camera(0.0, 0.0, mount)
+    scene = Scene(height=1.5, panels=(Panel(x=18.0, y=(-50.0, 50.0), z=(-10.0, 10.0)), thin))
+    depth = scene.render(level_from_camera)
+    rays = ray_grid(CAMERA)
+    layout = sector_layout(rays, mount, 5.0)
+    profile = obstacle_profile_from_depth(
+        _with_flying_pixels(depth, 0.05, 7), rays, layout, mount, quaternion_from_rpy(0.0, 0.0, 0.0), CONFIG
+    )
+    truth = _ground_truth(scene, depth, level_from_camera, layout, CONFIG)
+    seen = ~np.isnan(truth)
+    np.testing.assert_allclose(profile.distances_m[seen], truth[seen], rtol=0.05)
+    behind_thin = truth < 15.0  # the pole's sector, or every sector the wire crosses (the far wall: 18 m+)
+    assert behind_thin.sum() == (1 if thin.y[1] < 1.0 else seen.sum())
