@@ -345,6 +345,7 @@ def format_summary(summary: DroneSummary, results: Path | None) -> str:
         f"gateway errors       {summary.errors}" + (f" ({codes})" if codes else ""),
         f"reconnects           {summary.reconnects}",
         f"obstacle profiles    {summary.obstacle_profiles}",
+        f"local maps           {summary.local_maps}",
         f"duration             {summary.duration_s:.1f} s",
     ]
     if results is not None:

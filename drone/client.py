@@ -78,6 +78,7 @@ from dronedepth.protocol import (
     CameraMessage,
     ErrorMessage,
     KeypointsMessage,
+    LocalMapMessage,
     ObstaclesMessage,
     PoseMessage,
     SessionDescription,
@@ -88,7 +89,7 @@ from dronedepth.protocol import (
 if TYPE_CHECKING:
     from dronedepth.drone.mavlink import MavlinkLink
 
-__all__ = ["DroneClient", "DroneConfig", "DroneSummary", "ObstaclesCallback", "ResultCallback"]
+__all__ = ["DroneClient", "DroneConfig", "DroneSummary", "LocalMapCallback", "ObstaclesCallback", "ResultCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ ResultCallback = Callable[[KeypointsMessage, "float | None"], None]
 ObstaclesCallback = Callable[[ObstaclesMessage, "float | None", "Waypoints | None"], None]
 """``on_obstacles(message, capture_time, waypoints)``, called in the event loop for each ``obstacles`` message;
 ``capture_time`` is its frame's (``time.monotonic()``), ``None`` when its ``pts`` matched no frame sent."""
+LocalMapCallback = Callable[[LocalMapMessage], None]
+"""``on_local_map(message)``, called in the event loop for each ``local_map`` (a gateway with ``--map``)."""
 
 _CLOSE_TIMEOUT_S: Final = 5.0
 _CAMERA_RESEND_INTERVAL_S: Final = 1.0
@@ -230,6 +233,8 @@ class DroneSummary:
     """The nearest obstacle of the newest profile, only while that profile is current (``obstacle_max_age``)."""
     obstacle_profile_current: bool = False
     """Whether a profile younger than ``obstacle_max_age`` is known (``False``: no picture, not free space)."""
+    local_maps: int = 0
+    """``local_map`` messages received (a gateway with ``--map``)."""
 
     def line(self) -> str:
         def ms(value: float | None) -> str:
@@ -268,7 +273,9 @@ class DroneClient:
 
     ``source`` overrides ``config.source`` with an already open source (the
     client then does not close it). ``on_result`` is called for every
-    ``keypoints`` message, ``on_obstacles`` for every ``obstacles`` message.
+    ``keypoints`` message, ``on_obstacles`` for every ``obstacles`` message,
+    ``on_local_map`` for every ``local_map`` message (the newest is also kept in
+    :attr:`local_map`, for an onboard planner).
     """
 
     def __init__(
@@ -278,11 +285,16 @@ class DroneClient:
         source: FrameSource | None = None,
         on_result: ResultCallback | None = None,
         on_obstacles: ObstaclesCallback | None = None,
+        on_local_map: LocalMapCallback | None = None,
     ) -> None:
         self.config = config
         self._given_source = source
         self._on_result = on_result
         self._on_obstacles = on_obstacles
+        self._on_local_map = on_local_map
+        self.local_map: LocalMapMessage | None = None
+        """The newest ``local_map`` from the gateway, or None."""
+        self._local_maps = 0
         self._mavlink: MavlinkLink | None = None
         self._obstacle_profiles = 0
         self._nearest: tuple[Obstacle | None, float] | None = None
@@ -358,6 +370,7 @@ class DroneClient:
             obstacle_profiles=self._obstacle_profiles,
             nearest_obstacle=self._nearest[0] if current and self._nearest is not None else None,
             obstacle_profile_current=current,
+            local_maps=self._local_maps,
         )
 
     @property
@@ -529,6 +542,7 @@ class DroneClient:
             start=camera_sent,
             may_continue=self._may_continue,
             on_frame=lambda pts, frame: self._on_frame(channel, pts, frame),
+            on_repeat=lambda pts, frame: self._on_repeat(channel, pts, frame),
         )
         pc.addTrack(track)
 
@@ -695,6 +709,11 @@ class DroneClient:
         if self._pose_source is not None:
             self._send_poses(channel, pts, frame)
 
+    def _on_repeat(self, channel: RTCDataChannel, pts: int, frame: CapturedFrame) -> None:
+        """The track's end-of-stream repeat of ``frame``: the gateway processes it, so it gets its pose too."""
+        if self._pose_source is not None:
+            self._send_poses(channel, pts, frame)
+
     def _send_poses(self, channel: RTCDataChannel, pts: int, frame: CapturedFrame) -> None:
         """Send the pose source's poses for this frame, stamped on the video clock (docs/protocol.md)."""
         assert self._pose_source is not None
@@ -722,7 +741,10 @@ class DroneClient:
         received = time.monotonic()
         self._last_message_at = received
         try:
-            message = decode(text, accept=(KeypointsMessage.type, ObstaclesMessage.type, ErrorMessage.type))
+            message = decode(
+                text,
+                accept=(KeypointsMessage.type, ObstaclesMessage.type, LocalMapMessage.type, ErrorMessage.type),
+            )
         except ProtocolError as exc:
             self._error_codes["bad_message"] += 1
             log.warning("ignoring a bad message from the gateway (%s): %s", exc.code, exc.message)
@@ -733,6 +755,11 @@ class DroneClient:
             self._on_keypoints(message, track, received)
         elif isinstance(message, ObstaclesMessage):
             self._on_profile(message, track, received)
+        elif isinstance(message, LocalMapMessage):
+            self._local_maps += 1
+            self.local_map = message
+            if self._on_local_map is not None:
+                self._on_local_map(message)
 
     def _on_error(self, message: ErrorMessage, channel: RTCDataChannel) -> None:
         self._error_codes[message.code] += 1

@@ -17,12 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Final
 
-import numpy as np
 from aiortc import VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 from dronedepth.drone.sources import CapturedFrame, FrameSource
-from numpy.typing import NDArray
 
 from dronedepth.protocol import VIDEO_CLOCK_RATE
 
@@ -46,6 +44,8 @@ class SourceTrack(VideoStreamTrack):
       the track (a frame budget);
     - ``on_frame(pts, frame)`` (optional) is called for each frame before it
       goes to the encoder.
+    - ``on_repeat(pts, frame)`` (optional) is called for the end-of-stream
+      repeat of the last frame (see :meth:`_finish`).
 
     :attr:`ended` is set when the source ran out or ``may_continue`` said no
     (after one repeat of the last frame, see :meth:`_finish`).
@@ -62,6 +62,7 @@ class SourceTrack(VideoStreamTrack):
         start: asyncio.Event | None = None,
         may_continue: Callable[[], bool] | None = None,
         on_frame: Callable[[int, CapturedFrame], None] | None = None,
+        on_repeat: Callable[[int, CapturedFrame], None] | None = None,
     ) -> None:
         super().__init__()
         if not fps > 0:
@@ -74,10 +75,11 @@ class SourceTrack(VideoStreamTrack):
         self._gate = start
         self._may_continue = may_continue
         self._on_frame = on_frame
+        self._on_repeat = on_repeat
         self._due: float | None = None
         self._origin: float | None = None
         self._last_pts = -1
-        self._last_rgb: NDArray[np.uint8] | None = None
+        self._last: CapturedFrame | None = None
         self._flushed = False
         self._capture_times: dict[int, float] = {}
 
@@ -120,20 +122,21 @@ class SourceTrack(VideoStreamTrack):
         first packet arrives, so without the repeat such a gateway would never
         see the last frame. A receiver that releases frames at their marker
         packet (the dronedepth gateway's) processes the repeat too, so it is
-        remembered as a capture of the last frame's instant: its result matches.
+        remembered as a capture of the last frame's instant (its result matches) and
+        ``on_repeat(pts, frame)`` lets the client send its pose too.
         """
-        if self._last_rgb is None or self._flushed:
+        if self._last is None or self._flushed:
             self.ended.set()
             self.stop()
             raise MediaStreamError("the source has no more frames")
         self._flushed = True
-        frame = VideoFrame.from_ndarray(self._last_rgb, format="rgb24")
+        frame = VideoFrame.from_ndarray(self._last.rgb, format="rgb24")
         frame.pts = self._last_pts + _PTS_STEP
         frame.time_base = TIME_BASE
-        last_capture = self._capture_times.get(self._last_pts)
-        if last_capture is not None:
-            self._capture_times[frame.pts] = last_capture
-        self._last_rgb = None
+        self._capture_times[frame.pts] = self._last.capture_time
+        if self._on_repeat is not None:
+            self._on_repeat(frame.pts, self._last)
+        self._last = None
         return frame
 
     async def _pace(self) -> None:
@@ -165,7 +168,7 @@ class SourceTrack(VideoStreamTrack):
         ticks = _PTS_STEP * round((captured.capture_time - self._origin) * VIDEO_CLOCK_RATE / _PTS_STEP)
         pts = 0 if self._last_pts < 0 else max(self._last_pts + _PTS_STEP, ticks)
         self._last_pts = pts
-        self._last_rgb = captured.rgb
+        self._last = captured
         frame.pts = pts
         frame.time_base = TIME_BASE
         self._capture_times[pts] = captured.capture_time

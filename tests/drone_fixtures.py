@@ -16,12 +16,15 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from dronedepth.drone.client import DroneConfig
 
 from dronedepth.errors import ProtocolError
 from dronedepth.protocol import (
@@ -30,6 +33,7 @@ from dronedepth.protocol import (
     CameraMessage,
     ErrorMessage,
     KeypointsMessage,
+    LocalMapMessage,
     ObstaclesMessage,
     PoseMessage,
     SessionDescription,
@@ -37,11 +41,46 @@ from dronedepth.protocol import (
     encode,
 )
 
+WAIT_S = 90.0
+"""How long a drone test waits for a condition: generous, two CPU cores are shared with other test runs."""
 
-def free_port() -> int:
-    with socket.socket() as s:
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port of 127.0.0.1 nothing listens on yet (TCP, or ``socket.SOCK_DGRAM`` for UDP)."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def drone_config(gw: FakeGateway, **overrides: Any) -> DroneConfig:
+    """The client's settings for ``gw``: the synthetic source at 320×240 and 10 fps, quick reconnections;
+    ``overrides`` win."""
+    settings: dict[str, Any] = {
+        "gateway": gw.url,
+        "token": gw.token,
+        "source": "synthetic",
+        "width": 320,
+        "height": 240,
+        "fps": 10.0,
+        "reconnect_delay": 0.1,
+        "reconnect_max_delay": 0.5,
+        "connect_timeout": 30.0,
+        "result_timeout": 30.0,
+    }
+    return DroneConfig(**(settings | overrides))
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    """Poll ``predicate`` until it holds; an AssertionError naming ``what`` after ``timeout`` seconds."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def fake_keypoints(camera: CameraMessage, pts: int, frame_index: int, depth_kind: str = "metric") -> KeypointsMessage:
@@ -99,6 +138,8 @@ class FakeGateway:
         self.profile: ObstaclesMessage | None = None
         """Sent after each frame's keypoints with that frame's ``pts`` and index; ``None``: no ``obstacles``."""
         self.obstacles_sent: list[ObstaclesMessage] = []
+        self.local_map: LocalMapMessage | None = None
+        """Sent after each frame's keypoints (like a gateway with ``--map``); ``None``: no ``local_map``."""
         self._peers: list[_Peer] = []
         self._runner: web.AppRunner | None = None
 
@@ -213,3 +254,5 @@ class FakeGateway:
                 profile = dataclasses.replace(self.profile, pts=message.pts, frame_index=message.frame_index)
                 channel.send(encode(profile))  # type: ignore[attr-defined]
                 self.obstacles_sent.append(profile)
+            if self.local_map is not None and isinstance(message, KeypointsMessage):
+                channel.send(encode(self.local_map))  # type: ignore[attr-defined]

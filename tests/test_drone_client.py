@@ -13,13 +13,12 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from drone_fixtures import FakeGateway, free_port
+from drone_fixtures import WAIT_S, FakeGateway, drone_config, free_port, wait_until
 from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
 from dronedepth.drone.sources import SyntheticSource
 from dronedepth.drone.waypoints import Waypoints
@@ -32,45 +31,16 @@ from dronedepth.protocol import (
     OBSTACLE_NO_DATA,
     CameraMessage,
     ErrorMessage,
+    LocalMapMessage,
     ObstaclesMessage,
     encode,
 )
-
-WAIT_S = 90.0
 
 
 @pytest.fixture
 async def gateway():
     async with FakeGateway() as gw:
         yield gw
-
-
-def config(gw: FakeGateway, **overrides) -> DroneConfig:
-    settings = {
-        "gateway": gw.url,
-        "token": gw.token,
-        "source": "synthetic",
-        "width": 320,
-        "height": 240,
-        "fps": 10.0,
-        "reconnect_delay": 0.1,
-        "reconnect_max_delay": 0.5,
-        "connect_timeout": 30.0,
-        "result_timeout": 30.0,
-    }
-    settings.update(overrides)
-    return DroneConfig(**settings)
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def run_for(client: DroneClient) -> DroneSummary:
@@ -131,7 +101,7 @@ async def test_streams_camera_first_and_matches_every_result_to_its_frame(gatewa
     seen: list[tuple[int, float | None]] = []
     profiles: list[tuple[int, float | None, Waypoints | None]] = []
     client = DroneClient(
-        config(gateway, max_frames=8, results_path=results, drone_id="alpha", waypoints=True),
+        drone_config(gateway, max_frames=8, results_path=results, drone_id="alpha", waypoints=True),
         on_result=lambda message, latency: seen.append((message.pts, latency)),
         on_obstacles=lambda message, captured, waypoints: profiles.append((message.pts, captured, waypoints)),
     )
@@ -185,7 +155,7 @@ async def test_resolution_change_resends_the_scaled_camera(gateway):
     source = SwitchingSource(320, 240, fps=10)
     sizes_seen: set[tuple[int, int]] = set()
     client = DroneClient(
-        config(gateway, max_frames=9),
+        drone_config(gateway, max_frames=9),
         source=source,
         on_result=lambda message, latency: sizes_seen.add((message.width, message.height)),
     )
@@ -208,7 +178,8 @@ class CroppingSource(SyntheticSource):
 
 
 async def test_frames_the_intrinsics_cannot_be_scaled_to_get_no_camera(gateway, caplog):
-    client = DroneClient(config(gateway, max_frames=6, drain_timeout=1.0), source=CroppingSource(320, 240, fps=10))
+    settings = drone_config(gateway, max_frames=6, drain_timeout=1.0)
+    client = DroneClient(settings, source=CroppingSource(320, 240, fps=10))
     summary = await run_for(client)
     assert [(c.width, c.height) for c in gateway.cameras] == [(320, 240)], "no camera claims to describe 320x180"
     assert summary.error_codes.get(CAMERA_MISMATCH, 0) >= 1, "the gateway dropped the 16:9 frames"
@@ -218,20 +189,20 @@ async def test_frames_the_intrinsics_cannot_be_scaled_to_get_no_camera(gateway, 
 async def test_intrinsics_for_another_aspect_ratio_are_refused_before_connecting(gateway):
     widescreen = CameraMessage(640, 360, 500.0, 500.0, 319.5, 179.5)
     with pytest.raises(ConfigError, match=r"do not fit the frames of source 'synthetic'.*320x240.*640x360"):
-        await run_for(DroneClient(config(gateway, camera=widescreen)))
+        await run_for(DroneClient(drone_config(gateway, camera=widescreen)))
     assert gateway.offers == 0
 
 
 async def test_gateway_errors_and_bad_messages_are_counted_not_fatal(gateway):
     gateway.greeting = [encode(ErrorMessage(INFERENCE_UNAVAILABLE, "triton is down")), "{not json"]
-    summary = await run_for(DroneClient(config(gateway, max_frames=3)))
+    summary = await run_for(DroneClient(drone_config(gateway, max_frames=3)))
     assert summary.error_codes == {INFERENCE_UNAVAILABLE: 1, "bad_message": 1}
     assert summary.errors == 2 and summary.frames_sent == 3
 
 
 async def test_stop_closes_cleanly_and_flushes_results(gateway, tmp_path):
     results = tmp_path / "results.jsonl"
-    client = DroneClient(config(gateway, results_path=results))
+    client = DroneClient(drone_config(gateway, results_path=results))
     task = asyncio.ensure_future(client.run())
     await wait_until(lambda: client.summary().results >= 2, "two results")
     client.stop()
@@ -246,7 +217,7 @@ async def test_stop_closes_cleanly_and_flushes_results(gateway, tmp_path):
 
 async def test_reconnects_after_the_gateway_restarts_on_the_same_port(gateway, tmp_path):
     results = tmp_path / "results.jsonl"
-    client = DroneClient(config(gateway, results_path=results))
+    client = DroneClient(drone_config(gateway, results_path=results))
     task = asyncio.ensure_future(client.run())
     try:
         await wait_until(lambda: client.summary().results >= 2, "results before the restart")
@@ -272,7 +243,7 @@ async def test_reconnects_when_the_gateway_goes_silent(gateway):
     # Each session connects, so the delay stays at reconnect_delay: offers come at least
     # result_timeout + reconnect_delay apart (a lower bound only: a loaded machine only widens the gaps).
     gateway.silent = True
-    client = DroneClient(config(gateway, result_timeout=0.5, reconnect_delay=1.0, reconnect_max_delay=4.0))
+    client = DroneClient(drone_config(gateway, result_timeout=0.5, reconnect_delay=1.0, reconnect_max_delay=4.0))
     task = asyncio.ensure_future(client.run())
     try:
         await wait_until(lambda: gateway.offers >= 3, "a third offer")
@@ -286,7 +257,7 @@ async def test_reconnects_when_the_gateway_goes_silent(gateway):
 async def test_no_reconnect_while_the_gateway_reports_its_depth_server_down(gateway):
     gateway.silent = True
     gateway.greeting = [encode(ErrorMessage(INFERENCE_UNAVAILABLE, "triton is down"))]
-    client = DroneClient(config(gateway, result_timeout=0.3))
+    client = DroneClient(drone_config(gateway, result_timeout=0.3))
     task = asyncio.ensure_future(client.run())
     try:
         await wait_until(lambda: client.summary().errors >= 1, "the inference_unavailable error")
@@ -302,7 +273,7 @@ async def test_no_reconnect_while_the_gateway_reports_its_depth_server_down(gate
 
 
 async def test_a_refused_token_is_fatal_and_says_so(gateway):
-    client = DroneClient(config(gateway, token="wrong"))
+    client = DroneClient(drone_config(gateway, token="wrong"))
     with pytest.raises(ConfigError, match=r"refused the token \(HTTP 401.*DRONEDEPTH_TOKEN"):
         await run_for(client)
     assert gateway.offers == 1
@@ -311,7 +282,7 @@ async def test_a_refused_token_is_fatal_and_says_so(gateway):
 
 async def test_a_full_gateway_is_retried_with_exponential_backoff_then_given_up(gateway, caplog):
     gateway.reject_status = 503
-    client = DroneClient(config(gateway, max_attempts=5, reconnect_delay=0.2, reconnect_max_delay=0.6))
+    client = DroneClient(drone_config(gateway, max_attempts=5, reconnect_delay=0.2, reconnect_max_delay=0.6))
     with (
         caplog.at_level(logging.INFO, logger="dronedepth.drone.client"),
         pytest.raises(InferenceUnavailable, match=r"gave up after 5 failed attempts.*HTTP 503"),
@@ -328,7 +299,7 @@ async def test_a_full_gateway_is_retried_with_exponential_backoff_then_given_up(
 async def test_a_malformed_offer_reply_is_fatal(gateway):
     gateway.reject_status = 400
     with pytest.raises(ProtocolError, match="rejected the offer"):
-        await run_for(DroneClient(config(gateway)))
+        await run_for(DroneClient(drone_config(gateway)))
 
 
 async def test_an_unreachable_gateway_is_retried_with_backoff():
@@ -343,13 +314,13 @@ async def test_an_unreachable_gateway_is_retried_with_backoff():
 async def test_no_intrinsics_is_refused_before_connecting(gateway, tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((48, 64, 3), np.uint8))
     with pytest.raises(ConfigError, match=r"no camera intrinsics for source .* \(64x48\)"):
-        await run_for(DroneClient(config(gateway, source=str(tmp_path), width=None, height=None)))
+        await run_for(DroneClient(drone_config(gateway, source=str(tmp_path), width=None, height=None)))
     assert gateway.offers == 0
 
 
 async def test_stop_while_the_gateway_is_answering(gateway):
     gateway.answer_delay = 300.0
-    client = DroneClient(config(gateway, connect_timeout=300.0))
+    client = DroneClient(drone_config(gateway, connect_timeout=300.0))
     task = asyncio.ensure_future(client.run())
     await wait_until(lambda: gateway.offers >= 1, "the offer")
     client.stop()
@@ -358,7 +329,27 @@ async def test_stop_while_the_gateway_is_answering(gateway):
 
 
 async def test_stop_before_run_returns_at_once(gateway):
-    client = DroneClient(config(gateway))
+    client = DroneClient(drone_config(gateway))
     client.stop()
     summary = await run_for(client)
     assert summary.frames_sent == 0 and summary.state == "stopped" and gateway.offers == 0
+
+
+async def test_local_maps_are_kept_for_an_onboard_planner(gateway):
+    """A gateway with --map sends ``local_map``: the client keeps the newest, calls back, and counts no error."""
+    heights = bytes(range(16)) * 4
+    gateway.local_map = LocalMapMessage(
+        stamp=1.7e9,
+        frame_id="map",
+        origin=(10.0, -4.0, 0.0),
+        cell_size_m=0.5,
+        width=8,
+        height=8,
+        heights=heights,
+    )
+    seen: list[LocalMapMessage] = []
+    client = DroneClient(drone_config(gateway, max_frames=4), on_local_map=seen.append)
+    summary = await run_for(client)
+    assert summary.errors == 0, summary.error_codes
+    assert summary.local_maps == len(seen) >= 1
+    assert client.local_map == gateway.local_map == seen[-1]

@@ -94,14 +94,16 @@ async def test_the_client_sends_each_frames_exact_synthetic_pose_at_its_pts() ->
         config = DroneConfig(gateway=gw.url, token=gw.token, fps=10.0, max_frames=8, pose="synthetic")
         client = DroneClient(config, source=source)
         summary = await client.run()
-    assert summary.frames_sent == 8 and client.poses_sent == 8
-    assert len(gw.poses) == 8
+    # One pose per frame, and one for the end-of-stream repeat of the last frame (1 ms later, same pose).
+    assert summary.frames_sent == 8 and client.poses_sent == 9
+    assert len(gw.poses) == 9
     stamps = [pose.pts for pose in gw.poses]
     assert stamps == sorted(stamps) and stamps[0] == 0 and all(s % 90 == 0 for s in stamps)
+    assert stamps[-1] == stamps[-2] + 90
     received = set(gw.received_pts[0])
-    assert all(min(abs(s - p) for p in received) <= 1 for s in stamps[:-1])  # the last frame may still be buffered
+    assert all(min(abs(s - p) for p in received) <= 1 for s in stamps[:-2])  # the last frame may still be buffered
     for index, pose in enumerate(gw.poses):
-        np.testing.assert_allclose(pose.position, source.world_from_body(index).translation, atol=1e-9)
+        np.testing.assert_allclose(pose.position, source.world_from_body(min(index, 7)).translation, atol=1e-9)
         assert pose.orientation == (0.0, 0.0, 0.0, 1.0) and pose.frame_id == "map"
 
 
