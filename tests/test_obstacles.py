@@ -231,6 +231,12 @@ def test_masked_and_invalid_depth_give_no_data() -> None:
 def test_bad_inputs_are_refused_with_the_value() -> None:
     with pytest.raises(ValueError, match="min_range_m"):
         ObstacleConfig(min_range_m=5.0, max_range_m=2.0)
+    with pytest.raises(ValueError, match=r"support_bin must be in \(0, 1\], got 0.0"):
+        ObstacleConfig(support_bin=0.0)
+    with pytest.raises(ValueError, match="min_support_points must be an integer >= 1, got 0"):
+        ObstacleConfig(min_support_points=0)
+    with pytest.raises(ValueError, match="min_support_fraction must be in"):
+        ObstacleConfig(min_support_fraction=1.5)
     with pytest.raises(ValueError, match="sector width"):
         sector_layout(ray_grid(CAMERA), body_from_camera(), 0.0)
     with pytest.raises(ValueError, match="depth has shape"):
