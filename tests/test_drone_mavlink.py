@@ -11,106 +11,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from drone_fixtures import FakeGateway
+from drone_fixtures import FakeGateway, drone_config, free_port, wait_until
 from dronedepth.drone.client import DroneClient, DroneConfig
 from dronedepth.drone.mavlink import mavutil, obstacle_distance_fields
-
-from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
+from mavlink_fixtures import HOVER_HEIGHT_M, PROFILE, Autopilot, free_udp_port
 
 WAIT_S = 60.0
 MAX_AGE_S = 0.5
 
-PROFILE = ObstaclesMessage(
-    pts=0,
-    stamp=1_764_000_000.0,
-    gravity_aligned=True,
-    sector_width_deg=5.0,
-    angle_offset_deg=-30.0,
-    min_range_m=0.3,
-    max_range_m=20.0,
-    distances_m=(6.2, 5.0, 3.04, OBSTACLE_FREE, OBSTACLE_NO_DATA, 0.3, 20.0, 7.5, 7.0, 6.5, 6.0, 5.5, 5.0),
-)
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def config(gw: FakeGateway, **overrides: Any) -> DroneConfig:
-    settings: dict[str, Any] = {
-        "gateway": gw.url,
-        "token": gw.token,
-        "source": "synthetic",
-        "width": 160,
-        "height": 120,
-        "fps": 10.0,
-        "connect_timeout": 30.0,
-        "result_timeout": 30.0,
-        "obstacle_max_age": MAX_AGE_S,
-    }
-    return DroneConfig(**(settings | overrides))
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-class Autopilot:
-    """A pymavlink peer in a thread: records every OBSTACLE_DISTANCE, optionally sends a flight at 50 Hz."""
-
-    def __init__(self, connection: str, *, fly: bool = False) -> None:
-        self.mav = mavutil.mavlink_connection(connection, source_system=1, source_component=1)
-        self.obstacles: list[tuple[float, Any]] = []
-        """(arrival on time.monotonic(), message)."""
-        self._fly = fly
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._read, daemon=True)]
-        if fly:
-            self._threads.append(threading.Thread(target=self._send_flight, daemon=True))
-        for thread in self._threads:
-            thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            msg = self.mav.recv_match(type="OBSTACLE_DISTANCE", blocking=True, timeout=0.1)
-            if msg is not None:
-                self.obstacles.append((time.monotonic(), msg))
-
-    def _send_flight(self) -> None:
-        """Hovering at NED (10, 20, −5), yaw 30°, roll 10°, pitch −5°, 5.20 m above ground; boot 1234.5 s ago."""
-        boot = time.monotonic() - 1234.5
-        while not self._stop.wait(0.02):
-            ms = int((time.monotonic() - boot) * 1000)
-            self.mav.mav.local_position_ned_send(ms, 10.0, 20.0, -5.0, 0.0, 0.0, 0.0)
-            self.mav.mav.distance_sensor_send(ms, 10, 4000, 520, 0, 0, 25, 0)
-            self.mav.mav.attitude_send(ms, math.radians(10), math.radians(-5), math.radians(30), 0.0, 0.0, 0.0)
-
-    def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5.0)
-        self.mav.close()
+    """A small synthetic stream whose obstacle profiles go stale after :data:`MAX_AGE_S`."""
+    return drone_config(gw, width=160, height=120, obstacle_max_age=MAX_AGE_S, **overrides)
 
 
 @pytest.fixture
 def udp_autopilot() -> Iterator[tuple[Autopilot, int]]:
-    port = free_port()
+    port = free_udp_port()
     autopilot = Autopilot(f"udpin:127.0.0.1:{port}")
     yield autopilot, port
     autopilot.close()
@@ -163,7 +84,7 @@ async def test_profiles_reach_the_autopilot_at_20_hz_and_stop_once_stale(udp_aut
 
 
 async def test_pose_mavlink_sends_the_autopilots_poses_in_enu_flu_stamped_on_the_video_clock():
-    port = free_port()
+    port = free_udp_port()
     async with FakeGateway() as gateway:
         client = DroneClient(config(gateway, mavlink=f"udpin:127.0.0.1:{port}", pose="mavlink"))
         task = asyncio.ensure_future(client.run())
@@ -190,11 +111,12 @@ async def test_pose_mavlink_sends_the_autopilots_poses_in_enu_flu_stamped_on_the
     pose = gateway.poses[-1]
     assert pose.convention == "enu_flu" and pose.frame_id == "odom"
     assert pose.position == pytest.approx((20.0, 10.0, 5.0))  # NED (10, 20, -5) → ENU
-    assert pose.height_above_ground == pytest.approx(5.2 * math.cos(math.radians(10)) * math.cos(math.radians(5)))
+    tilt = math.cos(math.radians(10)) * math.cos(math.radians(5))
+    assert pose.height_above_ground == pytest.approx(HOVER_HEIGHT_M * tilt)
 
 
 async def test_a_link_that_drops_mid_run_is_logged_once_and_the_video_goes_on(caplog):
-    port = free_port(socket.SOCK_STREAM)
+    port = free_port()
     server = mavutil.mavlink_connection(f"tcpin:127.0.0.1:{port}", source_system=1, source_component=1)
     async with FakeGateway() as gateway:
         gateway.profile = PROFILE

@@ -4,9 +4,9 @@ the drone's ``OBSTACLE_DISTANCE`` over a real pymavlink link on 127.0.0.1, decod
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
+import mavlink_fixtures
 import numpy as np
 import pytest
 from dronedepth.drone.mavlink import UNKNOWN_CM, MavlinkLink, mavutil
@@ -21,11 +21,12 @@ from dronedepth.gateway.obstacles import (
 )
 from test_fusion import CAMERA, FLIGHT_A, FLIGHT_B, _depth, _pose, _scene
 from test_mapping import SETTINGS, _CountingRegistry
-from test_mavlink import _free_port
 
 from dronedepth import protocol
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, CameraPose, ObstaclesMessage
+
+listener = mavlink_fixtures.listener
 
 
 @pytest.fixture
@@ -61,14 +62,6 @@ def _expected_cm(profile: ObstacleProfile) -> list[int]:
         else:
             expected.append(round(round(distance, 3) * 100))  # the wire carries 3 decimals
     return expected
-
-
-@pytest.fixture
-def listener() -> Iterator[tuple[Any, int]]:
-    port = _free_port()
-    autopilot = mavutil.mavlink_connection(f"udpin:127.0.0.1:{port}", source_system=1, source_component=1)
-    yield autopilot, port
-    autopilot.close()
 
 
 def test_a_72_sector_map_profile_goes_through_obstacle_distance_unchanged(

@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import math
-import socket
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
+import mavlink_fixtures
 import numpy as np
 import pytest
+from drone_fixtures import free_port
 from dronedepth.drone.mavlink import UNKNOWN_CM, ClockOffset, MavlinkLink, mavutil, obstacle_distance_fields
+from mavlink_fixtures import PROFILE, free_udp_port, send_hover
 
 from dronedepth.frames import matrix_from_quaternion
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
 
-PROFILE = ObstaclesMessage(
-    pts=9000,
-    stamp=1_764_000_000.0,
-    gravity_aligned=True,
-    sector_width_deg=5.0,
-    angle_offset_deg=-30.0,
-    min_range_m=0.3,
-    max_range_m=20.0,
-    distances_m=(6.2, 5.0, 3.04, OBSTACLE_FREE, OBSTACLE_NO_DATA, 0.3, 20.0, 7.5, 7.0, 6.5, 6.0, 5.5, 5.0),
-)
-
-
-def _free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+listener = mavlink_fixtures.listener
 
 
 def _wait_for(condition: Any, timeout: float = 10.0) -> None:
@@ -39,14 +25,6 @@ def _wait_for(condition: Any, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
-
-
-@pytest.fixture
-def listener() -> Iterator[tuple[Any, int]]:
-    port = _free_port()
-    autopilot = mavutil.mavlink_connection(f"udpin:127.0.0.1:{port}", source_system=1, source_component=1)
-    yield autopilot, port
-    autopilot.close()
 
 
 def test_fields_pad_to_72_with_unknown_and_encode_free_and_no_data() -> None:
@@ -131,7 +109,8 @@ def test_obstacle_distance_reaches_an_independent_listener(listener: tuple[Any, 
 
 
 def _send_flight(autopilot: Any, boot: float, count: int) -> list[float]:
-    """ATTITUDE + LOCAL_POSITION_NED + DISTANCE_SENSOR, ``count`` times at ~50 Hz; returns each true local time.
+    """:func:`~mavlink_fixtures.send_hover` moving north at 1 m/s, ``count`` times at ~50 Hz; returns each true
+    local time.
 
     The autopilot's clock is ``time.monotonic() - boot``: the true local instant
     of a remote stamp ``ms`` is ``boot + ms / 1000``.
@@ -140,15 +119,13 @@ def _send_flight(autopilot: Any, boot: float, count: int) -> list[float]:
     for _ in range(count):
         ms = int((time.monotonic() - boot) * 1000)
         truths.append(boot + ms / 1000)
-        autopilot.mav.local_position_ned_send(ms, 10.0, 20.0, -5.0, 1.0, 0.0, 0.0)
-        autopilot.mav.distance_sensor_send(ms, 10, 4000, 520, 0, 0, 25, 0)
-        autopilot.mav.attitude_send(ms, math.radians(10), math.radians(-5), math.radians(30), 0.0, 0.0, 0.0)
+        send_hover(autopilot, ms, north_m_s=1.0)
         time.sleep(0.02)
     return truths
 
 
 def test_poses_come_out_in_enu_flu_with_mapped_timestamps() -> None:
-    port = _free_port()
+    port = free_udp_port()
     link = MavlinkLink(f"udpin:127.0.0.1:{port}", max_pose_rate_hz=1000.0)
     link.start()
     autopilot = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
@@ -189,7 +166,7 @@ def test_poses_come_out_in_enu_flu_with_mapped_timestamps() -> None:
 
 
 def test_a_link_that_is_down_reconnects_and_the_rest_goes_on() -> None:
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port()
     link = MavlinkLink(f"tcp:127.0.0.1:{port}", reconnect_max_delay_s=0.5)
     link.start()
     server = None

@@ -13,7 +13,6 @@ autopilot as OBSTACLE_DISTANCE, and the gateway's rosbag2 places the drone in
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,12 +26,12 @@ from dronedepth.gateway.server import Gateway
 from dronedepth.serving import EmbeddedTriton
 from dronedepth.serving.synthetic import tiny_depth_model, write_model
 from gateway_fixtures import TOKEN, gateway_config
+from mavlink_fixtures import Autopilot, free_udp_port
 
 from dronedepth.contract import MODEL_NAME, PARAM_DEPTH_KIND, PARAM_MAX_DEPTH
 from dronedepth.frames import Transform
 from dronedepth.protocol import ObstaclesMessage
 from tests.test_drone_cli import run_cli
-from tests.test_drone_mavlink import Autopilot
 from tests.test_rosbag import read_bag
 
 pytestmark = pytest.mark.slow
@@ -53,12 +52,6 @@ def metric_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
     log_file = tmp_path_factory.mktemp("triton_logs") / "tritonserver.log"
     with EmbeddedTriton(repository, grpc_port=0, http_port=0, metrics_port=0, log_file=log_file) as server:
         yield server
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def pose_of(payload: dict) -> Transform:
