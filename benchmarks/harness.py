@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dronedepth.benchmarks.cli import SECTIONS
 from numpy.typing import NDArray
 
 from dronedepth.contract import DEFAULT_INPUT_SIZE, MODEL_NAME
@@ -36,7 +37,6 @@ __all__ = [
     "FRAME_HEIGHT",
     "FRAME_WIDTH",
     "PHOTOS",
-    "SECTIONS",
     "BenchConfig",
     "CodecTimer",
     "Frames",
@@ -50,7 +50,6 @@ __all__ = [
 
 log = logging.getLogger("dronedepth.benchmarks")
 
-SECTIONS = ("stages", "efficiency", "baseline", "projection", "scaling", "gateway-cost", "receiver", "gpu")
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
 PHOTOS = SAMPLE_DIR
 HFOV_DEG = 60.0
