@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
+from numpy.typing import NDArray
 
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
 
@@ -115,19 +116,16 @@ class Waypoints:
         return f"obstacles {obstacles} | free {free} | no data {self.no_data_sectors}/{self.sectors}{note}"
 
 
-def _azimuths(profile: ObstaclesMessage) -> np.ndarray:
-    centres = profile.angle_offset_deg + profile.sector_width_deg * np.arange(len(profile.distances_m))
-    return np.round((centres + 180.0) % 360.0 - 180.0, 2)  # into [-180, 180)
+def _azimuths(profile: ObstaclesMessage) -> NDArray[np.float64]:
+    return np.round(profile.sector_azimuths_deg(), 2)
 
 
 def nearest_obstacle(profile: ObstaclesMessage) -> Obstacle | None:
     """The nearest measured obstacle of ``profile``; ``None`` when no sector has one."""
-    distances = np.asarray(profile.distances_m, dtype=np.float64)
-    measured = np.flatnonzero(distances >= 0)
-    if len(measured) == 0:
+    i = profile.nearest_sector()
+    if i is None:
         return None
-    i = measured[np.argmin(distances[measured])]
-    return Obstacle(float(_azimuths(profile)[i]), round(float(distances[i]), 3))
+    return Obstacle(float(_azimuths(profile)[i]), round(float(profile.distances_m[i]), 3))
 
 
 def plan_waypoints(

@@ -1110,6 +1110,20 @@ class ObstaclesMessage:
                     INVALID_MESSAGE, f"{where}: sources must be {', '.join(OBSTACLE_SOURCES)}, got {unknown[0]!r}"
                 )
 
+    def sector_azimuths_deg(self) -> NDArray[np.float64]:
+        """Each sector's centre, ``MAV_FRAME_BODY_FRD`` degrees (clockwise from forward), wrapped into [-180, 180)."""
+        centres = self.angle_offset_deg + self.sector_width_deg * np.arange(len(self.distances_m))
+        return (centres + 180.0) % 360.0 - 180.0
+
+    def nearest_sector(self) -> int | None:
+        """Index of the sector with the nearest measured obstacle (the first of equals); None when every sector
+        is free or has no data."""
+        distances = np.asarray(self.distances_m, dtype=np.float64)
+        measured = np.flatnonzero(distances >= 0)  # OBSTACLE_FREE and OBSTACLE_NO_DATA are negative
+        if len(measured) == 0:
+            return None
+        return int(measured[np.argmin(distances[measured])])
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "type": self.type,

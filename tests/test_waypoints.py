@@ -109,3 +109,11 @@ def test_the_plan_of_a_received_message_equals_the_plan_of_the_sent_one():
 def test_bad_settings_raise(kwargs):
     with pytest.raises(ValueError):
         plan_waypoints(profile((1.0,)), **kwargs)
+
+
+def test_the_message_names_its_nearest_sector_and_wraps_sector_azimuths():
+    """Azimuths past 180° wrap into [-180, 180); the first of equal ranges wins; free and no data never do."""
+    message = profile((FREE, 7.0, 2.0, NO_DATA, 2.0), width=90.0)  # centres -180, -90, 0, 90, 180
+    assert message.sector_azimuths_deg().tolist() == [-180.0, -90.0, 0.0, 90.0, -180.0]
+    assert message.nearest_sector() == 2
+    assert profile((FREE, NO_DATA, FREE)).nearest_sector() is None
