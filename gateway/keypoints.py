@@ -191,15 +191,15 @@ class KeypointDetector:
         self._detector: Any
         self._descriptor_type: str | None = None
         if config.method == "orb":
-            self._detector = cv2.ORB_create(nfeatures=candidates)
+            self._detector = cv2.ORB.create(nfeatures=candidates)
             self._descriptor_type = "orb"
         elif config.method == "sift":
-            self._detector = cv2.SIFT_create(nfeatures=candidates)
+            self._detector = cv2.SIFT.create(nfeatures=candidates)
             self._descriptor_type = "sift"
         elif config.method == "fast":
-            self._detector = cv2.FastFeatureDetector_create(threshold=20, nonmaxSuppression=True)
+            self._detector = cv2.FastFeatureDetector.create(threshold=20, nonmaxSuppression=True)
         elif config.method == "gftt":
-            self._detector = cv2.GFTTDetector_create(maxCorners=candidates, qualityLevel=0.01, minDistance=3)
+            self._detector = cv2.GFTTDetector.create(maxCorners=candidates, qualityLevel=0.01, minDistance=3)
         else:
             self._detector = None
         self._grid_cache: dict[tuple[int, int], Keypoints] = {}
@@ -215,7 +215,7 @@ class KeypointDetector:
         found = self._detector.detect(image, None)
         if not found:
             return _empty(self._descriptor_type)
-        pixels = cv2.KeyPoint_convert(found).reshape(-1, 2).astype(np.float32)
+        pixels = np.asarray(cv2.KeyPoint.convert(found), dtype=np.float32).reshape(-1, 2)
         scores = np.fromiter((k.response for k in found), dtype=np.float32, count=len(found))
         # One corner found several times (ORB's pyramid levels, SIFT's orientations): keep the strongest copy.
         # On the detection level's pixels: the detector's localisation is in those.
@@ -236,7 +236,7 @@ class KeypointDetector:
         size = (round(width * scale), round(height * scale))
         if scale >= 1.0 or min(size) < _MIN_DETECT_SIDE:
             return gray
-        return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        return np.asarray(cv2.resize(gray, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)  # uint8 in, out
 
     def _describe(
         self,

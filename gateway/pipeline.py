@@ -177,7 +177,7 @@ def relative_depth(disparity: NDArray[np.float32], min_disparity: float = DEFAUL
     disparity = np.asarray(disparity, dtype=np.float32)
     finite = np.isfinite(disparity)
     largest = float(np.max(disparity, where=finite, initial=0.0))
-    threshold = max(np.finfo(np.float32).tiny, largest * min_disparity)
+    threshold = max(float(np.finfo(np.float32).tiny), largest * min_disparity)
     out = np.full(disparity.shape, np.nan, dtype=np.float32)
     with np.errstate(invalid="ignore"):
         np.divide(np.float32(1.0), disparity, out=out, where=finite & (disparity > threshold))
@@ -265,7 +265,7 @@ class FrameProcessor:
         after_projection = time.perf_counter()
         timing["projection"] = (after_projection - start) * 1e3
 
-        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        gray = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)  # uint8 in, out: no copy
         keypoints = self._detector.detect(gray)
         keypoint_points, kept = lift_keypoints(keypoints, z, rays, valid, window=config.keypoints.window)
         finite = np.isfinite(keypoint_points).all(axis=1)
