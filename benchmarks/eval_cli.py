@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from dronedepth.errors import ConfigError, DroneDepthError
 from dronedepth.shutdown import run_until_signalled
@@ -23,7 +23,15 @@ __all__ = ["add_arguments", "run"]
 log = logging.getLogger("dronedepth.benchmarks.eval")
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "eval"
-QUICK = {"altitudes": (2.0, 30.0), "pitches": (30.0,), "seconds": 3.0}
+
+
+class _Grid(TypedDict):
+    altitudes: tuple[float, ...]
+    pitches: tuple[float, ...]
+    seconds: float
+
+
+QUICK: _Grid = {"altitudes": (2.0, 30.0), "pitches": (30.0,), "seconds": 3.0}
 """``--quick``: every scene at 2 and 30 m, pitch 30°, 3 s flights (about 20 s on 2 cores)."""
 
 
@@ -102,7 +110,7 @@ def _eval(args: argparse.Namespace) -> int:
     scenes = tuple(s.strip() for s in args.scenes.split(",")) if args.scenes else SCENES
     try:
         grid = EvalGrid(
-            scenes=scenes,  # type: ignore[arg-type]
+            scenes=scenes,
             altitudes_m=args.altitudes or (QUICK["altitudes"] if args.quick else defaults.altitudes_m),
             pitches_deg=args.pitches or (QUICK["pitches"] if args.quick else defaults.pitches_deg),
             seconds=args.seconds or (QUICK["seconds"] if args.quick else defaults.seconds),

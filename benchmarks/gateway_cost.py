@@ -455,7 +455,7 @@ def gateway_cost_section(config: BenchConfig) -> dict[str, Any]:
         ) as triton:
             alone = _triton_alone(triton.grpc_url, frames, 20 if config.quick else 100)
 
-            async def measure() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            async def measure() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
                 steps = []
                 for n in drones:
                     steps.append(await _step(config, triton.grpc_url, triton.pid, n, clip, camera, Path(tmp)))

@@ -749,12 +749,12 @@ class PoseMessage:
         velocity = None if self.velocity is None else tuple(enu_from_ned_vector(self.velocity).tolist())
         return PoseMessage(
             pts=self.pts,
-            position=tuple(pose.translation.tolist()),  # type: ignore[arg-type]
-            orientation=tuple(pose.rotation.tolist()),  # type: ignore[arg-type]
+            position=tuple(pose.translation.tolist()),
+            orientation=tuple(pose.rotation.tolist()),
             frame_id=self.frame_id,
             convention="enu_flu",
             height_above_ground=self.height_above_ground,
-            velocity=velocity,  # type: ignore[arg-type]
+            velocity=velocity,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -1113,7 +1113,7 @@ class ObstaclesMessage:
     def sector_azimuths_deg(self) -> NDArray[np.float64]:
         """Each sector's centre, ``MAV_FRAME_BODY_FRD`` degrees (clockwise from forward), wrapped into [-180, 180)."""
         centres = self.angle_offset_deg + self.sector_width_deg * np.arange(len(self.distances_m))
-        return (centres + 180.0) % 360.0 - 180.0
+        return np.asarray((centres + 180.0) % 360.0 - 180.0, dtype=np.float64)
 
     def nearest_sector(self) -> int | None:
         """Index of the sector with the nearest measured obstacle (the first of equals); None when every sector

@@ -142,7 +142,8 @@ class HostCandidatePolicy:
             connection: Connection = transport.iceGatherer._connection
             if id(connection) not in seen:
                 seen.add(id(connection))
-                connection.get_component_candidates = self._gatherer(connection)  # type: ignore[method-assign]
+                # Patching one instance's method: mypy checks it against the method's type, self included.
+                connection.get_component_candidates = self._gatherer(connection)  # type: ignore[method-assign,assignment]
 
     def _gatherer(self, connection: Connection) -> Callable[..., object]:
         async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:

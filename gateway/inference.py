@@ -140,7 +140,7 @@ def server_concurrency(config: dict[str, Any]) -> int:
 
 def _depth_kind(value: object, source: str) -> DepthKind:
     if value in DEPTH_KINDS:
-        return value  # type: ignore[return-value]
+        return value
     if value not in (None, ""):
         log.warning("%s declares depth_kind %r; treating the output as relative", source, value)
     return "relative"

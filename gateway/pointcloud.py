@@ -47,14 +47,14 @@ def make_point_cloud(
     cloud = o3d.geometry.PointCloud()
     cloud.points = o3d.utility.Vector3dVector(np.asarray(points, dtype=np.float64))
     if colors is not None:
-        colors = np.asarray(colors)
-        if colors.shape != points.shape:
-            raise ValueError(f"colors must have the shape of points {points.shape}, got {colors.shape}")
-        if colors.dtype == np.uint8:
-            rgb = colors.astype(np.float64)
+        color_array = np.asarray(colors)
+        if color_array.shape != points.shape:
+            raise ValueError(f"colors must have the shape of points {points.shape}, got {color_array.shape}")
+        if color_array.dtype == np.uint8:
+            rgb = color_array.astype(np.float64)
             rgb *= 1.0 / 255.0
         else:
-            rgb = np.asarray(colors, dtype=np.float64)
+            rgb = np.asarray(color_array, dtype=np.float64)
         cloud.colors = o3d.utility.Vector3dVector(rgb)
     if voxel_size is not None and len(points):
         cloud = cloud.voxel_down_sample(voxel_size)

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import VideoFrame
 from dronedepth.gateway.config import GatewayConfig
 from dronedepth.gateway.inference import DepthService
 from dronedepth.gateway.logthrottle import LogThrottle
@@ -65,6 +66,7 @@ from dronedepth.gateway.pipeline import FramePose, FrameProcessor, FrameResult, 
 from dronedepth.gateway.receiver import FrameSizeGate
 from dronedepth.gateway.receiver import install as install_receiver
 from dronedepth.gateway.scaling import SessionScale
+from numpy.typing import NDArray
 
 from dronedepth import protocol
 from dronedepth.errors import InferenceError, InferenceTimeout, InferenceUnavailable, ProtocolError
@@ -79,7 +81,6 @@ from dronedepth.protocol import (
 )
 
 if TYPE_CHECKING:
-    import av
     from dronedepth.gateway.mapping import MapService
     from dronedepth.gateway.obstacles import ObstacleProfile
     from dronedepth.gateway.outputs.sinks import ResultSink
@@ -118,13 +119,18 @@ SESSION_CLOSED = "session_closed"
 
 @dataclass(frozen=True, slots=True)
 class _Received:
-    frame: av.VideoFrame
+    frame: VideoFrame
     index: int
     """0-based index of the frame among those this session decoded."""
     received_at: float
     """``time.monotonic()`` when the drain task took it from the track."""
     received_wall: float
     """The same instant on the ``time.time()`` clock."""
+
+
+def _rgb24(frame: VideoFrame) -> NDArray[np.uint8]:
+    """The frame as packed RGB, uint8 ``(H, W, 3)`` (av types ``to_ndarray`` for every pixel format)."""
+    return np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
 
 
 def _finish_frame(
@@ -577,6 +583,8 @@ class DroneSession:
         try:
             while True:
                 frame = await track.recv()
+                if not isinstance(frame, VideoFrame):  # a video track yields frames; a packet has no image
+                    continue
                 now = time.monotonic()
                 self._last_frame_at = now
                 item = _Received(frame=frame, index=self.frames_received, received_at=now, received_wall=time.time())
@@ -679,7 +687,7 @@ class DroneSession:
         loop = asyncio.get_running_loop()
         executor = self._ctx.executor
         started = time.monotonic()
-        rgb = await loop.run_in_executor(executor, functools.partial(frame.to_ndarray, format="rgb24"))
+        rgb = await loop.run_in_executor(executor, _rgb24, frame)
         converted = time.monotonic()
         try:
             # The request slot is held for the inference alone: CPU work never keeps it from other drones.

@@ -52,6 +52,7 @@ from dronedepth.gateway.outputs.sinks import FrameRecord
 from numpy.typing import NDArray
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
+from rosbags.rosbag2.storage_mcap import McapWriter
 from rosbags.typesys import Stores, get_typestore
 
 from dronedepth.errors import ConfigError
@@ -584,7 +585,9 @@ class _DroneBag:
         lose the tail (or, for small messages, everything). One chunk per frame
         costs a few hundred bytes of index.
         """
-        storage = self._writer.storage  # type: ignore[union-attr]
+        storage = None if self._writer is None else self._writer.storage
+        if not isinstance(storage, McapWriter):  # only MCAP storage keeps a pending chunk
+            return
         if storage.chunk.bio.tell():
             storage.close_chunk()
         storage.bio.flush()

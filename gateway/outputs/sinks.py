@@ -148,7 +148,7 @@ class FrameRecord:
         value = self._memo.get(key, _MISSING)
         if value is _MISSING:
             value = self._memo[key] = build()
-        return value  # type: ignore[no-any-return]
+        return value
 
 
 @runtime_checkable
