@@ -28,7 +28,7 @@ from dronedepth.gateway.responses import json_error
 from dronedepth.protocol import INVALID_MESSAGE, UNAUTHORIZED, WORLD_FRAMES
 
 if TYPE_CHECKING:
-    from dronedepth.gateway.mapping import MapKind
+    from dronedepth.gateway.mapping import MapKind, MapService
 
 __all__ = ["MAP_EMPTY", "MAP_OFF", "MAP_TOO_LARGE", "add_map_routes"]
 
@@ -46,23 +46,25 @@ def _refused(request: web.Request) -> web.Response | None:
     )
 
 
-def _frame(request: web.Request) -> str | web.Response:
-    frame = request.query.get("frame", "map")
-    if frame not in WORLD_FRAMES:
-        return json_error(400, INVALID_MESSAGE, f"frame must be one of {', '.join(WORLD_FRAMES)}, got {frame!r}")
-    return frame
-
-
-async def map_ply(request: web.Request) -> web.StreamResponse:
+def _map_and_frame(request: web.Request) -> tuple[MapService, str] | web.Response:
+    """The gateway's world map and the requested world frame, or the refusal: token, frame, then no map."""
     refused = _refused(request)
     if refused is not None:
         return refused
-    frame = _frame(request)
-    if isinstance(frame, web.Response):
-        return frame
+    frame = request.query.get("frame", "map")
+    if frame not in WORLD_FRAMES:
+        return json_error(400, INVALID_MESSAGE, f"frame must be one of {', '.join(WORLD_FRAMES)}, got {frame!r}")
     world_map = request.app[GATEWAY].world_map
     if world_map is None:
         return json_error(404, MAP_OFF, "this gateway fuses no world map (start it with --map)")
+    return world_map, frame
+
+
+async def map_ply(request: web.Request) -> web.StreamResponse:
+    found_map = _map_and_frame(request)
+    if isinstance(found_map, web.Response):
+        return found_map
+    world_map, frame = found_map
     # Imported here: a gateway without --map never loads Open3D for its routes.
     from dronedepth.gateway.mapping import MAP_KINDS
 
@@ -81,15 +83,10 @@ async def map_ply(request: web.Request) -> web.StreamResponse:
 
 
 async def map_png(request: web.Request) -> web.StreamResponse:
-    refused = _refused(request)
-    if refused is not None:
-        return refused
-    frame = _frame(request)
-    if isinstance(frame, web.Response):
-        return frame
-    world_map = request.app[GATEWAY].world_map
-    if world_map is None:
-        return json_error(404, MAP_OFF, "this gateway fuses no world map (start it with --map)")
+    found_map = _map_and_frame(request)
+    if isinstance(found_map, web.Response):
+        return found_map
+    world_map, frame = found_map
     found = await asyncio.get_running_loop().run_in_executor(None, world_map.occupancy_png, frame)
     if found is None:
         return json_error(404, MAP_EMPTY, f"nothing has been fused into the {frame!r} map yet")
