@@ -18,6 +18,7 @@ session's temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import pytest
 from dronedepth.serving import EmbeddedTriton
 from dronedepth.serving.synthetic import tiny_depth_model, write_model
 
-from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
+from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PARAM_DEPTH_KIND, PARAM_MAX_DEPTH
 
 TEST_MAX_BATCH_SIZE = 8
 
@@ -73,6 +74,27 @@ def normalised_rmse(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(error / max(np.sqrt(np.mean(expected**2)), 1e-12))
 
 
+def metric_tiny_repository(tmp_path_factory: pytest.TempPathFactory, max_depth_m: float) -> Path:
+    """A repository serving the tiny model declared metric: its depth (0.5 + 4 × luma / 255) read as metres,
+    with ``max_depth_m`` as the model's maximum depth."""
+    repository = tmp_path_factory.mktemp("metric_repository")
+    write_model(
+        repository,
+        tiny_depth_model(),
+        parameters={PARAM_DEPTH_KIND: "metric", PARAM_MAX_DEPTH: f"{max_depth_m:g}"},
+        warmup_hw=(48, 64),
+    )
+    return repository
+
+
+@contextlib.contextmanager
+def serve(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
+    """An embedded Triton on free ports serving ``repository``, logging to a fresh ``tritonserver.log``."""
+    log_file = tmp_path_factory.mktemp("triton_logs") / "tritonserver.log"
+    with EmbeddedTriton(repository, grpc_port=0, http_port=0, metrics_port=0, log_file=log_file) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An exported-style model repository holding the tiny contract model."""
@@ -82,6 +104,5 @@ def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def triton_server(triton_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
     """A running embedded Triton (free ports) serving ``triton_repository``; ``.url`` is its gRPC ``host:port``."""
-    log_file = tmp_path_factory.mktemp("triton_logs") / "tritonserver.log"
-    with EmbeddedTriton(triton_repository, grpc_port=0, http_port=0, metrics_port=0, log_file=log_file) as server:
+    with serve(triton_repository, tmp_path_factory) as server:
         yield server

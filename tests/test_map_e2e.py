@@ -16,28 +16,20 @@ import pytest
 from dronedepth.gateway.inference import TritonDepthClient
 from dronedepth.gateway.pipeline import ProcessingConfig
 from dronedepth.serving import EmbeddedTriton
-from dronedepth.serving.synthetic import tiny_depth_model, write_model
 from gateway_fixtures import TOKEN, camera_for, drones, photo, running_gateway
+from serving_fixtures import metric_tiny_repository, serve
 from test_gateway_map import MAP, from_map, local_maps
 from test_gateway_poses import FPS, send_poses
 from test_map_topic import assert_is_snapshot
 from test_rosbag import read_bag
 
-from dronedepth.contract import MODEL_NAME, PARAM_DEPTH_KIND, PARAM_MAX_DEPTH
+from dronedepth.contract import MODEL_NAME
 
 
 @pytest.fixture(scope="module")
 def metric_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
     """An embedded Triton serving the tiny model declared metric (depth 0.5 to 4.5 m from the luma)."""
-    repository = tmp_path_factory.mktemp("metric_repository")
-    write_model(
-        repository,
-        tiny_depth_model(),
-        parameters={PARAM_DEPTH_KIND: "metric", PARAM_MAX_DEPTH: "10"},
-        warmup_hw=(48, 64),
-    )
-    log_file = tmp_path_factory.mktemp("metric_triton_logs") / "tritonserver.log"
-    with EmbeddedTriton(repository, grpc_port=0, http_port=0, metrics_port=0, log_file=log_file) as server:
+    with serve(metric_tiny_repository(tmp_path_factory, max_depth_m=10), tmp_path_factory) as server:
         yield server
 
 

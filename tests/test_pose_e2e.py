@@ -24,11 +24,11 @@ from dronedepth.gateway.inference import TritonDepthClient
 from dronedepth.gateway.outputs.rosbag import BagSink
 from dronedepth.gateway.server import Gateway
 from dronedepth.serving import EmbeddedTriton
-from dronedepth.serving.synthetic import tiny_depth_model, write_model
 from gateway_fixtures import TOKEN, gateway_config
 from mavlink_fixtures import Autopilot, free_udp_port
+from serving_fixtures import metric_tiny_repository, serve
 
-from dronedepth.contract import MODEL_NAME, PARAM_DEPTH_KIND, PARAM_MAX_DEPTH
+from dronedepth.contract import MODEL_NAME
 from dronedepth.frames import Transform
 from dronedepth.protocol import ObstaclesMessage
 from tests.test_drone_cli import run_cli
@@ -42,15 +42,7 @@ WAIT_S = 120.0
 @pytest.fixture(scope="module")
 def metric_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
     """An embedded Triton serving the tiny model as a metric one (metres, max depth 20)."""
-    repository = tmp_path_factory.mktemp("metric_repository")
-    write_model(
-        repository,
-        tiny_depth_model(),
-        warmup_hw=(48, 64),
-        parameters={PARAM_DEPTH_KIND: "metric", PARAM_MAX_DEPTH: "20"},
-    )
-    log_file = tmp_path_factory.mktemp("triton_logs") / "tritonserver.log"
-    with EmbeddedTriton(repository, grpc_port=0, http_port=0, metrics_port=0, log_file=log_file) as server:
+    with serve(metric_tiny_repository(tmp_path_factory, max_depth_m=20), tmp_path_factory) as server:
         yield server
 
 

@@ -29,7 +29,7 @@ from dronedepth.gateway.server import Gateway
 from dronedepth.serving import EmbeddedTriton
 from dronedepth.serving.synthetic import ground_disparity_model, write_model
 from gateway_fixtures import TOKEN, gateway_config
-from serving_fixtures import reference_depth
+from serving_fixtures import reference_depth, serve
 
 from dronedepth.contract import MODEL_NAME
 from tests.test_drone_cli import run_cli
@@ -73,8 +73,7 @@ def test_the_model_outputs_the_grounds_disparity_at_an_unknown_scale(ground_repo
 
 @pytest.fixture(scope="module")
 def ground_triton(ground_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
-    log_file = tmp_path_factory.mktemp("triton_logs") / "tritonserver.log"
-    with EmbeddedTriton(ground_repository, grpc_port=0, http_port=0, metrics_port=0, log_file=log_file) as server:
+    with serve(ground_repository, tmp_path_factory) as server:
         yield server
 
 
