@@ -20,13 +20,23 @@ the frame's own blocks fit: a long flight keeps the surroundings of the
 drones and forgets what is far behind.
 
 Pose gate. A frame whose pose is wildly wrong would paint walls into free
-space for every drone. Before integrating, a sample of the frame's points
-(every ``gate_stride``-th pixel) is placed in the world with the claimed pose
-and looked up in the map: where the map is observed (voxel weight > 0), a
-point agrees when its signed distance to the fused surface is within
-``gate_tolerance_voxels``. With at least ``gate_min_observed`` observed
-samples and an agreeing fraction below ``gate_min_agreement``, the frame is
-rejected (``pose_rejected``). After ``distrust_after`` rejections in a row a
+space for every drone. Before integrating, about ``gate_samples`` of the
+frame's pixels (a regular grid, whatever the resolution) are placed in the
+world with the claimed pose and looked up in the TSDF itself (hash-map
+lookups of their voxels: the cost does not grow with the map). Two checks,
+where the map is observed (voxel weight > 0): the point's signed distance to
+the fused surface is within the tolerance (``gate_tolerance_voxels`` plus
+``gate_relative_tolerance`` of the depth), and the ray to it crosses no known
+surface (probes along the ray, in front of the point by more than the
+tolerance, find no voxel that the map puts behind a surface). Samples whose
+ray meets the frame's own surface at less than ``gate_min_incidence_deg`` are
+not checked: along a grazing ray a projective TSDF's distance is unreliable,
+and a depth edge looks grazing too. With at least ``gate_min_observed``
+checked samples and an agreeing fraction below ``gate_min_agreement`` (the
+worse of the two checks), the frame is rejected (``pose_rejected``).
+Blind spot: over flat ground alone an error in x, y or yaw agrees with the
+map (a plane matches itself shifted along it); only height, roll and pitch
+errors show there. After ``distrust_after`` rejections in a row a
 drone is distrusted: its frames are fused only when they overlap the map and
 agree (positive evidence), until one does. A map is seeded by whichever
 drone comes first; the gate checks every later frame, the seeding drone's
@@ -109,11 +119,15 @@ class MapConfig:
     """Most blocks held (each ``8³`` voxels, 4 KiB): 20 000 blocks ≈ 80 MiB."""
     truncation_voxels: float = 4.0
     """TSDF truncation distance, in voxels."""
-    gate_stride: int = 4
+    gate_samples: int = 1024
+    """Pixels the pose gate checks per frame."""
+    gate_min_incidence_deg: float = 15.0
+    """Samples whose ray meets the surface at a shallower angle are not checked (grazing: unreliable)."""
     gate_tolerance_voxels: float = 3.0
     gate_relative_tolerance: float = 0.05
     """Added to the gate's tolerance, as a fraction of the depth (metric depth errors grow with range)."""
-    gate_min_observed: int = 100
+    gate_min_observed: int = 20
+    """Checked samples needed to judge a frame, in each group (level surfaces; upright ones)."""
     gate_min_agreement: float = 0.8
     distrust_after: int = 3
     gate: bool = True
@@ -123,9 +137,11 @@ class MapConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"map: {name} must be a finite number > 0, got {value!r}")
-        for name in ("block_budget", "gate_stride", "gate_min_observed", "distrust_after"):
+        for name in ("block_budget", "gate_samples", "gate_min_observed", "distrust_after"):
             if getattr(self, name) < 1:
                 raise ValueError(f"map: {name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0.0 <= self.gate_min_incidence_deg < 90.0:
+            raise ValueError(f"map: gate_min_incidence_deg must be in [0, 90), got {self.gate_min_incidence_deg!r}")
         if not 0.0 <= self.gate_min_agreement <= 1.0:
             raise ValueError(f"map: gate_min_agreement must be in [0, 1], got {self.gate_min_agreement!r}")
 
@@ -265,31 +281,45 @@ class WorldMap:
         return FUSED
 
     def _gate(self, depth: NDArray[np.float32], camera: CameraMessage, world_from_camera: Transform) -> GateResult:
-        """Signed distances of a sample of the frame's points to the fused surface, where the map is observed."""
-        stride = self.config.gate_stride
-        sample = depth[::stride, ::stride]
-        v, u = np.nonzero((sample > 0) & (sample <= self.config.max_depth_m))
-        z = sample[v, u].astype(np.float64)
-        points = np.stack(
-            [(u * stride - camera.cx) / camera.fx * z, (v * stride - camera.cy) / camera.fy * z, z], axis=1
+        """Check a bounded sample of the frame's points against the map's TSDF (see the module docstring)."""
+        config = self.config
+        stride = max(1, math.ceil(math.sqrt(depth.size / config.gate_samples)))
+        sample = depth[::stride, ::stride].astype(np.float64)
+        v, u = np.mgrid[0 : depth.shape[0] : stride, 0 : depth.shape[1] : stride]
+        rays = np.stack([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones(u.shape)], axis=-1)
+        normals = _surface_normals(rays, sample, config.max_depth_m)
+        checked = np.abs(np.sum(normals * rays, axis=-1)) >= math.sin(
+            math.radians(config.gate_min_incidence_deg)
+        ) * np.linalg.norm(rays, axis=-1)
+        z = sample[checked]
+        rays = rays[checked]
+        tolerance = config.gate_tolerance_voxels * config.voxel_size_m + config.gate_relative_tolerance * z
+        sdf, observed = self._signed_distance(world_from_camera.apply(rays * z[:, None]))
+        # A saturated distance (a truncation or more from any fused surface) disagrees whatever the tolerance.
+        truncation_m = config.truncation_voxels * config.voxel_size_m
+        agrees = ~observed | ((np.abs(sdf) <= tolerance) & (np.abs(sdf) < 0.999 * truncation_m))
+        # The other way round: probes in front of each point, a half truncation apart so that none steps over a
+        # surface's band of negative distance; a probe the map puts behind a surface is a surface seen through.
+        step = truncation_m / 2
+        probe_depth = (z - tolerance)[:, None] - step * np.arange(math.ceil(config.max_depth_m / step))[None, :]
+        in_front = probe_depth > config.voxel_size_m
+        ray_index = np.nonzero(in_front)[0]
+        probe_sdf, probe_observed = self._signed_distance(
+            world_from_camera.apply(rays[ray_index] * probe_depth[in_front][:, None])
         )
-        sdf, observed = self._signed_distance(world_from_camera.apply(points))
-        tolerance = self.config.gate_tolerance_voxels * self.config.voxel_size_m
-        relative = np.float32(self.config.gate_relative_tolerance)
-        agrees = np.abs(sdf[observed]) <= tolerance + relative * z[observed]
-        # The other way round: known surface the frame claims to see through (occlusion is no conflict).
-        if self._snapshot is None:
-            self._snapshot = self._occupied_locked()
-        map_depth, frame_depth = _project_into(self._snapshot.points, depth, camera, world_from_camera.inverse())
-        not_seen_through = map_depth >= frame_depth - (tolerance + relative * frame_depth)
-        count = len(agrees) + len(not_seen_through)
-        if count < self.config.gate_min_observed:
-            return GateResult(observed=count, agreement=1.0, accepted=True)
-        agreement = min(
-            float(np.mean(agrees)) if len(agrees) else 1.0,
-            float(np.mean(not_seen_through)) if len(not_seen_through) else 1.0,
-        )
-        return GateResult(observed=count, agreement=agreement, accepted=agreement >= self.config.gate_min_agreement)
+        evidence = observed.copy()
+        evidence[ray_index[probe_observed]] = True
+        agrees[ray_index[probe_observed & (probe_sdf < -truncation_m / 2)]] = False
+        # Level surfaces (ground, roofs) only test height, roll and pitch: x, y and yaw errors slide along them.
+        # Judged apart, they cannot outvote the upright surfaces that do test x, y and yaw.
+        level = np.abs(world_from_camera.rotate(normals[checked])[:, 2]) >= math.cos(math.radians(45.0))
+        count = int(evidence.sum())
+        agreement = 1.0
+        for group in (level, ~level):
+            judged = evidence & group
+            if judged.sum() >= config.gate_min_observed:
+                agreement = min(agreement, float(np.mean(agrees[judged])))
+        return GateResult(observed=count, agreement=agreement, accepted=agreement >= config.gate_min_agreement)
 
     def _signed_distance(self, points_world: NDArray[np.float64]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         """The fused signed distance (metres) at the voxel nearest each point, and whether it was observed."""
@@ -301,9 +331,14 @@ class WorldMap:
         found_np = _numpy(found, np.bool_)
         index = _numpy(buffer_index, np.int32).astype(np.int64).reshape(-1)[found_np]
         loc = local[found_np]
-        # Open3D stores a block's voxels as [z][y][x].
-        tsdf = _numpy(self._grid.attribute("tsdf"), np.float32)[index, loc[:, 2], loc[:, 1], loc[:, 0], 0]
-        weight = _numpy(self._grid.attribute("weight"), np.float32)[index, loc[:, 2], loc[:, 1], loc[:, 0], 0]
+        # Open3D stores a block's voxels as [z][y][x]; gather just these voxels where the grid lives.
+        flat = o3c.Tensor(
+            index * BLOCK_RESOLUTION**3 + (loc[:, 2] * BLOCK_RESOLUTION + loc[:, 1]) * BLOCK_RESOLUTION + loc[:, 0],
+            dtype=o3c.int64,
+            device=self.device,
+        )
+        tsdf = _numpy(self._grid.attribute("tsdf").reshape((-1,))[flat], np.float32)
+        weight = _numpy(self._grid.attribute("weight").reshape((-1,))[flat], np.float32)
         sdf = np.zeros(len(points_world), dtype=np.float32)
         observed = np.zeros(len(points_world), dtype=bool)
         sdf[found_np] = tsdf * np.float32(self.config.truncation_voxels * self.config.voxel_size_m)
@@ -457,21 +492,21 @@ def _numpy(tensor: o3c.Tensor, dtype: type[_ScalarT]) -> NDArray[_ScalarT]:
     )
 
 
-def _project_into(
-    points_world: NDArray[np.float32],
-    depth: NDArray[np.float32],
-    camera: CameraMessage,
-    camera_from_world: Transform,
-) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
-    """Depth of the world points in front of the camera and the frame's depth at the pixel each lands on."""
-    optical = camera_from_world.apply(points_world)
-    optical = optical[optical[:, 2] > 0.1]
-    u = np.rint(camera.fx * optical[:, 0] / optical[:, 2] + camera.cx).astype(np.int64)
-    v = np.rint(camera.fy * optical[:, 1] / optical[:, 2] + camera.cy).astype(np.int64)
-    inside = (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
-    frame_depth = depth[v[inside], u[inside]]
-    measured = frame_depth > 0
-    return optical[inside, 2][measured], frame_depth[measured]
+def _surface_normals(rays: NDArray[np.float64], depth: NDArray[np.float64], max_depth_m: float) -> NDArray[np.float64]:
+    """Unit surface normals ``(H, W, 3)`` of a depth grid in its optical frame; zero where there is none.
+
+    ``rays`` ``(H, W, 3)``: optical directions with z = 1, so ``rays · depth`` is the point. The normal is the
+    cross product of central differences on the grid: border samples and those next to a missing depth (or one
+    beyond ``max_depth_m``) have none. Across a depth edge it lies almost along the ray, as a grazing surface's.
+    """
+    valid = (depth > 0) & (depth <= max_depth_m)
+    points = rays * depth[..., None]
+    normal = np.cross(points[1:-1, 2:] - points[1:-1, :-2], points[2:, 1:-1] - points[:-2, 1:-1])
+    length = np.linalg.norm(normal, axis=-1, keepdims=True)
+    has_normal = valid[1:-1, 1:-1] & valid[1:-1, 2:] & valid[1:-1, :-2] & valid[2:, 1:-1] & valid[:-2, 1:-1]
+    normals = np.zeros((*depth.shape, 3))
+    normals[1:-1, 1:-1] = np.where(has_normal[..., None], normal / np.maximum(length, 1e-12), 0.0)
+    return normals
 
 
 def _checked_depth(depth_m: NDArray[np.float32], camera: CameraMessage) -> NDArray[np.float32]:

@@ -330,3 +330,17 @@ def test_fusion_cost_per_frame_at_640x480(scene: o3d.t.geometry.RaycastingScene)
         world_map.integrate("a", depth, camera, pose)
     per_frame = (time.perf_counter() - start) / (len(frames) - 1)
     print(f"fusion at 640x480, 0.1 m voxels, {world_map.device}: {1000 * per_frame:.1f} ms per frame")
+
+
+def test_a_moderately_wrong_pose_within_the_gate_tolerance_is_fused(scene: o3d.t.geometry.RaycastingScene) -> None:
+    # What the gate cannot resolve, pinned: 1 m and 5° off is inside its tolerance (3 voxels + 5 % of the depth,
+    # capped by the 4-voxel truncation) at 0.2 m voxels, so it is fused, not rejected (docs/outputs.md, World map).
+    world_map = WorldMap("map", _config())
+    for world_from_camera in FLIGHT_A:
+        world_map.integrate("a", _depth(scene, world_from_camera)[0], CAMERA, world_from_camera)
+    error = Transform(quaternion_from_rpy(0.0, 0.0, math.radians(5.0)), np.array([0.6, 0.8, 0.0]))
+    outcomes = {
+        world_map.integrate("c", _depth(scene, world_from_camera)[0], CAMERA, error @ world_from_camera)
+        for world_from_camera in LIAR_VIEWS
+    }
+    assert outcomes == {FUSED}
