@@ -19,12 +19,12 @@ from dronedepth.gateway.obstacles import (
     ObstacleProfile,
     SectorLayout,
 )
-from test_fusion import CAMERA, FLIGHT_A, FLIGHT_B, _depth, _pose, _scene
-from test_mapping import SETTINGS, _CountingRegistry
+from map_fixtures import SETTINGS, CountingRegistry, fuse
+from test_fusion import FLIGHT_A, FLIGHT_B, _pose
 
 from dronedepth import protocol
 from dronedepth.pose_buffer import TimedPose
-from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, CameraPose, ObstaclesMessage
+from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
 
 listener = mavlink_fixtures.listener
 
@@ -32,16 +32,12 @@ listener = mavlink_fixtures.listener
 @pytest.fixture
 def merged_profile() -> ObstacleProfile:
     """Drone B's camera profile (15 forward sectors, two of them free) completed to 360° from a fused map."""
-    scene = _scene()
     service = MapService(SETTINGS)
-    service.registry = registry = _CountingRegistry(SETTINGS.fusion)
+    service.registry = registry = CountingRegistry(SETTINGS.fusion)
     service.start()
     try:
-        for drone, flight in (("a", FLIGHT_A), ("b", FLIGHT_B)):
-            for world_from_camera in flight:
-                depth, _ = _depth(scene, world_from_camera)
-                service.submit(drone, depth, CAMERA, CameraPose("map", world_from_camera), metric=True, stamp=1.0)
-                assert registry.done.acquire(timeout=30)
+        fuse(service, registry, "a", FLIGHT_A)
+        fuse(service, registry, "b", FLIGHT_B)
     finally:
         service.close(timeout=5.0)
     distances = np.full(15, 6.0, np.float32)

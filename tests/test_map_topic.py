@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -16,22 +15,12 @@ from dronedepth.gateway.mapping import MapService
 from dronedepth.gateway.outputs.foxglove import FoxgloveSink
 from dronedepth.gateway.outputs.map_topic import MapPublisher
 from dronedepth.gateway.outputs.rosbag import BagSink
+from map_fixtures import SETTINGS, CountingRegistry, fuse
 from mcap.records import Schema
 from mcap_ros2.decoder import DecoderFactory
 from test_foxglove import MESSAGE_DATA, SUBPROTOCOL, next_json
-from test_fusion import CAMERA, FLIGHT_A, FLIGHT_B, _depth, _scene
-from test_mapping import SETTINGS, _CountingRegistry
+from test_fusion import FLIGHT_A, FLIGHT_B
 from test_rosbag import cloud_array, read_bag, stamp_of
-
-from dronedepth.protocol import CameraPose
-
-
-def fuse(service: MapService, registry: _CountingRegistry, drone: str, flight: Sequence[object]) -> None:
-    scene = _scene()
-    for world_from_camera in flight:
-        depth, _ = _depth(scene, world_from_camera)
-        service.submit(drone, depth, CAMERA, CameraPose("map", world_from_camera), metric=True, stamp=1.0)  # type: ignore[arg-type]
-        assert registry.done.acquire(timeout=30)
 
 
 def xyz(msg: object) -> np.ndarray:
@@ -48,7 +37,7 @@ def assert_is_snapshot(msg: object, snapshot: OccupiedVoxels) -> None:
 
 async def test_the_map_is_recorded_once_per_change_and_sent_live_every_period(tmp_path: Path) -> None:
     service = MapService(SETTINGS)
-    service.registry = registry = _CountingRegistry(SETTINGS.fusion)
+    service.registry = registry = CountingRegistry(SETTINGS.fusion)
     service.start()
     bags = await asyncio.to_thread(BagSink, tmp_path)
     live = await asyncio.to_thread(FoxgloveSink, port=0)

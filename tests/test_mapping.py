@@ -13,35 +13,16 @@ import pytest
 from dronedepth.gateway.fusion import FUSED, MapConfig, MapRegistry
 from dronedepth.gateway.mapping import MapService, MapSettings
 from dronedepth.gateway.obstacles import ObstacleConfig, ObstacleProfile, SectorLayout
+from map_fixtures import SETTINGS, CountingRegistry, fuse
 from numpy.typing import NDArray
-from test_fusion import CAMERA, FLIGHT_A, FLIGHT_B, _depth, _pose, _scene
+from test_fusion import CAMERA, FLIGHT_A, FLIGHT_B, _pose
 
 from dronedepth.errors import ConfigError
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import CameraPose, LocalMapMessage, decode
 
-SETTINGS = MapSettings(
-    fusion=MapConfig(voxel_size_m=0.2, max_depth_m=15.0, block_budget=4000, gate=False),
-    local_map_half_width_m=8.0,
-    local_map_period_s=0.0,
-    snapshot_period_s=0.0,
-)
 DEPTH = np.ones((CAMERA.height, CAMERA.width), np.float32)
 POSE = CameraPose("map", FLIGHT_A[0])
-
-
-class _CountingRegistry(MapRegistry):
-    """A registry that says when each frame is done (the thread then has published what it fused)."""
-
-    def __init__(self, config: MapConfig) -> None:
-        super().__init__(config)
-        self.done = threading.Semaphore(0)
-
-    def offer(self, *args: object, **kwargs: object) -> str:  # type: ignore[override]
-        try:
-            return super().offer(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            self.done.release()
 
 
 class _HeldRegistry(MapRegistry):
@@ -95,16 +76,12 @@ def test_a_frame_arriving_while_the_previous_waits_replaces_it_and_counts_behind
 
 
 def test_fused_frames_feed_the_snapshot_local_map_360_profile_ply_png_and_metrics(tmp_path: Path) -> None:
-    scene = _scene()
     service = MapService(SETTINGS)
-    service.registry = registry = _CountingRegistry(SETTINGS.fusion)
+    service.registry = registry = CountingRegistry(SETTINGS.fusion)
     service.start()
     try:
-        for drone, flight in (("a", FLIGHT_A), ("b", FLIGHT_B)):
-            for world_from_camera in flight:
-                depth, _ = _depth(scene, world_from_camera)
-                service.submit(drone, depth, CAMERA, CameraPose("map", world_from_camera), metric=True, stamp=1.0)
-                assert registry.done.acquire(timeout=30)  # one at a time: none skipped
+        fuse(service, registry, "a", FLIGHT_A)
+        fuse(service, registry, "b", FLIGHT_B)
     finally:
         service.close(timeout=5.0)
     counts = service.counts()
