@@ -31,9 +31,11 @@ surface (probes along the ray, in front of the point by more than the
 tolerance, find no voxel that the map puts behind a surface). Samples whose
 ray meets the frame's own surface at less than ``gate_min_incidence_deg`` are
 not checked: along a grazing ray a projective TSDF's distance is unreliable,
-and a depth edge looks grazing too. With at least ``gate_min_observed``
-checked samples and an agreeing fraction below ``gate_min_agreement`` (the
-worse of the two checks), the frame is rejected (``pose_rejected``).
+and a depth edge looks grazing too. Level surfaces
+(ground, roofs) and upright ones are judged apart, so that ground cannot
+outvote the faces that test x, y and yaw: a group with at least
+``gate_min_observed`` checked samples agreeing below ``gate_min_agreement``
+rejects the frame (``pose_rejected``).
 Blind spot: over flat ground alone an error in x, y or yaw agrees with the
 map (a plane matches itself shifted along it); only height, roll and pitch
 errors show there. After ``distrust_after`` rejections in a row a
