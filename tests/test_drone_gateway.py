@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import pytest
+from drone_fixtures import wait_until
 from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
 from dronedepth.drone.intrinsics import intrinsics_from_values
 from dronedepth.drone.sources import FrameSource, ImageFolderSource, SyntheticSource, VideoFileSource
@@ -63,17 +63,6 @@ def drone_config(gateway: Gateway, results: Path, **overrides) -> DroneConfig:
     }
     settings.update(overrides)
     return DroneConfig(**settings)
-
-
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.1)
-
-    try:
-        await asyncio.wait_for(poll(), WAIT_S)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def check_results(results: Path, client: DroneClient, summary: DroneSummary) -> list[dict]:
@@ -159,12 +148,12 @@ async def test_reconnects_after_the_gateway_restarts(triton_server, tmp_path):
     client = DroneClient(drone_config(gateway, results, source="synthetic", width=320, height=240))
     task = asyncio.ensure_future(client.run())
     try:
-        await wait_until(lambda: client.summary().results >= 2, "results from the first gateway")
+        await wait_until(lambda: client.summary().results >= 2, "results from the first gateway", WAIT_S)
         await gateway.stop()
         gateway = await start_gateway(triton_server, port=port)
-        await wait_until(lambda: client.summary().sessions >= 2, "a session with the restarted gateway")
+        await wait_until(lambda: client.summary().sessions >= 2, "a session with the restarted gateway", WAIT_S)
         before = client.summary().results
-        await wait_until(lambda: client.summary().results >= before + 2, "results from the restarted gateway")
+        await wait_until(lambda: client.summary().results >= before + 2, "results from the restarted gateway", WAIT_S)
     finally:
         client.stop()
         summary = await asyncio.wait_for(task, WAIT_S)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from dronedepth.gateway.outputs.sinks import FrameRecord, RecorderSink, SinkSet
 from dronedepth.gateway.outputs.stream import StreamHub, stream_frame
+from gateway_fixtures import wait_until
 from output_fixtures import STAMP, make_record, serve_stream_hub
 
 from dronedepth import stream_format
@@ -157,14 +158,6 @@ async def served_hub() -> AsyncIterator[tuple[str, StreamHub]]:
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def wait_until(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize(
     ("headers", "query"),
     [({}, ""), ({"Authorization": "Bearer wrong"}, ""), ({}, "?token=wrong"), ({"Authorization": TOKEN}, "")],
@@ -211,7 +204,7 @@ async def test_published_frames_arrive_decoded_and_equal(served_hub) -> None:  #
             assert got.frame_index == record.message.frame_index and got.axes == "opengl"
             np.testing.assert_array_equal(got.cloud_xyz, record.result.points)
             np.testing.assert_array_equal(got.keypoints_score, record.message.scores)
-    await wait_until(lambda: hub.subscriber_count() == 0, "the hub to forget the subscriber")
+    await wait_until(lambda: hub.subscriber_count() == 0, what="the hub to forget the subscriber")
     assert hub.frames_encoded == 3, "drone-2 had no viewer and was never encoded"
 
 
@@ -235,7 +228,7 @@ async def test_slow_viewer_gets_the_newest_frames_and_drops_the_rest(served_hub)
             received.append(decode_frame(message.data).frame_index)
     assert received == sorted(received), "frames never arrive out of order"
     assert len(received) < total, "a viewer that does not read must lose frames, not queue them"
-    await wait_until(lambda: hub.subscriber_count() == 0, "the subscriber to leave")
+    await wait_until(lambda: hub.subscriber_count() == 0, what="the subscriber to leave")
     assert hub.frames_dropped == total - len(received)
     assert hub.frames_sent == len(received)
 
