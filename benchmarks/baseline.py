@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dronedepth.benchmarks.stats import summarize
 from numpy.typing import NDArray
 
+from dronedepth.benchmarks.stats import summarize
 from dronedepth.contract import INPUT_NAME, OUTPUT_NAME
 from dronedepth.protocol import CameraMessage
 
@@ -75,6 +75,7 @@ def naive_baseline(
     import open3d as o3d
     import torch
     import torch.nn.functional as F
+
     from dronedepth.export.reference import eager_pos_embed, nrmse, preprocess_official
 
     torch.set_num_threads(threads)

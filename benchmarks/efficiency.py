@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dronedepth.benchmarks.stats import summarize
 from numpy.typing import NDArray
 
+from dronedepth.benchmarks.stats import summarize
 from dronedepth.contract import INPUT_NAME, OUTPUT_NAME
 
 __all__ = ["BareSession", "TritonAlone", "efficiency_section", "pooled"]
@@ -34,6 +34,7 @@ class BareSession:
 
     def __init__(self, onnx_path: Path, frames: list[NDArray[np.uint8]], threads: int) -> None:
         import onnxruntime as ort
+
         from dronedepth.benchmarks.triton_overhead import adapter_session_options
 
         started = time.perf_counter()
@@ -65,6 +66,7 @@ class TritonAlone:
 
     def __init__(self, url: str, frames: list[NDArray[np.uint8]]) -> None:
         import tritonclient.grpc as grpcclient
+
         from dronedepth.benchmarks.harness import TritonStats
 
         self._grpc = grpcclient

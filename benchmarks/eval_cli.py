@@ -257,6 +257,7 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
     from dronedepth.benchmarks.evaluation import ABS_REL_TARGET, RATIO_TOLERANCE
 
     runs = doc["runs"]

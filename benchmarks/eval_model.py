@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from dronedepth.benchmarks.evaluation import EvalGrid, ModelOutputs, flight_key
 from numpy.typing import NDArray
 
+from dronedepth.benchmarks.evaluation import EvalGrid, ModelOutputs, flight_key
 from dronedepth.contract import MODEL_NAME
 from dronedepth.errors import DroneDepthError
 

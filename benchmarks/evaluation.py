@@ -38,15 +38,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
+from numpy.typing import NDArray
+
 from dronedepth.benchmarks.scenes import FPS, SCENES, Flight, SceneName
+from dronedepth.contract import DepthKind
 from dronedepth.gateway.anchors import ground_grid, ground_samples
 from dronedepth.gateway.flicker import temporal_alignment_error
 from dronedepth.gateway.obstacles import ObstacleConfig, obstacle_profile_from_depth, sector_layout
 from dronedepth.gateway.projection import ray_grid, valid_depth_mask
 from dronedepth.gateway.scale import ScaleConfig, ScaleEstimator, check_metric_scale
-from numpy.typing import NDArray
-
-from dronedepth.contract import DepthKind
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA
 
 __all__ = [

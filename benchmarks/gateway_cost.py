@@ -43,12 +43,12 @@ import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from numpy.typing import NDArray
+
 from dronedepth.benchmarks.harness import FRAME_HEIGHT, FRAME_WIDTH, BenchConfig, TritonStats
 from dronedepth.benchmarks.scaling import _difference, _get, gateway_process
 from dronedepth.benchmarks.stats import summarize
 from dronedepth.benchmarks.stream import Fleet, ResultSample, gateway_counts
-from numpy.typing import NDArray
-
 from dronedepth.errors import DroneDepthError
 from dronedepth.protocol import (
     DATA_CHANNEL_LABEL,
@@ -174,6 +174,7 @@ async def _replay_drone(
 ) -> None:
     """One replayed drone: offer, camera message, the clip in a loop, a :class:`ResultSample` per result."""
     import aiohttp
+
     from dronedepth.drone.signaling import offer_url, post_offer
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+
 from dronedepth.benchmarks.environment import gpu_info
 from dronedepth.benchmarks.harness import BenchConfig, TritonStats, export_random_init
 from dronedepth.benchmarks.stats import summarize
-from numpy.typing import NDArray
-
 from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 
 __all__ = ["PUBLISHED", "detect_gpu", "gpu_section"]
@@ -217,6 +217,7 @@ def _encoder_rows(
     config: BenchConfig, encoder: str, sizes: dict[str, list[Any]], warmup: int, count: int, full_triton: bool
 ) -> list[dict[str, Any]]:
     import onnxruntime as ort
+
     from dronedepth.export.tensorrt import build_engine, default_profile
 
     root = config.out / "gpu" / encoder

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dronedepth.benchmarks.cli import SECTIONS
 from numpy.typing import NDArray
 
+from dronedepth.benchmarks.cli import SECTIONS
 from dronedepth.contract import DEFAULT_INPUT_SIZE, MODEL_NAME
 from dronedepth.errors import ConfigError, DroneDepthError
 from dronedepth.protocol import CameraMessage

@@ -30,9 +30,9 @@ from typing import Any
 import cv2
 import numpy as np
 import open3d as o3d
+
 from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
 from dronedepth.gateway.projection import points_from_depth, ray_grid, valid_depth_mask
-
 from dronedepth.protocol import CameraMessage
 from dronedepth.samples import sample_photo
 

@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import is_rtcp
+from numpy.typing import NDArray
+
 from dronedepth.benchmarks.harness import Frames, load_frames
 from dronedepth.benchmarks.stats import summarize
 from dronedepth.benchmarks.stream import fly, gateway_counts
-from dronedepth.gateway.receiver import MarkerJitterBuffer
-from numpy.typing import NDArray
-
 from dronedepth.contract import DepthKind
+from dronedepth.gateway.receiver import MarkerJitterBuffer
 
 __all__ = ["ZeroCostDepth", "lossy_rtp", "receiver_run", "receiver_section"]
 

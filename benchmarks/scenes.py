@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import numpy as np
-from dronedepth.gateway.anchors import GroundPlane, ground_from_pose
-from dronedepth.gateway.projection import ray_grid
 from numpy.typing import NDArray
 
 from dronedepth.frames import Transform, body_from_camera, quaternion_from_rpy
+from dronedepth.gateway.anchors import GroundPlane, ground_from_pose
+from dronedepth.gateway.projection import ray_grid
 from dronedepth.protocol import CameraMessage
 
 __all__ = ["CAMERA", "FPS", "SCENES", "Flight", "SceneName"]

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+
 from dronedepth.benchmarks.harness import FRAME_HEIGHT, FRAME_WIDTH, BenchConfig, CodecTimer, Frames, TritonStats
 from dronedepth.benchmarks.stats import parse_prometheus, prometheus_total
 from dronedepth.drone.sources import CapturedFrame, FrameSource
-from numpy.typing import NDArray
 
 __all__ = ["Fleet", "PreloadedSource", "ResultSample", "fly", "gateway_counts", "pipeline_run"]
 
@@ -257,12 +258,11 @@ class PipelineRun:
 
 async def pipeline_run(config: BenchConfig, frames: Frames, triton_url: str, *, tail_s: float) -> PipelineRun:
     """One drone → in-process gateway → embedded Triton, for ``config.duration_s`` seconds."""
+    from dronedepth.contract import MODEL_NAME
     from dronedepth.gateway.config import GatewayConfig
     from dronedepth.gateway.inference import TritonDepthClient
     from dronedepth.gateway.pipeline import ProcessingConfig
     from dronedepth.gateway.server import Gateway
-
-    from dronedepth.contract import MODEL_NAME
 
     token = secrets.token_urlsafe(24)
     sink = ArrivalSink()

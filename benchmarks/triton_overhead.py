@@ -37,11 +37,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
+
+from dronedepth.contract import INPUT_NAME, OUTPUT_NAME
 from dronedepth.serving import AdapterSettings, EmbeddedTriton
 from dronedepth.serving.repository import usable_cpus
 from dronedepth.serving.synthetic import conv_depth_model, tiny_depth_model, write_model
-
-from dronedepth.contract import INPUT_NAME, OUTPUT_NAME
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "triton_overhead.json"
 

@@ -593,6 +593,7 @@ def _plot_obstacles(profile: ObstaclesMessage, title: str, note: str | None, fol
 
 def _render_pictures(latest: LatestFrames, out: Path, facts: dict[str, Any]) -> None:
     import cv2
+
     from dronedepth.gateway.outputs.render import depth_preview, render_point_cloud
 
     note = _random_init_note(facts)

@@ -16,7 +16,6 @@ from typing import Final
 from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary, check_pose_link
 from dronedepth.drone.intrinsics import intrinsics_from_values, load_intrinsics
 from dronedepth.drone.sources import FrameSource, open_source
-
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import CameraMessage
 

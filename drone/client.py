@@ -59,6 +59,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+
 from dronedepth.drone.intrinsics import missing_intrinsics_error
 from dronedepth.drone.results import LatencyStats, ResultsWriter
 from dronedepth.drone.signaling import DRONE_ID_PATTERN, offer_url, post_offer
@@ -66,7 +67,6 @@ from dronedepth.drone.sources import CapturedFrame, FrameSource, SyntheticSource
 from dronedepth.drone.track import SourceTrack
 from dronedepth.drone.trajectory import PoseSource, StampedPose, TumPoseSource
 from dronedepth.drone.waypoints import Obstacle, Waypoints, nearest_obstacle, plan_waypoints
-
 from dronedepth.errors import ConfigError, InferenceUnavailable, ProtocolError
 from dronedepth.protocol import (
     DATA_CHANNEL_LABEL,

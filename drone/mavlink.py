@@ -50,8 +50,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
-from dronedepth.drone.trajectory import StampedPose
 
+from dronedepth.drone.trajectory import StampedPose
 from dronedepth.errors import ConfigError
 from dronedepth.frames import (
     Transform,

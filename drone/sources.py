@@ -30,9 +30,9 @@ from typing import Final, NamedTuple
 
 import cv2
 import numpy as np
-from dronedepth.drone.trajectory import StampedPose
 from numpy.typing import NDArray
 
+from dronedepth.drone.trajectory import StampedPose
 from dronedepth.errors import ConfigError
 from dronedepth.frames import Transform
 from dronedepth.protocol import CameraMessage

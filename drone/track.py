@@ -20,8 +20,8 @@ from typing import Final
 from aiortc import VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
-from dronedepth.drone.sources import CapturedFrame, FrameSource
 
+from dronedepth.drone.sources import CapturedFrame, FrameSource
 from dronedepth.protocol import VIDEO_CLOCK_RATE
 
 __all__ = ["SourceTrack"]

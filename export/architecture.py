@@ -26,10 +26,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from dronedepth.export.resample import as_size, cubic_matrix, resize_cubic
 from torch import Tensor, nn
 
 from dronedepth.contract import PATCH_SIZE, DepthKind
+from dronedepth.export.resample import as_size, cubic_matrix, resize_cubic
 
 PosEmbedInterp = Literal["official", "transformers"]
 POS_EMBED_OFFSET = 0.1  # DINOv2's interpolate_offset as used by Depth Anything V2

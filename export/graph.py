@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from dronedepth.export.architecture import DepthAnythingV2
-from dronedepth.export.resample import as_size, cubic_matrix, lower_bound_size, resize_cubic
 from torch import Tensor, nn
 
 from dronedepth.contract import DEFAULT_INPUT_SIZE, PATCH_SIZE
+from dronedepth.export.architecture import DepthAnythingV2
+from dronedepth.export.resample import as_size, cubic_matrix, lower_bound_size, resize_cubic
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import onnx
 import torch
-from dronedepth.export.facts import ModelFacts, Precision
-from dronedepth.export.graph import DepthGraph
-from dronedepth.export.reference import synthetic_frames
-from dronedepth.export.weights import LoadedModel
 
 from dronedepth import __version__
 from dronedepth.contract import DEFAULT_INPUT_SIZE, INPUT_NAME, OUTPUT_NAME
 from dronedepth.errors import ExportError
+from dronedepth.export.facts import ModelFacts, Precision
+from dronedepth.export.graph import DepthGraph
+from dronedepth.export.reference import synthetic_frames
+from dronedepth.export.weights import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from dronedepth.export.architecture import DepthAnythingV2
-from dronedepth.export.reference import nrmse, reference_depth, synthetic_frames
 
 from dronedepth.contract import INPUT_NAME
 from dronedepth.errors import ExportError
+from dronedepth.export.architecture import DepthAnythingV2
+from dronedepth.export.reference import nrmse, reference_depth, synthetic_frames
 
 FP32_TOLERANCE = 1e-3
 FP16_TOLERANCE = 2e-2  # FP16 weights and activations; measured ~1e-3 on CPU (ORT computes some ops in FP32)

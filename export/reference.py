@@ -14,11 +14,11 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dronedepth.export.architecture import DepthAnythingV2
-from dronedepth.export.graph import IMAGENET_MEAN, IMAGENET_STD
 from numpy.typing import NDArray
 
 from dronedepth.contract import DEFAULT_INPUT_SIZE, PATCH_SIZE
+from dronedepth.export.architecture import DepthAnythingV2
+from dronedepth.export.graph import IMAGENET_MEAN, IMAGENET_STD
 
 
 def lower_bound_size_numpy(

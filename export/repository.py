@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dronedepth.export.facts import ModelFacts
-from dronedepth.export.tensorrt import TrtProfile
-
 from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from dronedepth.errors import ConfigError
+from dronedepth.export.facts import ModelFacts
+from dronedepth.export.tensorrt import TrtProfile
 
 log = logging.getLogger(__name__)
 

@@ -170,6 +170,7 @@ def engine_parity(plan_path: str | Path, onnx_path: str | Path) -> float | None:
     import importlib.util
 
     import numpy as np
+
     from dronedepth.export.parity import onnx_session, run_onnx
     from dronedepth.export.reference import nrmse, synthetic_frames
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from dronedepth.export.architecture import ENCODERS, DepthAnythingV2, PosEmbedInterp
 from torch import Tensor, nn
 
 from dronedepth.contract import DepthKind
 from dronedepth.errors import CheckpointError, ConfigError
+from dronedepth.export.architecture import ENCODERS, DepthAnythingV2, PosEmbedInterp
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from dronedepth.gateway.projection import RayGrid, project_points
 from numpy.typing import NDArray
 
 from dronedepth.frames import Transform
+from dronedepth.gateway.projection import RayGrid, project_points
 from dronedepth.protocol import AnchorsMessage, CameraMessage
 
 __all__ = [

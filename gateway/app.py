@@ -16,6 +16,7 @@ read the gateway and the token from the app (:mod:`~dronedepth.gateway.app_keys`
 from __future__ import annotations
 
 from aiohttp import web
+
 from dronedepth.gateway import signaling
 from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY, RoutedGateway
 from dronedepth.gateway.map_routes import add_map_routes

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from dronedepth.gateway.outputs.previews import PreviewHub
     from dronedepth.gateway.outputs.stream import StreamHub
     from dronedepth.gateway.session import DroneSession
-
     from dronedepth.protocol import SessionDescription
 
 __all__ = ["ACCESS_TOKEN", "GATEWAY", "STREAM_HUB", "RoutedGateway"]

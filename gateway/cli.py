@@ -12,11 +12,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dronedepth.gateway.config import SCALE_MODES
-from dronedepth.gateway.launch import build, quiet_media_logs, serve
-
 from dronedepth.axes import AXES
 from dronedepth.contract import GATEWAY_PORT, MODEL_NAME
+from dronedepth.gateway.config import SCALE_MODES
+from dronedepth.gateway.launch import build, quiet_media_logs, serve
 from dronedepth.shutdown import exit_status, run_until_signalled
 
 if TYPE_CHECKING:

@@ -46,6 +46,10 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as PromCounter
+
+from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.gateway.auth import CHALLENGE, authorize_offer, presented_token, token_matches
 from dronedepth.gateway.cluster_metrics import merge_expositions
 from dronedepth.gateway.cluster_worker import FORWARDED_HEADER, SECRET_HEADER, WorkerSpec
@@ -53,10 +57,6 @@ from dronedepth.gateway.config import GatewayConfig
 from dronedepth.gateway.http_guard import ConnectionGuard, GuardedTCPSite
 from dronedepth.gateway.responses import json_error
 from dronedepth.gateway.signaling import drone_id_from
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client import Counter as PromCounter
-
-from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.protocol import DRONE_ID_HEADER, DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
 from dronedepth.shutdown import STOP_SIGNALS, exit_status, run_until_signalled
 

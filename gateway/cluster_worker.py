@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
+
 from dronedepth.gateway import launch
 from dronedepth.gateway.responses import json_error
 from dronedepth.gateway.server import Gateway
-
 from dronedepth.shutdown import exit_status, run_until_signalled
 
 __all__ = ["FORWARDED_HEADER", "SECRET_HEADER", "WorkerSpec", "main", "trust_front"]

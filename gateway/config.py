@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import ssl
 
     from aiortc import RTCConfiguration, RTCIceServer
+
     from dronedepth.gateway.ice import MediaPorts
     from dronedepth.gateway.mapping import MapSettings
     from dronedepth.gateway.pipeline import ProcessingConfig

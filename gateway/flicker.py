@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from dronedepth.gateway.projection import points_from_depth, project_points, ray_grid
 from numpy.typing import NDArray
 
 from dronedepth.frames import Transform
+from dronedepth.gateway.projection import points_from_depth, project_points, ray_grid
 from dronedepth.protocol import CameraMessage
 
 __all__ = ["align_inverse_depth", "temporal_alignment_error"]

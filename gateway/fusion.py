@@ -68,15 +68,15 @@ from typing import Final, Literal, TypeVar
 import numpy as np
 import open3d as o3d
 import open3d.core as o3c
+from numpy.typing import NDArray
+
+from dronedepth.frames import Transform, matrix_from_quaternion
 from dronedepth.gateway.obstacles import (
     ObstacleConfig,
     ObstacleProfile,
     full_circle_layout,
     obstacle_profile_from_level_points,
 )
-from numpy.typing import NDArray
-
-from dronedepth.frames import Transform, matrix_from_quaternion
 from dronedepth.protocol import LOCAL_MAP_NO_DATA, MAX_LOCAL_MAP_CELLS, WORLD_FRAMES, CameraMessage, LocalMapMessage
 
 __all__ = [

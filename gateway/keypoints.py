@@ -17,10 +17,10 @@ from typing import Any, Final, Literal
 
 import cv2
 import numpy as np
-from dronedepth.gateway.projection import RayGrid, pixel_rays
 from numpy.typing import NDArray
 
 from dronedepth.errors import ConfigError
+from dronedepth.gateway.projection import RayGrid, pixel_rays
 
 __all__ = [
     "KeypointConfig",

@@ -54,12 +54,12 @@ from typing import Any, Final
 
 import cv2
 import numpy as np
-from dronedepth.gateway.projection import project_points, ray_grid
 from numpy.typing import NDArray
 
 from dronedepth.contract import DepthKind
 from dronedepth.errors import ConfigError
 from dronedepth.frames import Transform
+from dronedepth.gateway.projection import project_points, ray_grid
 from dronedepth.protocol import CameraMessage
 
 __all__ = ["UNTRACKED", "LandmarkConfig", "LandmarkTracker"]

@@ -20,11 +20,11 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
 from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY
 from dronedepth.gateway.auth import CHALLENGE, presented_token, token_matches
 from dronedepth.gateway.refusals import refuse
 from dronedepth.gateway.responses import json_error
-
 from dronedepth.protocol import INVALID_MESSAGE, UNAUTHORIZED, WORLD_FRAMES
 
 if TYPE_CHECKING:

@@ -43,6 +43,12 @@ from typing import Final, Literal
 import cv2
 import numpy as np
 import open3d as o3d
+from numpy.typing import NDArray
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from dronedepth import protocol
+from dronedepth.errors import ConfigError
+from dronedepth.frames import Transform
 from dronedepth.gateway.fusion import (
     FUSED,
     SKIP_BEHIND,
@@ -58,12 +64,6 @@ from dronedepth.gateway.fusion import (
     occupancy_image,
 )
 from dronedepth.gateway.obstacles import ObstacleConfig, ObstacleProfile, merge_profiles
-from numpy.typing import NDArray
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-from dronedepth import protocol
-from dronedepth.errors import ConfigError
-from dronedepth.frames import Transform
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import LOCAL_MAP_NO_DATA, MAX_LOCAL_MAP_CELLS, WORLD_FRAMES, CameraMessage, CameraPose
 

@@ -56,10 +56,10 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from dronedepth.gateway.projection import RayGrid
 from numpy.typing import NDArray
 
 from dronedepth.frames import Transform, matrix_from_quaternion
+from dronedepth.gateway.projection import RayGrid
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, OBSTACLE_SOURCES, ObstaclesMessage
 
 __all__ = [

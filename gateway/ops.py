@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+
 from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY
 from dronedepth.gateway.auth import presented_token, token_matches
 from dronedepth.gateway.metrics import CONTENT_TYPE

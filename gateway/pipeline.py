@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
+
+from dronedepth.axes import AXES, Axes
+from dronedepth.contract import DEPTH_KINDS, DepthKind
+from dronedepth.errors import ConfigError, ProtocolError
+from dronedepth.frames import Transform
 from dronedepth.gateway.keypoints import KeypointConfig, KeypointDetector, Keypoints, lift_keypoints
 from dronedepth.gateway.landmarks import LandmarkConfig, LandmarkTracker
 from dronedepth.gateway.obstacles import (
@@ -26,12 +32,6 @@ from dronedepth.gateway.obstacles import (
     sector_layout,
 )
 from dronedepth.gateway.projection import RayGrid, points_from_depth, ray_grid, valid_depth_mask
-from numpy.typing import NDArray
-
-from dronedepth.axes import AXES, Axes
-from dronedepth.contract import DEPTH_KINDS, DepthKind
-from dronedepth.errors import ConfigError, ProtocolError
-from dronedepth.frames import Transform
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import (
     CAMERA_MISMATCH,

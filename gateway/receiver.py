@@ -34,6 +34,7 @@ from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
+
 from dronedepth.gateway.frame_headers import encoded_frame_size
 
 __all__ = [

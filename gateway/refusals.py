@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+
 from dronedepth.gateway.app_keys import GATEWAY
 from dronedepth.gateway.logthrottle import LogThrottle
 from dronedepth.gateway.responses import json_error

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from dronedepth.gateway.anchors import AnchorSamples
 from numpy.typing import NDArray
 
+from dronedepth.gateway.anchors import AnchorSamples
 from dronedepth.protocol import Scale, ScaleCheck, ScaleSource
 
 __all__ = [

@@ -31,15 +31,15 @@ from collections import deque
 from typing import Any, Final
 
 import numpy as np
+from numpy.typing import NDArray
+
+from dronedepth.contract import DepthKind
+from dronedepth.errors import ConfigError
 from dronedepth.gateway.anchors import AnchorSamples, drone_samples, ground_from_pose, ground_grid, ground_samples
 from dronedepth.gateway.config import SCALE_MODES, ScaleMode
 from dronedepth.gateway.pipeline import FramePose, FrameScale, relative_depth
 from dronedepth.gateway.projection import ray_grid
 from dronedepth.gateway.scale import ScaleCheck, ScaleConfig, ScaleEstimate, ScaleEstimator, check_metric_scale
-from numpy.typing import NDArray
-
-from dronedepth.contract import DepthKind
-from dronedepth.errors import ConfigError
 from dronedepth.protocol import MAX_ANCHOR_DEPTH_M, VIDEO_CLOCK_RATE, AnchorsMessage, CameraMessage, Scale
 
 __all__ = ["FrameScale", "SessionScale"]

@@ -24,6 +24,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from dronedepth import protocol
+from dronedepth.errors import ConfigError, GatewayBusy, GatewayFull, ProtocolError
 from dronedepth.gateway.app import create_app
 from dronedepth.gateway.config import GatewayConfig
 from dronedepth.gateway.http_guard import ConnectionGuard, GuardedTCPSite
@@ -37,10 +41,6 @@ from dronedepth.gateway.outputs.stream import StreamHub
 from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
 from dronedepth.gateway.refusals import refusal_log
 from dronedepth.gateway.session import DroneSession, SessionContext
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-from dronedepth import protocol
-from dronedepth.errors import ConfigError, GatewayBusy, GatewayFull, ProtocolError
 
 if TYPE_CHECKING:
     from dronedepth.gateway.mapping import MapService

@@ -57,6 +57,10 @@ import numpy as np
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
+from numpy.typing import NDArray
+
+from dronedepth import protocol
+from dronedepth.errors import InferenceError, InferenceTimeout, InferenceUnavailable, ProtocolError
 from dronedepth.gateway.config import GatewayConfig
 from dronedepth.gateway.inference import DepthService
 from dronedepth.gateway.logthrottle import LogThrottle
@@ -66,10 +70,6 @@ from dronedepth.gateway.pipeline import FramePose, FrameProcessor, FrameResult, 
 from dronedepth.gateway.receiver import FrameSizeGate
 from dronedepth.gateway.receiver import install as install_receiver
 from dronedepth.gateway.scaling import SessionScale
-from numpy.typing import NDArray
-
-from dronedepth import protocol
-from dronedepth.errors import InferenceError, InferenceTimeout, InferenceUnavailable, ProtocolError
 from dronedepth.pose_buffer import PoseBuffer, PoseMatch, TimedPose
 from dronedepth.protocol import (
     VIDEO_CLOCK_RATE,

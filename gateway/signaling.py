@@ -17,12 +17,12 @@ import asyncio
 from typing import Any, Final
 
 from aiohttp import web
-from dronedepth.gateway.app_keys import GATEWAY
-from dronedepth.gateway.auth import CHALLENGE, OfferGrant, authorize_offer
-from dronedepth.gateway.refusals import refuse
 
 from dronedepth import protocol
 from dronedepth.errors import GatewayBusy, GatewayFull, ProtocolError
+from dronedepth.gateway.app_keys import GATEWAY
+from dronedepth.gateway.auth import CHALLENGE, OfferGrant, authorize_offer
+from dronedepth.gateway.refusals import refuse
 from dronedepth.protocol import (
     BODY_TIMEOUT,
     BODY_TOO_LARGE,

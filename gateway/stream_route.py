@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+
 from dronedepth.gateway.app_keys import ACCESS_TOKEN, STREAM_HUB
 from dronedepth.gateway.auth import CHALLENGE, presented_token, token_matches
 from dronedepth.gateway.outputs.stream import STREAM_ROUTE, StreamHub
 from dronedepth.gateway.refusals import refuse
 from dronedepth.gateway.responses import json_error
-
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
 
 __all__ = ["add_stream_routes"]

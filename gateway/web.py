@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
+
 from dronedepth.gateway.app_keys import ACCESS_TOKEN, GATEWAY
 from dronedepth.gateway.auth import CHALLENGE, presented_token, token_matches
 from dronedepth.gateway.refusals import refuse
 from dronedepth.gateway.responses import json_error
-
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE, INVALID_DRONE_ID, UNAUTHORIZED
 
 if TYPE_CHECKING:

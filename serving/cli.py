@@ -12,11 +12,10 @@ import logging
 import time
 from typing import NoReturn
 
+from dronedepth.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT, MIN_SIDE
 from dronedepth.serving.embedded import DEFAULT_READY_TIMEOUT_S, EmbeddedTriton
 from dronedepth.serving.environment import ENV_VAR
 from dronedepth.serving.repository import DEFAULT_MAX_PIXELS, AdapterSettings
-
-from dronedepth.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT, MIN_SIDE
 from dronedepth.shutdown import run_until_signalled
 
 LOG = logging.getLogger(__name__)

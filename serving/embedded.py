@@ -37,11 +37,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from dronedepth.serving.environment import ServerEnvironment, locate_server_env
-from dronedepth.serving.repository import AdapterSettings, ExportedModel, read_repository, write_runtime_repository
-
 from dronedepth.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from dronedepth.errors import ServingError
+from dronedepth.serving.environment import ServerEnvironment, locate_server_env
+from dronedepth.serving.repository import AdapterSettings, ExportedModel, read_repository, write_runtime_repository
 from dronedepth.shutdown import deferred_stop
 
 LOG = logging.getLogger(__name__)

@@ -20,11 +20,11 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from gateway_fixtures import running_gateway
+
 from dronedepth.gateway.inference import DepthClient
 from dronedepth.gateway.outputs.previews import PreviewHub
 from dronedepth.gateway.server import Gateway
-from gateway_fixtures import running_gateway
-
 from dronedepth.samples import sample_photos
 
 __test__ = False  # not a test module

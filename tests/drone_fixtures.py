@@ -24,8 +24,8 @@ import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
-from dronedepth.drone.client import DroneConfig
 
+from dronedepth.drone.client import DroneConfig
 from dronedepth.errors import ProtocolError
 from dronedepth.protocol import (
     CAMERA_MISMATCH,

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 from dronedepth.export.architecture import ENCODERS
 from dronedepth.export.onnx_export import OnnxExport, export_onnx
 from dronedepth.export.weights import LoadedModel, load_hf, load_random_init

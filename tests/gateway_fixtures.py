@@ -25,14 +25,14 @@ import cv2
 import numpy as np
 from aiohttp import ClientSession
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
-from dronedepth.gateway.config import GatewayConfig
-from dronedepth.gateway.inference import DepthClient
-from dronedepth.gateway.server import Gateway
 from numpy.typing import NDArray
 
 from dronedepth import protocol
 from dronedepth.contract import DepthKind
 from dronedepth.errors import InferenceUnavailable
+from dronedepth.gateway.config import GatewayConfig
+from dronedepth.gateway.inference import DepthClient
+from dronedepth.gateway.server import Gateway
 from dronedepth.protocol import CameraMessage
 from dronedepth.samples import sample_photo
 

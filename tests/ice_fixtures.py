@@ -8,6 +8,7 @@ import socket
 
 from aioice.ice import CandidatePair
 from aiortc import RTCPeerConnection
+
 from dronedepth.gateway.ice import MediaPorts
 
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ (\w+)", re.MULTILINE | re.IGNORECASE)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from dronedepth.gateway.fusion import MapConfig, MapRegistry
-from dronedepth.gateway.mapping import MapService, MapSettings
 from test_fusion import CAMERA, _depth, _scene
 
 from dronedepth.frames import Transform
+from dronedepth.gateway.fusion import MapConfig, MapRegistry
+from dronedepth.gateway.mapping import MapService, MapSettings
 from dronedepth.protocol import CameraPose
 
 SETTINGS = MapSettings(

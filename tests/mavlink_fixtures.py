@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 from drone_fixtures import free_port
-from dronedepth.drone.mavlink import mavutil
 
+from dronedepth.drone.mavlink import mavutil
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
 
 PROFILE = ObstaclesMessage(

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 from aiohttp import web
+
 from dronedepth.gateway.outputs.sinks import FrameRecord
 from dronedepth.gateway.outputs.stream import StreamHub
 from dronedepth.gateway.pipeline import FrameResult
 from dronedepth.gateway.stream_route import add_stream_routes
-
 from dronedepth.protocol import CameraMessage, KeypointsMessage
 
 STAMP = 1_700_000_000.25

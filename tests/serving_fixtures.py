@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from dronedepth.serving import EmbeddedTriton
-from dronedepth.serving.synthetic import tiny_depth_model, write_model
 
 from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PARAM_DEPTH_KIND, PARAM_MAX_DEPTH
+from dronedepth.serving import EmbeddedTriton
+from dronedepth.serving.synthetic import tiny_depth_model, write_model
 
 TEST_MAX_BATCH_SIZE = 8
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from dronedepth.drone.sources import SyntheticSource
-from dronedepth.gateway.projection import ray_grid
 from numpy.typing import NDArray
 
+from dronedepth.drone.sources import SyntheticSource
 from dronedepth.frames import Transform
+from dronedepth.gateway.projection import ray_grid
 
 GROUND = 0
 """Surface label of the ground; a box front's is ``1 +`` its ``x`` in millimetres (the same in every frame);

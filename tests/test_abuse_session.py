@@ -11,10 +11,10 @@ import math
 from typing import Any
 
 from aiohttp import ClientSession
-from dronedepth.gateway.session import MAX_CAMERA_CHANGES
 from gateway_fixtures import TOKEN, TestDrone, camera_for, drones, photo, running_gateway
 
 from dronedepth import protocol
+from dronedepth.gateway.session import MAX_CAMERA_CHANGES
 from dronedepth.protocol import CameraMessage
 
 WINDOW_S = 4.0

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
-from dronedepth.gateway.auth import token_digest
-from dronedepth.gateway.logthrottle import LogThrottle
 from gateway_fixtures import TOKEN, OfferRefused, TestDrone, camera_for, photo, running_gateway, wait_until
 
 from dronedepth import protocol
+from dronedepth.gateway.auth import token_digest
+from dronedepth.gateway.logthrottle import LogThrottle
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

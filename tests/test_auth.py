@@ -8,6 +8,7 @@ import sys
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+
 from dronedepth.gateway.auth import OfferGrant, authorize_offer, presented_token, token_digest, token_matches
 
 

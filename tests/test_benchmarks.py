@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from dronedepth.benchmarks import cli
 from dronedepth.benchmarks.harness import BenchConfig, TritonStats
 from dronedepth.benchmarks.report import fmt, markdown_report, markdown_table
 from dronedepth.benchmarks.stats import parse_prometheus, prometheus_total, summarize, trend
 from dronedepth.benchmarks.stream import Fleet, ResultSample
-
 from dronedepth.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

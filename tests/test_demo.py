@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import open3d as o3d
 import pytest
-from dronedepth.export.repository import read_model_facts
-from dronedepth.gateway.outputs.recording import session_folders
 
 from dronedepth import cli
+from dronedepth.export.repository import read_model_facts
+from dronedepth.gateway.outputs.recording import session_folders
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 from drone_fixtures import FakeGateway
+
 from dronedepth.cli import main
 from dronedepth.drone.cli import TOKEN_ENV
-
 from dronedepth.protocol import OBSTACLE_FREE, ObstaclesMessage
 
 WAIT_S = 120.0

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import pytest
 from drone_fixtures import WAIT_S, FakeGateway, drone_config, free_port, wait_until
+
 from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
 from dronedepth.drone.sources import SyntheticSource
 from dronedepth.drone.waypoints import Waypoints
-
 from dronedepth.errors import ConfigError, InferenceUnavailable, ProtocolError
 from dronedepth.protocol import (
     CAMERA_MISMATCH,

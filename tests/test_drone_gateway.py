@@ -17,16 +17,16 @@ from pathlib import Path
 import cv2
 import pytest
 from drone_fixtures import wait_until
+from gateway_fixtures import TOKEN, check_projection, gateway_config
+
+from dronedepth.contract import MODEL_NAME
 from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
 from dronedepth.drone.intrinsics import intrinsics_from_values
 from dronedepth.drone.sources import FrameSource, ImageFolderSource, SyntheticSource, VideoFileSource
 from dronedepth.gateway.inference import TritonDepthClient
 from dronedepth.gateway.server import Gateway
-from dronedepth.serving import EmbeddedTriton
-from gateway_fixtures import TOKEN, check_projection, gateway_config
-
-from dronedepth.contract import MODEL_NAME
 from dronedepth.samples import SAMPLE_DIR
+from dronedepth.serving import EmbeddedTriton
 from tests import serving_fixtures
 
 triton_repository = serving_fixtures.triton_repository

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from drone_fixtures import FakeGateway, drone_config, free_port, wait_until
+from mavlink_fixtures import HOVER_HEIGHT_M, PROFILE, Autopilot, free_udp_port
+
 from dronedepth.drone.client import DroneClient, DroneConfig
 from dronedepth.drone.mavlink import mavutil, obstacle_distance_fields
-from mavlink_fixtures import HOVER_HEIGHT_M, PROFILE, Autopilot, free_udp_port
 
 WAIT_S = 60.0
 MAX_AGE_S = 0.5

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from drone_fixtures import FakeGateway
+
 from dronedepth.drone.client import DroneClient, DroneConfig
 from dronedepth.drone.sources import ImageFolderSource, SyntheticSource
 from dronedepth.drone.trajectory import TumPoseSource, read_tum
-
 from dronedepth.errors import ConfigError
 from dronedepth.frames import rpy_from_quaternion
 from dronedepth.protocol import CameraMessage

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
+
 from dronedepth.drone.sources import CapturedFrame, FrameSource
 from dronedepth.drone.track import SourceTrack
 

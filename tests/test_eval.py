@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dronedepth.benchmarks.evaluation import abs_rel, depth_metrics, obstacle_error
 
+from dronedepth.benchmarks.evaluation import abs_rel, depth_metrics, obstacle_error
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA
 
 

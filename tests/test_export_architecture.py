@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from export_fixtures import hf_model, hf_model_dir, random_model
+
 from dronedepth.export.architecture import ENCODERS, DepthAnythingV2
 from dronedepth.export.reference import lower_bound_size_numpy, nrmse
 from dronedepth.export.resample import cubic_matrix, lower_bound_size, resize_cubic
 from dronedepth.export.weights import load_hf
-from export_fixtures import hf_model, hf_model_dir, random_model
 
 SIZES = [(518, 518), (266, 378), (140, 182), (252, 126)]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dronedepth.cli import main
-from dronedepth.export.repository import parse_parameters, read_model_facts
-from dronedepth.export.tensorrt import gpu_count
 from export_fixtures import hf_model_dir
 
 from dronedepth import export
+from dronedepth.cli import main
+from dronedepth.export.repository import parse_parameters, read_model_facts
+from dronedepth.export.tensorrt import gpu_count
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -7,6 +7,9 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from export_fixtures import SMALL_INPUT, exported, hf_model, hf_model_dir
+
+from dronedepth.contract import INPUT_NAME, OUTPUT_NAME
 from dronedepth.export.facts import ModelFacts
 from dronedepth.export.onnx_export import read_onnx_facts
 from dronedepth.export.parity import (
@@ -19,9 +22,6 @@ from dronedepth.export.parity import (
     run_onnx,
 )
 from dronedepth.export.reference import nrmse, preprocess_official, reference_depth, synthetic_frames
-from export_fixtures import SMALL_INPUT, exported, hf_model, hf_model_dir
-
-from dronedepth.contract import INPUT_NAME, OUTPUT_NAME
 
 
 def test_graph_contract() -> None:

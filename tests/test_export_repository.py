@@ -6,6 +6,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
+from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PARAM_DEPTH_KIND, PARAM_MAX_DEPTH
+from dronedepth.errors import ConfigError
 from dronedepth.export.facts import ModelFacts
 from dronedepth.export.repository import (
     OrtTensorRT,
@@ -16,9 +19,6 @@ from dronedepth.export.repository import (
     write_repository,
 )
 from dronedepth.export.tensorrt import default_profile
-
-from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PARAM_DEPTH_KIND, PARAM_MAX_DEPTH
-from dronedepth.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 FACTS = ModelFacts("vitb", "metric", 20.0, 518, "fp16", 'checkpoint "odd" name.pth', False, "official")

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from export_fixtures import exported
+
+from dronedepth.contract import INPUT_NAME
+from dronedepth.errors import ConfigError
 from dronedepth.export.parity import onnx_session, run_onnx
 from dronedepth.export.reference import nrmse, synthetic_frames
 from dronedepth.export.tensorrt import (
@@ -17,10 +21,6 @@ from dronedepth.export.tensorrt import (
     require_tensorrt,
     run_engine,
 )
-from export_fixtures import exported
-
-from dronedepth.contract import INPUT_NAME
-from dronedepth.errors import ConfigError
 
 
 def test_default_profile_covers_640x480_class_frames() -> None:

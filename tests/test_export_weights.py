@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from export_fixtures import hf_model, hf_model_dir
+from safetensors.torch import load_file
+
+from dronedepth.errors import CheckpointError, ConfigError
 from dronedepth.export.reference import nrmse
 from dronedepth.export.weights import (
     HUB_IDS,
@@ -20,10 +24,6 @@ from dronedepth.export.weights import (
     load_model,
     load_random_init,
 )
-from export_fixtures import hf_model, hf_model_dir
-from safetensors.torch import load_file
-
-from dronedepth.errors import CheckpointError, ConfigError
 
 # Key names of the official repository (depth_anything_v2/dpt.py, dinov2.py), written out independently.
 OFFICIAL_KEYS = [

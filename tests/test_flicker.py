@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scale_fixtures import FPS, Flight
+
 from dronedepth.gateway.anchors import ground_grid, ground_samples
 from dronedepth.gateway.flicker import temporal_alignment_error
 from dronedepth.gateway.projection import ray_grid
 from dronedepth.gateway.scale import ScaleConfig, ScaleEstimator
-from scale_fixtures import FPS, Flight
 
 FRAMES = 12
 

@@ -10,6 +10,7 @@ import pytest
 from aiortc.codecs import get_encoder, h264_depayload
 from aiortc.codecs.vpx import vp8_depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
 from dronedepth.gateway.frame_headers import encoded_frame_size, h264_access_unit_size, h264_sps_size
 
 H264 = RTCRtpCodecParameters(

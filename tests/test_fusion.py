@@ -10,6 +10,10 @@ import numpy as np
 import open3d as o3d
 import open3d.core as o3c
 import pytest
+from numpy.typing import NDArray
+
+from dronedepth import protocol
+from dronedepth.frames import Transform, body_from_camera, quaternion_from_rpy
 from dronedepth.gateway.fusion import (
     FUSED,
     SKIP_NO_POSE,
@@ -31,10 +35,6 @@ from dronedepth.gateway.obstacles import (
     SectorLayout,
     merge_profiles,
 )
-from numpy.typing import NDArray
-
-from dronedepth import protocol
-from dronedepth.frames import Transform, body_from_camera, quaternion_from_rpy
 from dronedepth.protocol import OBSTACLE_NO_DATA, CameraMessage, LocalMapMessage
 
 VOXEL = 0.2

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dronedepth.gateway.outputs.recording import session_folders
-from dronedepth.gateway.server import Gateway
 from gateway_fixtures import (
     TOKEN,
     WAIT_S,
@@ -32,6 +30,8 @@ from gateway_fixtures import (
 
 from dronedepth import gateway, protocol
 from dronedepth.errors import DroneDepthError
+from dronedepth.gateway.outputs.recording import session_folders
+from dronedepth.gateway.server import Gateway
 from dronedepth.protocol import KeypointsMessage
 
 FRAME_TICKS = protocol.VIDEO_CLOCK_RATE // 10  # pts step of a 10 fps test drone
@@ -210,7 +210,6 @@ async def test_a_quiet_drone_is_closed_after_the_idle_timeout() -> None:
 async def test_stop_closes_sessions_and_flushes_recordings_and_bags(tmp_path: Path) -> None:
     from dronedepth.gateway.outputs.rosbag import BagSink, ros_name
     from dronedepth.gateway.outputs.sinks import RecorderSink
-
     from tests.test_rosbag import read_bag
 
     records, bags = tmp_path / "records", tmp_path / "bags"
@@ -380,6 +379,7 @@ async def test_every_gateway_serves_the_stream_and_the_web_pages() -> None:
 
 async def test_foxglove_server_publishes_a_connected_drone() -> None:
     from aiohttp import ClientSession, WSMsgType
+
     from dronedepth.gateway.outputs.foxglove import FoxgloveSink
     from dronedepth.gateway.outputs.rosbag import BagSink
 

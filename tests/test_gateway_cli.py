@@ -12,15 +12,15 @@ from pathlib import Path
 
 import onnx
 import pytest
-from dronedepth.gateway import launch
-from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
-from dronedepth.gateway.outputs.recording import session_folders
-from dronedepth.serving.synthetic import tiny_depth_model
 from gateway_fixtures import TOKEN, camera_for, drones, photo
 
 from dronedepth import cli
 from dronedepth.contract import PARAM_DEPTH_KIND
 from dronedepth.errors import ConfigError
+from dronedepth.gateway import launch
+from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
+from dronedepth.gateway.outputs.recording import session_folders
+from dronedepth.serving.synthetic import tiny_depth_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

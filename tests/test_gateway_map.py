@@ -12,14 +12,14 @@ import aiohttp
 import cv2
 import numpy as np
 import open3d as o3d
-from dronedepth.cli.map import export_map
-from dronedepth.gateway.fusion import MapConfig
-from dronedepth.gateway.mapping import MapSettings
-from dronedepth.gateway.pipeline import ProcessingConfig
 from gateway_fixtures import TOKEN, TestDrone, camera_for, drones, photo, running_gateway
 from test_gateway_poses import FPS, obstacles, send_poses
 
 from dronedepth import protocol
+from dronedepth.cli.map import export_map
+from dronedepth.gateway.fusion import MapConfig
+from dronedepth.gateway.mapping import MapSettings
+from dronedepth.gateway.pipeline import ProcessingConfig
 
 MAP = MapSettings(fusion=MapConfig(voxel_size_m=0.1, max_depth_m=10.0, gate=False), snapshot_period_s=0.0)
 

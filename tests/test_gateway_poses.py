@@ -9,11 +9,11 @@ import math
 from typing import Any
 
 import numpy as np
-from dronedepth.gateway.pipeline import ProcessingConfig
 from gateway_fixtures import VIDEO_CLOCK, TestDrone, camera_for, drones, photo, running_gateway
 
 from dronedepth import protocol
 from dronedepth.frames import Transform, body_from_camera, quaternion_from_rpy
+from dronedepth.gateway.pipeline import ProcessingConfig
 
 FPS = 10.0
 POSE_TICKS = 4500

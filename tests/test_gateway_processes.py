@@ -15,15 +15,15 @@ import onnx
 import psutil
 import pytest
 from aiohttp import ClientSession, WSMsgType
-from dronedepth.gateway.cluster import choose_worker, worker_args
-from dronedepth.gateway.cluster_metrics import merge_expositions
-from dronedepth.serving.synthetic import tiny_depth_model
 from gateway_fixtures import TOKEN, TestDrone, camera_for, drones, photo
 from prometheus_client.parser import text_string_to_metric_families
 
 from dronedepth import cli
 from dronedepth.contract import PARAM_DEPTH_KIND
 from dronedepth.errors import ConfigError
+from dronedepth.gateway.cluster import choose_worker, worker_args
+from dronedepth.gateway.cluster_metrics import merge_expositions
+from dronedepth.serving.synthetic import tiny_depth_model
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dronedepth.gateway.metrics import GatewayMetrics
-from dronedepth.gateway.session import DroneSession
 
 from dronedepth import protocol
 from dronedepth.frames import Transform
+from dronedepth.gateway.metrics import GatewayMetrics
+from dronedepth.gateway.session import DroneSession
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 CODES = [

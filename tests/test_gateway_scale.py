@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dronedepth.gateway.pipeline import FramePose, ProcessingConfig
-from dronedepth.gateway.projection import ray_grid
-from dronedepth.gateway.scaling import SessionScale
 from gateway_fixtures import FakeDepthClient, TestDrone, camera_for, drones, photo, running_gateway, wait_until
 from numpy.typing import NDArray
 
 from dronedepth import protocol
 from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.frames import Transform, quaternion_from_rpy
+from dronedepth.gateway.pipeline import FramePose, ProcessingConfig
+from dronedepth.gateway.projection import ray_grid
+from dronedepth.gateway.scaling import SessionScale
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import VIDEO_CLOCK_RATE, AnchorsMessage
 

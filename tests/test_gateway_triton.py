@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession
-from dronedepth.gateway.inference import TritonDepthClient
-from dronedepth.serving import EmbeddedTriton, find_free_port
 from gateway_fixtures import camera_for, check_projection, drones, photo, running_gateway, wait_until
 from serving_fixtures import make_test_repository
 
 from dronedepth.contract import MODEL_NAME
+from dronedepth.gateway.inference import TritonDepthClient
+from dronedepth.serving import EmbeddedTriton, find_free_port
 
 
 @pytest.fixture

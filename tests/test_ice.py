@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from dronedepth.gateway import launch
-from dronedepth.gateway.ice import HostCandidatePolicy, MediaPorts
 from gateway_fixtures import TOKEN, OfferRefused, TestDrone, camera_for, drones, photo, running_gateway, wait_until
 from ice_fixtures import free_udp_range, sdp_candidates, selected_pair
 
 from dronedepth import cli
 from dronedepth.errors import ConfigError
+from dronedepth.gateway import launch
+from dronedepth.gateway.ice import HostCandidatePolicy, MediaPorts
 
 
 def _args(*argv: str):  # type: ignore[no-untyped-def]

@@ -8,16 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from dronedepth.gateway.inference import (
-    DepthClient,
-    DepthService,
-    OnnxRuntimeDepthClient,
-    TritonDepthClient,
-    check_frame,
-    server_concurrency,
-)
-from dronedepth.serving import EmbeddedTriton, find_free_port
-from dronedepth.serving.synthetic import tiny_depth_model
 from gateway_fixtures import FakeDepthClient
 
 from dronedepth.contract import MODEL_NAME, PARAM_DEPTH_KIND
@@ -28,6 +18,16 @@ from dronedepth.errors import (
     InferenceTimeout,
     InferenceUnavailable,
 )
+from dronedepth.gateway.inference import (
+    DepthClient,
+    DepthService,
+    OnnxRuntimeDepthClient,
+    TritonDepthClient,
+    check_frame,
+    server_concurrency,
+)
+from dronedepth.serving import EmbeddedTriton, find_free_port
+from dronedepth.serving.synthetic import tiny_depth_model
 from tests import serving_fixtures
 
 triton_repository = serving_fixtures.triton_repository

@@ -7,13 +7,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from dronedepth.cli import main
 from dronedepth.drone.intrinsics import (
     intrinsics_from_values,
     load_intrinsics,
     missing_intrinsics_error,
 )
-
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import CameraMessage
 

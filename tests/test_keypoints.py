@@ -3,6 +3,8 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
+
+from dronedepth.errors import ConfigError
 from dronedepth.gateway.keypoints import (
     KeypointConfig,
     KeypointDetector,
@@ -12,8 +14,6 @@ from dronedepth.gateway.keypoints import (
     suppress_twins,
 )
 from dronedepth.gateway.projection import RayGrid, project_points, ray_grid, valid_depth_mask
-
-from dronedepth.errors import ConfigError
 from dronedepth.protocol import CameraMessage
 from dronedepth.samples import sample_photos
 

@@ -8,15 +8,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from synthetic_fixtures import synthetic_depth_and_surfaces
+
 from dronedepth.drone.sources import SyntheticSource
+from dronedepth.errors import ConfigError
+from dronedepth.frames import Transform
 from dronedepth.gateway.keypoints import KeypointConfig
 from dronedepth.gateway.landmarks import UNTRACKED, LandmarkConfig, LandmarkTracker
 from dronedepth.gateway.pipeline import FramePose, FrameProcessor, ProcessingConfig
 from dronedepth.gateway.projection import project_points
-from synthetic_fixtures import synthetic_depth_and_surfaces
-
-from dronedepth.errors import ConfigError
-from dronedepth.frames import Transform
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import VIDEO_CLOCK_RATE, CameraMessage
 

@@ -13,9 +13,6 @@ import aiohttp
 import numpy as np
 import open3d as o3d
 import pytest
-from dronedepth.gateway.inference import TritonDepthClient
-from dronedepth.gateway.pipeline import ProcessingConfig
-from dronedepth.serving import EmbeddedTriton
 from gateway_fixtures import TOKEN, camera_for, drones, photo, running_gateway
 from serving_fixtures import metric_tiny_repository, serve
 from test_gateway_map import MAP, from_map, local_maps
@@ -24,6 +21,9 @@ from test_map_topic import assert_is_snapshot
 from test_rosbag import read_bag
 
 from dronedepth.contract import MODEL_NAME
+from dronedepth.gateway.inference import TritonDepthClient
+from dronedepth.gateway.pipeline import ProcessingConfig
+from dronedepth.serving import EmbeddedTriton
 
 
 @pytest.fixture(scope="module")

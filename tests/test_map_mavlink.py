@@ -9,6 +9,10 @@ from typing import Any
 import mavlink_fixtures
 import numpy as np
 import pytest
+from map_fixtures import SETTINGS, CountingRegistry, fuse
+from test_fusion import FLIGHT_A, FLIGHT_B, _pose
+
+from dronedepth import protocol
 from dronedepth.drone.mavlink import UNKNOWN_CM, MavlinkLink, mavutil
 from dronedepth.gateway.mapping import MapService
 from dronedepth.gateway.obstacles import (
@@ -19,10 +23,6 @@ from dronedepth.gateway.obstacles import (
     ObstacleProfile,
     SectorLayout,
 )
-from map_fixtures import SETTINGS, CountingRegistry, fuse
-from test_fusion import FLIGHT_A, FLIGHT_B, _pose
-
-from dronedepth import protocol
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
 

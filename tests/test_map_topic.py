@@ -10,17 +10,18 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from dronedepth.gateway.fusion import OccupiedVoxels
-from dronedepth.gateway.mapping import MapService
-from dronedepth.gateway.outputs.foxglove import FoxgloveSink
-from dronedepth.gateway.outputs.map_topic import MapPublisher
-from dronedepth.gateway.outputs.rosbag import BagSink
 from map_fixtures import SETTINGS, CountingRegistry, fuse
 from mcap.records import Schema
 from mcap_ros2.decoder import DecoderFactory
 from test_foxglove import MESSAGE_DATA, SUBPROTOCOL, next_json
 from test_fusion import FLIGHT_A, FLIGHT_B
 from test_rosbag import cloud_array, read_bag, stamp_of
+
+from dronedepth.gateway.fusion import OccupiedVoxels
+from dronedepth.gateway.mapping import MapService
+from dronedepth.gateway.outputs.foxglove import FoxgloveSink
+from dronedepth.gateway.outputs.map_topic import MapPublisher
+from dronedepth.gateway.outputs.rosbag import BagSink
 
 
 def xyz(msg: object) -> np.ndarray:

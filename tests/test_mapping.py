@@ -10,14 +10,14 @@ import cv2
 import numpy as np
 import open3d as o3d
 import pytest
-from dronedepth.gateway.fusion import FUSED, MapConfig, MapRegistry
-from dronedepth.gateway.mapping import MapService, MapSettings
-from dronedepth.gateway.obstacles import ObstacleConfig, ObstacleProfile, SectorLayout
 from map_fixtures import SETTINGS, CountingRegistry, fuse
 from numpy.typing import NDArray
 from test_fusion import CAMERA, FLIGHT_A, FLIGHT_B, _pose
 
 from dronedepth.errors import ConfigError
+from dronedepth.gateway.fusion import FUSED, MapConfig, MapRegistry
+from dronedepth.gateway.mapping import MapService, MapSettings
+from dronedepth.gateway.obstacles import ObstacleConfig, ObstacleProfile, SectorLayout
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import CameraPose, LocalMapMessage, decode
 

@@ -11,9 +11,9 @@ import mavlink_fixtures
 import numpy as np
 import pytest
 from drone_fixtures import free_port
-from dronedepth.drone.mavlink import UNKNOWN_CM, ClockOffset, MavlinkLink, mavutil, obstacle_distance_fields
 from mavlink_fixtures import PROFILE, free_udp_port, send_hover
 
+from dronedepth.drone.mavlink import UNKNOWN_CM, ClockOffset, MavlinkLink, mavutil, obstacle_distance_fields
 from dronedepth.frames import matrix_from_quaternion
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage
 

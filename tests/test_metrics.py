@@ -3,10 +3,11 @@
 import re
 
 import pytest
-from dronedepth.benchmarks.stats import parse_prometheus
-from dronedepth.gateway.metrics import CONTENT_TYPE, Counter, GatewayMetrics, Gauge, Histogram
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
+
+from dronedepth.benchmarks.stats import parse_prometheus
+from dronedepth.gateway.metrics import CONTENT_TYPE, Counter, GatewayMetrics, Gauge, Histogram
 
 # One sample line of the text exposition format 0.0.4.
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? \S+$')

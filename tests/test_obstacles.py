@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+
+from dronedepth import protocol
+from dronedepth.frames import Transform, body_from_camera, matrix_from_quaternion, quaternion_from_rpy
 from dronedepth.gateway.obstacles import (
     ObstacleConfig,
     ObstacleProfile,
@@ -16,9 +19,6 @@ from dronedepth.gateway.obstacles import (
     sector_layout,
 )
 from dronedepth.gateway.projection import points_from_depth, ray_grid
-
-from dronedepth import protocol
-from dronedepth.frames import Transform, body_from_camera, matrix_from_quaternion, quaternion_from_rpy
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, CameraMessage
 
 CAMERA = CameraMessage(width=640, height=480, fx=525.0, fy=525.0, cx=319.5, cy=239.5)

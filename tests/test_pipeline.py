@@ -1,11 +1,11 @@
 import cv2
 import numpy as np
 import pytest
+
+from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.gateway.keypoints import KeypointConfig
 from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig, relative_depth
 from dronedepth.gateway.projection import project_points, ray_grid
-
-from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.protocol import CAMERA_MISMATCH, CameraMessage, KeypointsMessage, decode, encode
 from dronedepth.samples import sample_photos
 

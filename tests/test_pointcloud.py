@@ -1,6 +1,7 @@
 import numpy as np
 import open3d as o3d
 import pytest
+
 from dronedepth.gateway.pointcloud import make_point_cloud
 
 

@@ -18,19 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dronedepth.drone.cli import TOKEN_ENV
-from dronedepth.drone.mavlink import mavutil, obstacle_distance_fields
-from dronedepth.gateway.inference import TritonDepthClient
-from dronedepth.gateway.outputs.rosbag import BagSink
-from dronedepth.gateway.server import Gateway
-from dronedepth.serving import EmbeddedTriton
 from gateway_fixtures import TOKEN, gateway_config
 from mavlink_fixtures import Autopilot, free_udp_port
 from serving_fixtures import metric_tiny_repository, serve
 
 from dronedepth.contract import MODEL_NAME
+from dronedepth.drone.cli import TOKEN_ENV
+from dronedepth.drone.mavlink import mavutil, obstacle_distance_fields
 from dronedepth.frames import Transform
+from dronedepth.gateway.inference import TritonDepthClient
+from dronedepth.gateway.outputs.rosbag import BagSink
+from dronedepth.gateway.server import Gateway
 from dronedepth.protocol import ObstaclesMessage
+from dronedepth.serving import EmbeddedTriton
 from tests.test_drone_cli import run_cli
 from tests.test_rosbag import read_bag
 

@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import open3d as o3d
 import pytest
+
 from dronedepth.gateway.projection import (
     RayGrid,
     pixel_rays,
@@ -10,7 +11,6 @@ from dronedepth.gateway.projection import (
     ray_grid,
     valid_depth_mask,
 )
-
 from dronedepth.protocol import CameraMessage
 
 PINHOLE = CameraMessage(width=64, height=48, fx=52.5, fy=51.0, cx=31.7, cy=23.2)

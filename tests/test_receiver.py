@@ -13,9 +13,10 @@ from aiortc.codecs.vpx import vp8_depayload
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
+from test_frame_headers import libx264
+
 from dronedepth.gateway.frame_headers import encoded_frame_size, vp8_keyframe_size
 from dronedepth.gateway.receiver import FrameSizeGate, MarkerJitterBuffer, check_aiortc_internals, install
-from test_frame_headers import libx264
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from dronedepth.benchmarks.harness import load_frames
 from dronedepth.benchmarks.receiver import receiver_run, table
 from dronedepth.gateway.receiver import MarkerJitterBuffer

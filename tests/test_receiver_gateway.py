@@ -8,8 +8,9 @@ from aiortc import RTCRtpSender
 from aiortc.codecs.h264 import H264Decoder
 from aiortc.jitterbuffer import JitterFrame
 from av.frame import Frame
-from dronedepth.gateway.receiver import MarkerJitterBuffer
 from gateway_fixtures import TestDrone, camera_for, drones, photo, running_gateway, wait_until
+
+from dronedepth.gateway.receiver import MarkerJitterBuffer
 
 
 def rss_mb() -> float:

@@ -4,13 +4,13 @@ import time
 import numpy as np
 import open3d as o3d
 import pytest
+from gateway_fixtures import PhotoTrack, camera_for, drones, photo, running_gateway
+
+from dronedepth.errors import ConfigError
 from dronedepth.gateway.outputs.recording import KEYPOINTS_FILE, Recorder, cloud_filename, session_folders
 from dronedepth.gateway.outputs.sinks import CaptureClock
 from dronedepth.gateway.pipeline import FrameProcessor, FrameResult, ProcessingConfig
 from dronedepth.gateway.pointcloud import make_point_cloud
-from gateway_fixtures import PhotoTrack, camera_for, drones, photo, running_gateway
-
-from dronedepth.errors import ConfigError
 from dronedepth.protocol import DRONE_ID_PATTERN, VIDEO_CLOCK_RATE, CameraMessage, KeypointsMessage, decode
 
 CAMERA = CameraMessage(width=160, height=120, fx=120.0, fy=120.0, cx=79.5, cy=59.5)

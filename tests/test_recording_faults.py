@@ -11,6 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 import rosbags.rosbag2.storage_mcap as storage_mcap
+from gateway_fixtures import camera_for, drones, photo, running_gateway
+from mcap.reader import make_reader
+from output_fixtures import make_record
+
+from dronedepth.errors import ConfigError
 from dronedepth.gateway.outputs import recording
 from dronedepth.gateway.outputs.recording import (
     KEYPOINTS_FILE,
@@ -20,11 +25,6 @@ from dronedepth.gateway.outputs.recording import (
 )
 from dronedepth.gateway.outputs.rosbag import BagSink
 from dronedepth.gateway.pipeline import FrameResult
-from gateway_fixtures import camera_for, drones, photo, running_gateway
-from mcap.reader import make_reader
-from output_fixtures import make_record
-
-from dronedepth.errors import ConfigError
 from dronedepth.protocol import DRONE_ID_PATTERN, decode
 
 NO_WATERMARK = RecordingLimits(min_free_bytes=0)

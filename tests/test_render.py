@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from dronedepth.gateway.outputs.render import colorize_depth, depth_preview, render_point_cloud
 
 

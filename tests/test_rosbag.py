@@ -16,7 +16,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from dronedepth.gateway.outputs.rosbag import BagSink, RosEncoder, camera_info_fields, ros_name
 from mcap.exceptions import EndOfFile
 from mcap.reader import make_reader
 from mcap.records import Channel, Chunk, Message, Schema
@@ -24,6 +23,7 @@ from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap_ros2.decoder import DecoderFactory
 from output_fixtures import make_record
 
+from dronedepth.gateway.outputs.rosbag import BagSink, RosEncoder, camera_info_fields, ros_name
 from dronedepth.protocol import CameraMessage, Scale, ScaleCheck
 
 REPO = Path(__file__).resolve().parents[1]

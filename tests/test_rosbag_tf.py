@@ -18,16 +18,16 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from dronedepth.gateway.obstacles import ObstacleProfile, SectorLayout
-from dronedepth.gateway.outputs.foxglove import FoxgloveSink
-from dronedepth.gateway.outputs.rosbag import BagSink
-from dronedepth.gateway.outputs.sinks import FrameRecord
-from dronedepth.gateway.pipeline import FramePose
 from mcap.records import Schema
 from mcap_ros2.decoder import DecoderFactory
 from output_fixtures import make_record
 
 from dronedepth.frames import Transform, matrix_from_quaternion, quaternion_from_rpy
+from dronedepth.gateway.obstacles import ObstacleProfile, SectorLayout
+from dronedepth.gateway.outputs.foxglove import FoxgloveSink
+from dronedepth.gateway.outputs.rosbag import BagSink
+from dronedepth.gateway.outputs.sinks import FrameRecord
+from dronedepth.gateway.pipeline import FramePose
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, CameraMount
 from tests.test_foxglove import SUBPROTOCOL, next_json

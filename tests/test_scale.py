@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import pytest
-from dronedepth.gateway.anchors import AnchorSamples, drone_samples, ground_from_pose, ground_grid, ground_samples
-from dronedepth.gateway.projection import ray_grid
-from dronedepth.gateway.scale import ScaleConfig, ScaleEstimator, check_metric_scale, fit_inverse_depth
 from scale_fixtures import FPS, Flight, abs_rel
 
 from dronedepth.frames import Transform, body_from_camera, quaternion_from_rpy
+from dronedepth.gateway.anchors import AnchorSamples, drone_samples, ground_from_pose, ground_grid, ground_samples
+from dronedepth.gateway.projection import ray_grid
+from dronedepth.gateway.scale import ScaleConfig, ScaleEstimator, check_metric_scale, fit_inverse_depth
 from dronedepth.protocol import AnchorsMessage, CameraMessage
 
 A_TRUE, B_TRUE = 0.004, -0.01

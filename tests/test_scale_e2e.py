@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gateway_fixtures import TOKEN, gateway_config
+from serving_fixtures import reference_depth, serve
+
+from dronedepth.contract import MODEL_NAME
 from dronedepth.drone.cli import TOKEN_ENV
 from dronedepth.drone.sources import SyntheticSource
 from dronedepth.gateway.inference import TritonDepthClient
@@ -28,10 +32,6 @@ from dronedepth.gateway.outputs.rosbag import BagSink, ros_name
 from dronedepth.gateway.server import Gateway
 from dronedepth.serving import EmbeddedTriton
 from dronedepth.serving.synthetic import ground_disparity_model, write_model
-from gateway_fixtures import TOKEN, gateway_config
-from serving_fixtures import reference_depth, serve
-
-from dronedepth.contract import MODEL_NAME
 from tests.test_drone_cli import run_cli
 from tests.test_rosbag import read_bag
 

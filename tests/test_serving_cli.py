@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dronedepth.cli import main
-from dronedepth.serving import find_free_port
-from dronedepth.serving.embedded import group_members
 from serving_fixtures import make_test_repository
 
+from dronedepth.cli import main
 from dronedepth.contract import MODEL_NAME
+from dronedepth.serving import find_free_port
+from dronedepth.serving.embedded import group_members
 
 ROOT = Path(__file__).resolve().parents[1]
 

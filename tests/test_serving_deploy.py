@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-from dronedepth.cli import build_parser
 
+from dronedepth.cli import build_parser
 from dronedepth.contract import GATEWAY_PORT, GRPC_PORT, HTTP_PORT, METRICS_PORT, MODEL_NAME
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from dronedepth.serving import AdapterSettings, EmbeddedTriton
-from dronedepth.serving.embedded import group_members
-from dronedepth.serving.synthetic import conv_depth_model, write_model
 from serving_fixtures import TEST_MAX_BATCH_SIZE, make_test_repository, normalised_rmse, reference_depth
 from tritonclient.utils import InferenceServerException
 
 from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PARAM_DEPTH_KIND
 from dronedepth.errors import ServingError
+from dronedepth.serving import AdapterSettings, EmbeddedTriton
+from dronedepth.serving.embedded import group_members
+from dronedepth.serving.synthetic import conv_depth_model, write_model
 from tests import serving_fixtures
 
 # The shared session fixtures (a tests/conftest.py with pytest_plugins = ["tests.serving_fixtures"] would do the same).

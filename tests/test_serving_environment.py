@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dronedepth.serving.environment import ENV_VAR, inspect_server_env, locate_server_env, project_root
 
 from dronedepth.errors import ServingError
+from dronedepth.serving.environment import ENV_VAR, inspect_server_env, locate_server_env, project_root
 
 
 def _fake_env(root: Path, numpy: str = "1.26.4", onnxruntime: bool = True) -> Path:

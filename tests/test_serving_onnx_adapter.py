@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dronedepth.serving import repository
-from dronedepth.serving.repository import AdapterSettings, read_repository, runtime_config
 from serving_fixtures import make_test_repository, reference_depth
 
 from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
+from dronedepth.serving import repository
+from dronedepth.serving.repository import AdapterSettings, read_repository, runtime_config
 
 
 class FakeTritonError:

@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from serving_fixtures import make_test_repository
+from tritonclient.grpc import model_config_pb2 as mc
+
+from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PARAM_ENCODER
+from dronedepth.errors import ConfigError
 from dronedepth.serving.repository import (
     PARAM_INTRA_OP_THREADS,
     PARAM_MAX_PIXELS,
@@ -15,12 +21,6 @@ from dronedepth.serving.repository import (
     runtime_config,
     write_runtime_repository,
 )
-from google.protobuf import text_format
-from serving_fixtures import make_test_repository
-from tritonclient.grpc import model_config_pb2 as mc
-
-from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PARAM_ENCODER
-from dronedepth.errors import ConfigError
 
 
 @pytest.fixture

@@ -14,11 +14,6 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
-from dronedepth.gateway import session as session_module
-from dronedepth.gateway.inference import DepthService
-from dronedepth.gateway.metrics import GatewayMetrics
-from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
-from dronedepth.gateway.session import DroneSession, LatestFrame, SessionContext
 from gateway_fixtures import (
     FakeDepthClient,
     camera_for,
@@ -32,6 +27,11 @@ from gateway_fixtures import (
 
 from dronedepth import protocol
 from dronedepth.errors import InferenceOverloaded
+from dronedepth.gateway import session as session_module
+from dronedepth.gateway.inference import DepthService
+from dronedepth.gateway.metrics import GatewayMetrics
+from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
+from dronedepth.gateway.session import DroneSession, LatestFrame, SessionContext
 
 
 class FakeChannel:

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
-from dronedepth.gateway.config import GatewayConfig
-from dronedepth.gateway.server import Gateway
 from gateway_fixtures import TOKEN, FakeDepthClient, OfferRefused, TestDrone, camera_for, photo, running_gateway
 
 from dronedepth.errors import ConfigError
+from dronedepth.gateway.config import GatewayConfig
+from dronedepth.gateway.server import Gateway
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

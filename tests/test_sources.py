@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from dronedepth.drone.sources import (
     CameraSource,
     ImageFolderSource,
@@ -16,7 +17,6 @@ from dronedepth.drone.sources import (
     open_source,
     output_size,
 )
-
 from dronedepth.errors import ConfigError
 from dronedepth.samples import SAMPLE_DIR, sample_photos
 

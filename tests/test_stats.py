@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dronedepth.drone.results import LatencyStats
 
+from dronedepth.drone.results import LatencyStats
 from dronedepth.stats import percentile
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from dronedepth.gateway.outputs.sinks import FrameRecord, RecorderSink, SinkSet
-from dronedepth.gateway.outputs.stream import StreamHub, stream_frame
 from gateway_fixtures import wait_until
 from output_fixtures import STAMP, make_record, serve_stream_hub
 
 from dronedepth import stream_format
 from dronedepth.axes import AXES
 from dronedepth.errors import ConfigError, ProtocolError
+from dronedepth.gateway.outputs.sinks import FrameRecord, RecorderSink, SinkSet
+from dronedepth.gateway.outputs.stream import StreamHub, stream_frame
 from dronedepth.stream_format import StreamFrame, decode_frame, encode_frame, encoded_size
 
 TOKEN = "s3cret-token"

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dronedepth.drone.client import DroneClient, DroneConfig
-from dronedepth.drone.sources import SyntheticSource
 from gateway_fixtures import TOKEN, running_gateway, wait_until
 from ice_fixtures import selected_pair
 
+from dronedepth.drone.client import DroneClient, DroneConfig
+from dronedepth.drone.sources import SyntheticSource
 from dronedepth.errors import InferenceUnavailable
 
 pytestmark = pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed (make deps)")

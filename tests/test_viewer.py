@@ -11,12 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from dronedepth.cli import view as viewer
-from dronedepth.gateway.outputs.stream import StreamHub
 from output_fixtures import make_record, serve_stream_hub
 
 from dronedepth import cli
+from dronedepth.cli import view as viewer
 from dronedepth.errors import ConfigError, DroneDepthError
+from dronedepth.gateway.outputs.stream import StreamHub
 
 TOKEN = "viewer-token"
 
@@ -78,7 +78,6 @@ async def test_snapshot_renders_a_received_frame(
 def test_render_snapshot_draws_in_the_optical_frame() -> None:
     from dronedepth.gateway.outputs.render import render_point_cloud
     from dronedepth.gateway.outputs.stream import stream_frame
-
     from dronedepth.stream_format import decode_frame, encode_frame
 
     record = make_record(n=3000, axes="opengl")

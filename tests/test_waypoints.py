@@ -6,8 +6,8 @@ import json
 import math
 
 import pytest
-from dronedepth.drone.waypoints import nearest_obstacle, plan_waypoints
 
+from dronedepth.drone.waypoints import nearest_obstacle, plan_waypoints
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, ObstaclesMessage, decode, encode
 
 FREE, NO_DATA = OBSTACLE_FREE, OBSTACLE_NO_DATA

@@ -27,16 +27,16 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 from browser_fixtures import ARTIFACTS, BROWSER_TIMEOUT_MS, chromium, photo_paths, web_gateway, write_y4m
-from dronedepth.gateway.inference import TritonDepthClient
-from dronedepth.gateway.outputs.previews import PreviewHub, encode_preview, find_preview_hub
-from dronedepth.gateway.outputs.sinks import FrameRecord
-from dronedepth.gateway.server import Gateway
-from dronedepth.gateway.web import STATIC_DIR
 from gateway_fixtures import TOKEN, FakeDepthClient, TestDrone, camera_for, gateway_config, photo, wait_until
 from multidict import CIMultiDict
 from numpy.typing import NDArray
 
 from dronedepth.contract import MODEL_NAME
+from dronedepth.gateway.inference import TritonDepthClient
+from dronedepth.gateway.outputs.previews import PreviewHub, encode_preview, find_preview_hub
+from dronedepth.gateway.outputs.sinks import FrameRecord
+from dronedepth.gateway.server import Gateway
+from dronedepth.gateway.web import STATIC_DIR
 from dronedepth.protocol import KeypointsMessage
 from tests import serving_fixtures
 from tests import test_gateway_scale as ground_scene

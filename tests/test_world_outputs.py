@@ -7,13 +7,13 @@ import math
 
 import numpy as np
 import pytest
-from dronedepth.drone.sources import SyntheticSource
-from dronedepth.gateway.pipeline import FramePose, FrameProcessor, FrameResult, ProcessingConfig
 from numpy.typing import NDArray
 from synthetic_fixtures import synthetic_depth_and_surfaces
 
+from dronedepth.drone.sources import SyntheticSource
 from dronedepth.errors import ConfigError
 from dronedepth.frames import Transform, quaternion_from_rpy
+from dronedepth.gateway.pipeline import FramePose, FrameProcessor, FrameResult, ProcessingConfig
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, KeypointsMessage, decode, encode
 
