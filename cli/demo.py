@@ -515,6 +515,8 @@ def _plot_topdown(
     from matplotlib.figure import Figure
 
     levels = cv2.imdecode(np.frombuffer(occupancy_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if levels is None:
+        raise DroneDepthError("the gateway's /api/map.png is not a PNG")
     cell, west, north = placement["cell_m"], placement["west_m"], placement["north_m"]
     rows, cols = levels.shape[:2]
     extent = (west - cell / 2, west + (cols - 0.5) * cell, north - (rows - 0.5) * cell, north + cell / 2)
@@ -557,6 +559,7 @@ def _plot_obstacles(profile: ObstaclesMessage, title: str, note: str | None, fol
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
     from matplotlib.patches import Patch
+    from matplotlib.projections.polar import PolarAxes
 
     sources = _sector_sources(profile)
     count = len(profile.distances_m)
@@ -567,6 +570,7 @@ def _plot_obstacles(profile: ObstaclesMessage, title: str, note: str | None, fol
     colours = [_SOURCE_COLOURS[source] for source in sources]
     figure = Figure(figsize=(6.4, 7.0), dpi=100)
     axes = figure.add_subplot(projection="polar")
+    assert isinstance(axes, PolarAxes)
     axes.set_theta_zero_location("N")
     axes.set_theta_direction(-1)
     width = np.radians(profile.sector_width_deg)

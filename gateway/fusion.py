@@ -339,8 +339,9 @@ class WorldMap:
             dtype=o3c.int64,
             device=self.device,
         )
-        tsdf = _numpy(self._grid.attribute("tsdf").reshape((-1,))[flat], np.float32)
-        weight = _numpy(self._grid.attribute("weight").reshape((-1,))[flat], np.float32)
+        flat_shape = o3c.SizeVector([-1])
+        tsdf = _numpy(self._grid.attribute("tsdf").reshape(flat_shape)[flat], np.float32)
+        weight = _numpy(self._grid.attribute("weight").reshape(flat_shape)[flat], np.float32)
         sdf = np.zeros(len(points_world), dtype=np.float32)
         observed = np.zeros(len(points_world), dtype=bool)
         sdf[found_np] = tsdf * np.float32(self.config.truncation_voxels * self.config.voxel_size_m)

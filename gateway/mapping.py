@@ -324,7 +324,7 @@ class MapService:
         mesh = world_map.triangle_mesh(MESH_MAX_TRIANGLES)
         if "indices" not in mesh.triangle or int(mesh.triangle.indices.shape[0]) == 0:
             return None
-        return _write_via_file(lambda path: o3d.t.io.write_triangle_mesh(path, mesh, write_ascii=False))
+        return _write_via_file(lambda path: o3d.t.io.write_triangle_mesh(Path(path), mesh, write_ascii=False))
 
     def occupancy_png(self, frame_id: str) -> tuple[bytes, float, float, float] | None:
         """The top-down occupancy PNG of the latest snapshot with the ENU x of column 0, y of row 0 and cell size.
