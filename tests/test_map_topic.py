@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from gateway_fixtures import wait_until
 from map_fixtures import SETTINGS, CountingRegistry, fuse
 from mcap.records import Schema
 from mcap_ros2.decoder import DecoderFactory
@@ -44,11 +45,15 @@ async def test_the_map_is_recorded_once_per_change_and_sent_live_every_period(tm
     live = await asyncio.to_thread(FoxgloveSink, port=0)
     try:
         await asyncio.to_thread(fuse, service, registry, "a", FLIGHT_A)
-        first = service.snapshot("map")
+        first = service.snapshot("map")  # A's final map: fuse() returns once it is published
         assert first is not None and len(first.points) > 1000
         publisher = MapPublisher(service, MapPublisher.targets_in([object(), bags, live]), period_s=0.05)
         assert publisher.targets == (bags, live)
         publisher.start()
+        # The client connects once /map exists (a late subscriber). foxglove-sdk 0.30 advertises a channel
+        # created while a client is connected before it records it for that client, so a subscription sent
+        # at once may be refused ("Unknown channel ID"); channels existing at connection have no such race.
+        await wait_until(lambda: publisher.published >= 2, what="the first /map to the bag and Foxglove")
 
         async with (
             aiohttp.ClientSession() as session,
@@ -74,7 +79,7 @@ async def test_the_map_is_recorded_once_per_change_and_sent_live_every_period(tm
         assert_is_snapshot(decode(received.data[13:]), first)
 
         await asyncio.to_thread(fuse, service, registry, "b", FLIGHT_B)  # the map changes
-        second = service.snapshot("map")
+        second = service.snapshot("map")  # the final map: nothing is fused after it
         assert second is not None and second is not first and len(second.points) > len(first.points)
         await asyncio.to_thread(publisher.close, 5.0)  # the final map is published on close
         bag = bags.fleet_bag_path()
