@@ -214,6 +214,7 @@ class MavlinkLink:
         self.boot_clock = ClockOffset(clock_window_s)
         self.unix_clock = ClockOffset(clock_window_s)
         self.last_error: str | None = None
+        self._logged_error: str | None = None  # the reason last logged, until a connection carries a message
         self.sent_count = 0
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -264,8 +265,8 @@ class MavlinkLink:
             mav.handle_disconnect = _raise_closed
         with self._lock:
             self._mav = mav
-        self.last_error = None
-        self._connected.set()
+            self.last_error = None
+            self._connected.set()
         log.info("MAVLink connection %s open", self.connection)
 
     def _drop_connection(self) -> None:
@@ -276,12 +277,28 @@ class MavlinkLink:
             with contextlib.suppress(OSError):
                 mav.close()
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, mav: Any) -> None:
+        """``mav`` (``None`` for a failed open) failed with ``exc``: drop it and say why, once per reason.
+
+        A reason is logged again only after a connection has carried a message (see :meth:`_read_loop`), not
+        merely after it opened: a peer going away (or restarting) can complete the TCP handshake of the
+        immediate reopen in its listen backlog, then reset it, which is the same outage and the same reason.
+        Both threads share the connection: the first to report it claims it under the lock; a report about
+        one no longer current (dropped, or already reopened) is ignored, so it cannot drop the new one.
+        """
         message = f"MAVLink connection {self.connection}: {exc}"
-        if message != self.last_error:
+        with self._lock:
+            if mav is not self._mav:
+                return
+            self._mav = None
+            self._connected.clear()
+            self.last_error = message
+            repeated, self._logged_error = message == self._logged_error, message
+        if not repeated:
             log.warning("%s; reconnecting", message)
-        self.last_error = message
-        self._drop_connection()
+        if mav is not None:
+            with contextlib.suppress(OSError):
+                mav.close()
 
     # -- reading
 
@@ -293,17 +310,24 @@ class MavlinkLink:
                     self._open()
                     delay = 0.25
                 except Exception as exc:  # pymavlink raises OSError, SerialException or its own errors
-                    self._fail(exc)
+                    self._fail(exc, None)
                     self._stop.wait(delay)
                     delay = min(delay * 2, self._reconnect_max_delay_s)
                     continue
+            mav = self._mav  # once: the sender may drop it meanwhile
+            if mav is None:
+                continue
             try:
-                msg = self._mav.recv_match(
+                msg = mav.recv_match(
                     type=["ATTITUDE", "LOCAL_POSITION_NED", "ODOMETRY", "DISTANCE_SENSOR"], blocking=True, timeout=0.1
                 )
             except Exception as exc:
-                self._fail(exc)
+                self._fail(exc, mav)
                 continue
+            if self._logged_error is not None and mav.mav_count:  # a valid message from the peer: the link is back
+                with self._lock:
+                    if mav is self._mav:
+                        self._logged_error = None
             if msg is not None:
                 self.handle(msg, self._clock())
 
@@ -414,7 +438,7 @@ class MavlinkLink:
                 if profile is not None and now - profile[1] <= self.max_age_s:
                     self._send(mav, profile[0], profile[1])
             except Exception as exc:
-                self._fail(exc)
+                self._fail(exc, mav)
 
     def _send(self, mav: Any, fields: MavlinkObstacles, capture_time: float) -> None:
         # time_usec: the frame's capture instant on the autopilot's boot clock when known.
