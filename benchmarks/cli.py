@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dronedepth.benchmarks.sections import SECTIONS
 from dronedepth.contract import DEFAULT_INPUT_SIZE
 from dronedepth.errors import DroneDepthError
 from dronedepth.shutdown import run_until_signalled
@@ -23,7 +24,6 @@ __all__ = ["QUICK", "SECTIONS", "add_arguments", "config_from_args", "run"]
 
 log = logging.getLogger("dronedepth.benchmarks")
 
-SECTIONS = ("stages", "efficiency", "baseline", "projection", "scaling", "gateway-cost", "receiver", "gpu")
 """What ``--only`` chooses from, in report order; defined here, not in the harness, so ``--help`` stays light."""
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 QUICK = {"input_size": 154, "duration": 8.0, "warmup": 2.0, "frames": 6, "warmup_frames": 2, "drones": "1,2"}

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dronedepth.benchmarks.cli import SECTIONS
+from dronedepth.benchmarks.sections import SECTIONS
 from dronedepth.contract import DEFAULT_INPUT_SIZE, MODEL_NAME
 from dronedepth.errors import ConfigError, DroneDepthError
 from dronedepth.protocol import CameraMessage

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession
-from gateway_fixtures import camera_for, check_projection, drones, photo, running_gateway, wait_until
+from gateway_fixtures import TOKEN, camera_for, check_projection, drones, photo, running_gateway, wait_until
 from serving_fixtures import make_test_repository
 
 from dronedepth.contract import MODEL_NAME
@@ -31,11 +31,15 @@ def triton(tmp_path: Path) -> Iterator[EmbeddedTriton]:
         yield server
 
 
+OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
+"""/ready names the depth server only to the operator token."""
+
+
 async def test_triton_outage_is_reported_once_and_results_resume(triton: EmbeddedTriton) -> None:
     client = TritonDepthClient(triton.url, MODEL_NAME, timeout=10)
     camera = camera_for()
     async with running_gateway(client) as gateway, drones(2, photo()) as fleet, ClientSession() as http:
-        async with http.get(f"{gateway.url}/ready") as reply:
+        async with http.get(f"{gateway.url}/ready", headers=OPERATOR) as reply:
             assert reply.status == 200 and (await reply.json())["depth_kind"] == "relative"
         await asyncio.gather(*(d.connect(gateway.url, camera=camera) for d in fleet))
         await asyncio.gather(*(d.wait_for(lambda d: len(d.keypoints) >= 2, what="results") for d in fleet))
@@ -51,7 +55,7 @@ async def test_triton_outage_is_reported_once_and_results_resume(triton: Embedde
         await wait_until(
             lambda: all(s.dropped["inference_unavailable"] >= 5 for s in sessions), what="frames dropped in the outage"
         )
-        async with http.get(f"{gateway.url}/ready") as reply:
+        async with http.get(f"{gateway.url}/ready", headers=OPERATOR) as reply:
             assert reply.status == 503
         counts = [len(d.keypoints) for d in fleet]
 

@@ -140,7 +140,10 @@ def test_ros_rational_polynomial_and_dumped_camera_info_message(tmp_path):
     [
         (ROS_PLUMB_BOB.replace("image_width: 640\n", ""), "image_width must be a positive integer, got None"),
         (ROS_PLUMB_BOB.replace("distortion_model: plumb_bob", "distortion_model: mystery"), "mystery"),
-        (ROS_PLUMB_BOB.replace("520.5, 0.0, 319.5", "-520.5, 0.0, 319.5"), "focal lengths must be positive"),
+        (
+            ROS_PLUMB_BOB.replace("520.5, 0.0, 319.5", "-520.5, 0.0, 319.5"),
+            "focal lengths must be between 2.0 and 64000 pixels",
+        ),
         (ROS_PLUMB_BOB.replace("319.5, 0.0, 521.25, 239.5", "919.5, 0.0, 521.25, 239.5"), "principal point"),
         (ROS_PLUMB_BOB.replace("0.0, 0.0, 1.0]", "0.0, 0.0, 2.0]"), "is not a camera matrix"),
         ("just: text\n", "neither a ROS camera_info YAML nor an OpenCV|no camera_matrix"),
@@ -179,7 +182,9 @@ def test_opencv_file_without_image_size_is_refused(tmp_path):
 def test_values_are_validated_and_short_distortion_padded():
     camera = intrinsics_from_values(width=640, height=480, fx=500, fy=500, cx=320, cy=240, distortion=(0.1, 0.01))
     assert camera.distortion == (0.1, 0.01, 0.0, 0.0)
-    with pytest.raises(ConfigError, match=r"--fx/--fy/--cx/--cy: focal lengths must be positive"):
+    with pytest.raises(
+        ConfigError, match=r"--fx/--fy/--cx/--cy: focal lengths must be between 2.0 and 64000 pixels .* got fx=0"
+    ):
         intrinsics_from_values(width=640, height=480, fx=0, fy=500, cx=320, cy=240, where="--fx/--fy/--cx/--cy")
     with pytest.raises(ConfigError, match="fisheye camera takes at most 4"):
         intrinsics_from_values(

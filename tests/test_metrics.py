@@ -25,6 +25,7 @@ EXPOSED = {
     "dronedepth_http_refusals_total": "counter",
     "dronedepth_inference_available": "gauge",
     "dronedepth_messages_received_total": "counter",
+    "dronedepth_media_ports_exhausted_total": "counter",
     "dronedepth_offers_total": "counter",
     "dronedepth_peer_connections_total": "counter",
     "dronedepth_pending_offers_expired_total": "counter",
