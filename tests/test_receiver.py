@@ -181,3 +181,16 @@ async def test_install_replaces_one_receivers_buffer_and_aiortc_still_has_what_i
     bare = object.__new__(RTCRtpReceiver)
     with pytest.raises(RuntimeError, match="no _RTCRtpReceiver__jitter_buffer"):
         check_aiortc_internals(bare)
+
+
+def late_marker_repair() -> list[RtpPacket]:
+    """Frame 3000's marker packet is lost and retransmitted after frame 6000 is in; frame 9000 follows."""
+    first, second, third = frame_packets(100, 3000, 3), frame_packets(103, 6000, 2), frame_packets(105, 9000, 3)
+    return first[:2] + second + [first[2]] + third
+
+
+def test_a_late_retransmission_still_yields_that_frame_and_the_following_ones_in_order() -> None:
+    released = feed(MarkerJitterBuffer(), late_marker_repair())
+    assert [f.timestamp for _, f in released] == [3000, 6000, 9000]
+    assert released[0][0] == 4  # at the retransmission, not before: no frame overtakes the one being repaired
+    assert released[1][1].data == bytes([6000 % 256, 0, 6000 % 256, 1])
