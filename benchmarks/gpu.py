@@ -12,7 +12,7 @@ weights) at the run's input size, on 640×480 frames and on 518×518 frames
   backends is installed (the official ``nvcr.io/nvidia/tritonserver:<yy.mm>-py3`` image):
   client latency, frames/s with 4 concurrent clients, and Triton's own compute time.
 
-Each is set beside the published figures in ``../shared/NOTES.md``.
+Each is set beside the published figures (TensorRT FP16 on an RTX 4090 at 518²: ViT-S/B/L ≈ 3/6/12 ms).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Test doubles and helpers for the gateway tests: a real aiortc drone, a fake depth client.
 
 - :class:`TestDrone`: a real ``RTCPeerConnection`` (no ICE servers) sending a
-  photo from ``/work/shared/data`` as video with pts starting at 0, with the
+  sample photo (``dronedepth.samples``) as video with pts starting at 0, with the
   ``dronedepth`` data channel, signalling over real HTTP.
 - :class:`FakeDepthClient`: an in-process :class:`~gateway.inference.DepthClient`
   (depth = 1 + 4 × luma / 255 metres) that can be made slow or unavailable.
