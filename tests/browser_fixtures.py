@@ -113,3 +113,12 @@ async def chromium(video: Path) -> AsyncIterator[Any]:
             yield browser
         finally:
             await browser.close()
+
+
+async def page_context(browser: Any) -> tuple[Any, list[str]]:
+    """A 1280×860 browser context with the tests' timeout, and the list its uncaught page errors go to."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(BROWSER_TIMEOUT_MS)
+    page_errors: list[str] = []
+    context.on("weberror", lambda error: page_errors.append(str(error.error)))
+    return context, page_errors

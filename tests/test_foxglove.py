@@ -14,10 +14,10 @@ import pytest
 from mcap.records import Schema
 from mcap_ros2.decoder import DecoderFactory
 from output_fixtures import make_record
+from test_rosbag import TOPICS, cloud_array, stamp_of, unpack_rgb
 
 from dronedepth.errors import ConfigError
 from dronedepth.gateway.outputs.foxglove import FoxgloveSink
-from tests.test_rosbag import TOPICS, cloud_array, stamp_of, unpack_rgb
 
 SUBPROTOCOL = "foxglove.sdk.v1"  # what foxglove-sdk 0.30 speaks (it refuses foxglove.websocket.v1)
 MESSAGE_DATA = 0x01  # server → client binary opcode

@@ -208,9 +208,10 @@ async def test_a_quiet_drone_is_closed_after_the_idle_timeout() -> None:
 
 
 async def test_stop_closes_sessions_and_flushes_recordings_and_bags(tmp_path: Path) -> None:
+    from test_rosbag import read_bag
+
     from dronedepth.gateway.outputs.rosbag import BagSink, ros_name
     from dronedepth.gateway.outputs.sinks import RecorderSink
-    from tests.test_rosbag import read_bag
 
     records, bags = tmp_path / "records", tmp_path / "bags"
     async with (

@@ -21,6 +21,8 @@ import pytest
 from gateway_fixtures import TOKEN, gateway_config
 from mavlink_fixtures import Autopilot, free_udp_port
 from serving_fixtures import metric_tiny_repository, serve
+from test_drone_cli import run_cli
+from test_rosbag import read_bag
 
 from dronedepth.contract import MODEL_NAME
 from dronedepth.drone.cli import TOKEN_ENV
@@ -31,8 +33,6 @@ from dronedepth.gateway.outputs.rosbag import BagSink
 from dronedepth.gateway.server import Gateway
 from dronedepth.protocol import ObstaclesMessage
 from dronedepth.serving import EmbeddedTriton
-from tests.test_drone_cli import run_cli
-from tests.test_rosbag import read_bag
 
 pytestmark = pytest.mark.slow
 FRAMES = 12

@@ -21,6 +21,8 @@ import pytest
 from mcap.records import Schema
 from mcap_ros2.decoder import DecoderFactory
 from output_fixtures import make_record
+from test_foxglove import SUBPROTOCOL, next_json
+from test_rosbag import read_bag, stamp_of
 
 from dronedepth.frames import Transform, matrix_from_quaternion, quaternion_from_rpy
 from dronedepth.gateway.obstacles import ObstacleProfile, SectorLayout
@@ -30,8 +32,6 @@ from dronedepth.gateway.outputs.sinks import FrameRecord
 from dronedepth.gateway.pipeline import FramePose
 from dronedepth.pose_buffer import TimedPose
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, CameraMount
-from tests.test_foxglove import SUBPROTOCOL, next_json
-from tests.test_rosbag import read_bag, stamp_of
 
 MOUNT = CameraMount(x=0.12, y=-0.03, z=0.05, pitch_deg=20.0)
 DISTANCES = np.array([2.5, OBSTACLE_FREE, OBSTACLE_NO_DATA, 7.25, 0.75, OBSTACLE_FREE], np.float32)

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from gateway_fixtures import TOKEN, gateway_config
 from serving_fixtures import reference_depth, serve
+from test_drone_cli import run_cli
+from test_rosbag import read_bag
 
 from dronedepth.contract import MODEL_NAME
 from dronedepth.drone.cli import TOKEN_ENV
@@ -32,8 +34,6 @@ from dronedepth.gateway.outputs.rosbag import BagSink, ros_name
 from dronedepth.gateway.server import Gateway
 from dronedepth.serving import EmbeddedTriton
 from dronedepth.serving.synthetic import ground_disparity_model, write_model
-from tests.test_drone_cli import run_cli
-from tests.test_rosbag import read_bag
 
 GAIN = 2.5
 """The model's unknown scale: disparity = GAIN · height / tan(hfov / 2) × the true inverse depth."""

@@ -26,10 +26,11 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import ClientSession
-from browser_fixtures import ARTIFACTS, BROWSER_TIMEOUT_MS, chromium, photo_paths, web_gateway, write_y4m
+from browser_fixtures import ARTIFACTS, chromium, page_context, photo_paths, web_gateway, write_y4m
 from gateway_fixtures import TOKEN, FakeDepthClient, TestDrone, camera_for, gateway_config, photo, wait_until
 from multidict import CIMultiDict
 from numpy.typing import NDArray
+from test_gateway_poses import FPS, send_poses
 
 from dronedepth.contract import MODEL_NAME
 from dronedepth.gateway.inference import TritonDepthClient
@@ -40,7 +41,6 @@ from dronedepth.gateway.web import STATIC_DIR
 from dronedepth.protocol import KeypointsMessage
 from tests import serving_fixtures
 from tests import test_gateway_scale as ground_scene
-from tests.test_gateway_poses import FPS, send_poses
 
 triton_repository = serving_fixtures.triton_repository
 triton_server = serving_fixtures.triton_server
@@ -330,10 +330,7 @@ async def test_browser_drone_streams_and_the_operator_page_shows_it(triton_serve
     ARTIFACTS.mkdir(exist_ok=True)
     client = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30)
     async with web_gateway(client, idle_timeout=60.0) as (gw, hub), chromium(video) as browser:
-        context = await browser.new_context(viewport={"width": 1280, "height": 860})
-        context.set_default_timeout(BROWSER_TIMEOUT_MS)
-        page_errors: list[str] = []
-        context.on("weberror", lambda error: page_errors.append(str(error.error)))
+        context, page_errors = await page_context(browser)
         drone_page = await context.new_page()
         console: list[str] = []
         drone_page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
@@ -408,10 +405,7 @@ async def test_operator_page_shows_pose_status_and_nearest_obstacle(tmp_path):
         try:
             await drone.connect(gw.url, drone_id="posed-1", camera=camera_for(320, 240))
             poses = asyncio.ensure_future(send_poses(drone, stop_poses))
-            context = await browser.new_context(viewport={"width": 1280, "height": 860})
-            context.set_default_timeout(BROWSER_TIMEOUT_MS)
-            page_errors: list[str] = []
-            context.on("weberror", lambda error: page_errors.append(str(error.error)))
+            context, page_errors = await page_context(browser)
             operator = await context.new_page()
             await operator.goto(f"{gw.url}/?token={TOKEN}")
             card = '[data-drone-id="posed-1"]'
@@ -449,7 +443,7 @@ async def test_operator_page_shows_pose_status_and_nearest_obstacle(tmp_path):
 @pytest.mark.slow
 async def test_operator_page_shows_the_top_down_world_map_when_the_map_is_on(tmp_path):
     """With --map and a posed drone the page shows the occupancy PNG (refreshed); without --map no panel."""
-    from tests.test_gateway_map import MAP
+    from test_gateway_map import MAP
 
     video = write_y4m(tmp_path / "camera.y4m", photo_paths(), width=320, height=240, frames=10, fps=15)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -459,10 +453,7 @@ async def test_operator_page_shows_the_top_down_world_map_when_the_map_is_on(tmp
         try:
             await drone.connect(gw.url, drone_id="mapper-1", camera=camera_for(320, 240))
             poses = asyncio.ensure_future(send_poses(drone, stop_poses))
-            context = await browser.new_context(viewport={"width": 1280, "height": 860})
-            context.set_default_timeout(BROWSER_TIMEOUT_MS)
-            page_errors: list[str] = []
-            context.on("weberror", lambda error: page_errors.append(str(error.error)))
+            context, page_errors = await page_context(browser)
             operator = await context.new_page()
             await operator.goto(f"{gw.url}/?token={TOKEN}")
             await operator.wait_for_function(
@@ -499,10 +490,7 @@ async def test_operator_badge_says_where_the_scale_comes_from(tmp_path):
             await grounded.connect(gw.url, drone_id="grounded", camera=ground_scene.CAMERA)
             await unscaled.connect(gw.url, drone_id="unscaled", camera=ground_scene.CAMERA)
             poses = asyncio.ensure_future(ground_scene.send_poses(grounded, stop_poses))
-            context = await browser.new_context(viewport={"width": 1280, "height": 860})
-            context.set_default_timeout(BROWSER_TIMEOUT_MS)
-            page_errors: list[str] = []
-            context.on("weberror", lambda error: page_errors.append(str(error.error)))
+            context, page_errors = await page_context(browser)
             operator = await context.new_page()
             await operator.goto(f"{gw.url}/?token={TOKEN}")
             badge = "document.querySelector('[data-drone-id=\"{}\"] .kind')"
