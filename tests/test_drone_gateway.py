@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import serving_fixtures
 from drone_fixtures import wait_until
 from gateway_fixtures import TOKEN, check_projection, gateway_config
 
@@ -27,7 +28,6 @@ from dronedepth.gateway.inference import TritonDepthClient
 from dronedepth.gateway.server import Gateway
 from dronedepth.samples import SAMPLE_DIR
 from dronedepth.serving import EmbeddedTriton
-from tests import serving_fixtures
 
 triton_repository = serving_fixtures.triton_repository
 triton_server = serving_fixtures.triton_server

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import serving_fixtures
 from gateway_fixtures import FakeDepthClient
 
 from dronedepth.contract import MODEL_NAME, PARAM_DEPTH_KIND
@@ -28,7 +29,6 @@ from dronedepth.gateway.inference import (
 )
 from dronedepth.serving import EmbeddedTriton, find_free_port
 from dronedepth.serving.synthetic import tiny_depth_model
-from tests import serving_fixtures
 
 triton_repository = serving_fixtures.triton_repository
 triton_server = serving_fixtures.triton_server

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import serving_fixtures
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from serving_fixtures import TEST_MAX_BATCH_SIZE, make_test_repository, normalised_rmse, reference_depth
@@ -20,9 +21,8 @@ from dronedepth.errors import ServingError
 from dronedepth.serving import AdapterSettings, EmbeddedTriton
 from dronedepth.serving.embedded import group_members
 from dronedepth.serving.synthetic import conv_depth_model, write_model
-from tests import serving_fixtures
 
-# The shared session fixtures (a tests/conftest.py with pytest_plugins = ["tests.serving_fixtures"] would do the same).
+# The shared session fixtures (a tests/conftest.py with pytest_plugins = ["serving_fixtures"] would do the same).
 triton_repository = serving_fixtures.triton_repository
 triton_server = serving_fixtures.triton_server
 

@@ -25,6 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import serving_fixtures
+import test_gateway_scale as ground_scene
 from aiohttp import ClientSession
 from browser_fixtures import ARTIFACTS, chromium, page_context, photo_paths, web_gateway, write_y4m
 from gateway_fixtures import TOKEN, FakeDepthClient, TestDrone, camera_for, gateway_config, photo, wait_until
@@ -39,8 +41,6 @@ from dronedepth.gateway.outputs.sinks import FrameRecord
 from dronedepth.gateway.server import Gateway
 from dronedepth.gateway.web import STATIC_DIR
 from dronedepth.protocol import KeypointsMessage
-from tests import serving_fixtures
-from tests import test_gateway_scale as ground_scene
 
 triton_repository = serving_fixtures.triton_repository
 triton_server = serving_fixtures.triton_server
