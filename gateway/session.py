@@ -182,30 +182,41 @@ def _write_record(
 
 
 class LatestFrame:
-    """A slot holding only the newest item: ``put`` replaces, ``get`` waits for one."""
+    """A slot holding only the newest item *waiting* for the consumer: ``put`` replaces, ``get`` waits for one.
+
+    An item put while the consumer waits in :meth:`get` is handed to it at
+    once, not left in the slot until the consumer's task runs: it is being
+    processed, not waiting, so an item put just after it (a frame held behind
+    a repaired packet loss comes out of the receiver together with its
+    successor) waits in the slot instead of replacing it. An item is replaced
+    only when a newer one comes while it waits for a busy consumer: at most
+    one in hand and one waiting, never a queue.
+    """
 
     def __init__(self) -> None:
         self._item: Any = None
-        self._event = asyncio.Event()
+        self._waiter: asyncio.Future[Any] | None = None
 
     def put(self, item: Any) -> bool:
-        """Store ``item``; True when it replaced one that was never taken."""
+        """Store ``item`` (or hand it to a waiting :meth:`get`); True when it replaced one that was never taken."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(item)
+            return False
         replaced = self._item is not None
         self._item = item
-        self._event.set()
         return replaced
 
     async def get(self) -> Any:
-        while self._item is None:
-            self._event.clear()
-            await self._event.wait()
-        item, self._item = self._item, None
-        return item
+        if self._item is not None:
+            item, self._item = self._item, None
+            return item
+        self._waiter = asyncio.get_running_loop().create_future()
+        return await self._waiter
 
-    def take(self) -> Any:
-        """The waiting item, or None; does not wait."""
-        item, self._item = self._item, None
-        return item
+    def peek(self) -> Any:
+        """The waiting item, left in the slot, or None."""
+        return self._item
 
     def clear(self) -> bool:
         had = self._item is not None
@@ -691,12 +702,14 @@ class DroneSession:
         converted = time.monotonic()
         try:
             # The request slot is held for the inference alone: CPU work never keeps it from other drones.
+            admission_asked = time.monotonic()
             async with self._ctx.depth.admission():
-                newer = self._slot.take()
-                if newer is not None:
-                    # A frame that arrived while this one waited for a slot is fresher: process it instead.
+                newer: _Received | None = self._slot.peek()
+                if newer is not None and newer.received_at > admission_asked:
+                    # A frame that arrived while this one waited for a request slot makes it stale: the newer
+                    # one is processed instead. One that arrived during this frame's conversion does not: this
+                    # frame is being processed, not waiting, and the newer one waits its turn in the slot.
                     self._drop(SUPERSEDED)
-                    self._slot.put(newer)
                     return
                 depth = await self._ctx.depth.infer(rgb)
         except InferenceUnavailable as exc:
