@@ -10,7 +10,8 @@
 - ``GET /api/drones``: per-drone statistics (JSON), with each drone's ``scale``
   (:meth:`~dronedepth.gateway.scaling.SessionScale.snapshot`: the latest
   frame's scale, a metric model's latest scale check, the mode).
-- ``GET /api/drones/{drone}/preview.jpg``: the drone's latest depth preview.
+- ``GET /api/drones/{drone}/preview.jpg``: the drone's latest depth preview, encoded on this request
+  (in a worker thread) when a newer depth came: nobody watching costs no previews.
 - ``GET /assets/{name}``: the pages' CSS and JavaScript (no data, no auth).
 
 Everything is served from ``gateway/static``; nothing comes from a CDN, so the
@@ -28,6 +29,7 @@ one of its result sinks. :func:`add_web_routes` mounts the routes;
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import html
 import json
@@ -263,10 +265,11 @@ class _WebRoutes:
         drone_id = request.match_info["drone"]
         if not DRONE_ID_PATTERN.fullmatch(drone_id):
             return json_error(400, INVALID_DRONE_ID, f"a drone id is {DRONE_ID_RULE}")
-        hub = request.app[GATEWAY].preview_hub
+        gateway = request.app[GATEWAY]
+        hub = gateway.preview_hub
         if hub is None:
             return json_error(404, "previews_off", "this gateway keeps no depth previews (it has no PreviewHub)")
-        found = hub.preview(drone_id)
+        found = await asyncio.get_running_loop().run_in_executor(gateway.executor, hub.preview, drone_id)
         if found is None:
             return json_error(404, "no_preview", f"no preview of drone {drone_id!r} yet")
         jpeg, seq = found

@@ -101,22 +101,26 @@ def test_preview_is_a_downscaled_colour_jpeg():
     assert (w, h) == (64, 48) and small[:2] == b"\xff\xd8"
 
 
-def test_hub_encodes_at_most_max_fps_per_drone_and_keeps_statistics():
+def test_hub_encodes_only_on_request_at_most_max_fps_per_drone_and_keeps_statistics():
     clock = _Clock()
     hub = PreviewHub(max_fps=3.0, clock=clock)
-    for i in range(10):  # a burst at one instant: one encode
+    assert hub.preview("d1") is None, "no result, no preview"
+    for i in range(10):
         hub.write(_record(total_ms=10.0 * (i + 1)))
-    assert hub.previews_encoded == 1
-    clock.now += 0.2
-    hub.write(_record())
-    assert hub.previews_encoded == 1, "not again within 1/max_fps"
-    clock.now += 0.2
-    hub.write(_record())
-    assert hub.previews_encoded == 2
+    assert hub.previews_encoded == 0, "nobody asked: results cost no previews"
     jpeg, seq = hub.preview("d1")
-    assert seq == 2 and jpeg[:2] == b"\xff\xd8"
+    assert seq == 10 and jpeg[:2] == b"\xff\xd8" and hub.previews_encoded == 1
+    hub.write(_record())
+    clock.now += 0.2
+    assert hub.preview("d1") == (jpeg, 10) and hub.previews_encoded == 1, "not again within 1/max_fps"
+    hub.write(_record())
+    clock.now += 0.2
+    jpeg, seq = hub.preview("d1")
+    assert seq == 12 and hub.previews_encoded == 2
+    clock.now += 0.4
+    assert hub.preview("d1") == (jpeg, 12) and hub.previews_encoded == 2, "no newer depth: the same preview"
     hub.write(_record("d2"))
-    assert hub.previews_encoded == 3, "each drone has its own budget"
+    assert hub.preview("d2") is not None and hub.previews_encoded == 3, "each drone has its own budget"
 
     stats = hub.stats("d1")
     assert stats is not None
@@ -125,7 +129,7 @@ def test_hub_encodes_at_most_max_fps_per_drone_and_keeps_statistics():
     assert stats["latency_ms"]["samples"] == 12
     assert stats["latency_ms"]["p50"] == pytest.approx(float(np.percentile([*range(10, 101, 10), 50, 50], 50)))
     assert stats["latency_ms"]["p95"] == pytest.approx(float(np.percentile([*range(10, 101, 10), 50, 50], 95)))
-    assert stats["preview"]["seq"] == 2 and stats["preview"]["width"] == 320
+    assert stats["preview"] == {"seq": 12, "width": 320, "height": 240, "age_s": 0.6}
     assert stats["result_rate"] == pytest.approx(12 / 1.0), "a young drone's rate is over at least one second"
     clock.now += 30.0
     later = hub.stats("d1")
@@ -250,10 +254,11 @@ async def test_api_reports_a_connected_drone_and_serves_its_preview():
         try:
             await drone.connect(gw.url, drone_id="scout-1", camera=camera_for(320, 240))
             session = gw.sessions["scout-1"]
-            await wait_until(lambda: session.frames_processed >= 3 and hub.preview("scout-1"), what="results")
+            await wait_until(lambda: session.frames_processed >= 3, what="results")
             assert drone.track is not None
             drone.track.pause()  # no newer preview from here on: the ETag check below is exact
             await asyncio.sleep(0.5)
+            assert hub.previews_encoded == 0, "nobody asked for a preview yet"
             status, headers, body = await _get(gw.url + "/api/drones", AUTH)
             assert status == 200 and headers["Cache-Control"] == "no-store"
             data = json.loads(body)
@@ -283,9 +288,10 @@ async def test_api_reports_a_connected_drone_and_serves_its_preview():
             assert threading.main_thread().name not in worker_threads, "never encoded in the event loop's thread"
 
             status, headers, body = await _get(gw.url + "/api/drones/scout-1/preview.jpg", AUTH)
-            assert status == 200 and headers["Content-Type"] == "image/jpeg"
+            assert status == 200 and headers["Content-Type"] == "image/jpeg" and hub.previews_encoded == 1
             image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
             assert (image.shape[1], image.shape[0]) == (320, 240)
+            assert headers["ETag"] == f'"scout-1-{entry["preview"]["seq"]}"', "the depth the listing announced"
             etag = {**AUTH, "If-None-Match": headers["ETag"]}
             status, _, _ = await _get(gw.url + "/api/drones/scout-1/preview.jpg", etag)
             assert status == 304

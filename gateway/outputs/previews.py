@@ -2,10 +2,13 @@
 
 :class:`PreviewHub` is a :class:`~dronedepth.gateway.outputs.sinks.ResultSink`:
 the session's worker thread hands it every processed frame; it keeps a short
-history of result times and latencies per drone and, at most ``max_fps`` times
-a second per drone, colourises the depth (downscaled to at most ``max_width``
-pixels wide) and encodes a JPEG, in that worker thread, never in the event
-loop. The web API (:mod:`dronedepth.gateway.web`) reads it.
+history of result times and latencies per drone and a reference to the latest
+depth. Previews are made only when someone asks for one (the operator page's
+``preview.jpg`` requests): :meth:`PreviewHub.preview` colourises that depth
+(downscaled to at most ``max_width`` pixels wide) and encodes a JPEG, at most
+``max_fps`` times a second per drone, in the caller's thread (the web API calls
+it in a worker thread, never in the event loop). With nobody watching, a result
+costs the hub only its bookkeeping. The web API (:mod:`dronedepth.gateway.web`) reads it.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from typing import Any, Final
 
 import cv2
 import numpy as np
-from dronedepth.gateway.outputs.render import colorize_depth
-from dronedepth.gateway.outputs.sinks import FrameRecord
 from numpy.typing import NDArray
 
 from dronedepth.contract import DepthKind
+from dronedepth.gateway.outputs.render import colorize_depth
+from dronedepth.gateway.outputs.sinks import FrameRecord
 from dronedepth.stats import percentile
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "PreviewHub",
     "encode_preview",
     "find_preview_hub",
+    "preview_size",
 ]
 
 DEFAULT_PREVIEW_WIDTH: Final = 320
@@ -47,6 +51,13 @@ _HISTORY: Final = 2048
 """At most this many results are remembered per drone (enough for 200 fps over the windows)."""
 
 
+def preview_size(width: int, height: int, max_width: int = DEFAULT_PREVIEW_WIDTH) -> tuple[int, int]:
+    """``(width, height)`` of the preview of a ``width`` × ``height`` frame: at most ``max_width`` wide, same aspect."""
+    if width <= max_width:
+        return width, height
+    return max_width, max(1, round(height * max_width / width))
+
+
 def encode_preview(
     depth: NDArray[np.float32], depth_kind: DepthKind, *, max_width: int = DEFAULT_PREVIEW_WIDTH, quality: int = 80
 ) -> tuple[bytes, int, int]:
@@ -56,8 +67,8 @@ def encode_preview(
     makes a preview of a 1080p frame cost about as much as one of a 320 px frame.
     """
     height, width = depth.shape[:2]
-    if width > max_width:
-        size = (max_width, max(1, round(height * max_width / width)))
+    size = preview_size(width, height, max_width)
+    if size != (width, height):
         # float32 in (cv2.resize has no float16), float32 out: the outer astype (no copy) tells mypy,
         # whose OpenCV stubs type every result as any dtype.
         shrunk = cv2.resize(depth.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
@@ -76,25 +87,27 @@ class _DroneView:
     first_at: float
     results: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     """``(monotonic arrival, gateway total ms)`` of recent results."""
-    depth_kind: str | None = None
+    depth_kind: DepthKind | None = None
     frame_size: tuple[int, int] | None = None
     keypoints: int = 0
     total_results: int = 0
+    depth: NDArray[np.float32] | None = None
+    """The latest result's depth (a reference: results are never modified after they are handed to the sinks)."""
+    depth_at: float = 0.0
     encode_due: float = -math.inf
     """Monotonic time from which the next preview may be encoded."""
     jpeg: bytes | None = None
-    jpeg_size: tuple[int, int] = (0, 0)
-    jpeg_at: float = 0.0
-    seq: int = 0
+    jpeg_seq: int = 0
+    """``total_results`` when the depth of ``jpeg`` came: its sequence number."""
 
 
 class PreviewHub:
     """Latest depth preview and recent result statistics per drone; a :class:`~.sinks.ResultSink`.
 
-    ``write`` runs in the session's worker thread and encodes a preview at most
-    ``max_fps`` times a second per drone; the routes read the hub from the
-    event loop. All state is behind one lock held only for bookkeeping, never
-    while encoding.
+    ``write`` runs in the session's worker thread and only keeps statistics and
+    the latest depth; :meth:`preview` encodes on demand, at most ``max_fps``
+    times a second per drone. All state is behind one lock held only for
+    bookkeeping, never while encoding.
     """
 
     def __init__(
@@ -139,19 +152,7 @@ class PreviewHub:
             view.frame_size = (message.width, message.height)
             view.keypoints = len(message.points)
             view.total_results += 1
-            due = now >= view.encode_due
-            if due:  # reserve this slot so a concurrent write of the same drone does not encode too
-                view.encode_due = now + 1.0 / self.max_fps
-        if not due:
-            return
-        jpeg, width, height = encode_preview(
-            record.result.depth, message.depth_kind, max_width=self.max_width, quality=self.quality
-        )
-        with self._lock:
-            if self._views.get(record.drone_id) is view:  # not closed meanwhile
-                view.jpeg, view.jpeg_size, view.jpeg_at = jpeg, (width, height), now
-                view.seq += 1
-                self.previews_encoded += 1
+            view.depth, view.depth_at = record.result.depth, now
 
     def close_drone(self, drone_id: str) -> None:
         """The drone left: forget it (a drone that comes back starts afresh)."""
@@ -176,12 +177,31 @@ class PreviewHub:
     # ------------------------------------------------------------------ readers (any thread)
 
     def preview(self, drone_id: str) -> tuple[bytes, int] | None:
-        """The latest preview JPEG of ``drone_id`` and its sequence number, or None."""
+        """A JPEG preview of ``drone_id``'s latest depth and its sequence number, or None before any result.
+
+        Encodes one (blocking: call it in a worker thread) when a newer depth
+        came since the last and that one is at least ``1 / max_fps`` old;
+        otherwise returns the last one. A request that comes while another
+        encodes the drone's first preview gets None.
+        """
+        now = self._clock()
         with self._lock:
             view = self._views.get(drone_id)
-            if view is None or view.jpeg is None:
+            if view is None or view.depth is None or view.depth_kind is None:
                 return None
-            return view.jpeg, view.seq
+            fresh = view.jpeg is not None and view.jpeg_seq == view.total_results
+            if fresh or now < view.encode_due:
+                return None if view.jpeg is None else (view.jpeg, view.jpeg_seq)
+            # Reserve this slot so a concurrent request for the same drone does not encode too.
+            view.encode_due = now + 1.0 / self.max_fps
+            depth, depth_kind, seq = view.depth, view.depth_kind, view.total_results
+        jpeg, _, _ = encode_preview(depth, depth_kind, max_width=self.max_width, quality=self.quality)
+        with self._lock:
+            if self._views.get(drone_id) is view:  # not closed meanwhile
+                if seq > view.jpeg_seq:
+                    view.jpeg, view.jpeg_seq = jpeg, seq
+                self.previews_encoded += 1
+        return jpeg, seq
 
     def stats(self, drone_id: str) -> dict[str, Any] | None:
         """Result rate, latency percentiles and the latest result's shape for ``drone_id``, or None."""
@@ -191,6 +211,7 @@ class PreviewHub:
             if view is None:
                 return None
             results = list(view.results)
+            size = None if view.frame_size is None else preview_size(*view.frame_size, self.max_width)
             out: dict[str, Any] = {
                 "depth_kind": view.depth_kind,
                 "frame": None
@@ -198,13 +219,14 @@ class PreviewHub:
                 else {"width": view.frame_size[0], "height": view.frame_size[1]},
                 "keypoints": view.keypoints,
                 "results": view.total_results,
+                # What a preview request would show: the latest depth (encoded on that request).
                 "preview": None
-                if view.jpeg is None
+                if view.depth is None or size is None
                 else {
-                    "seq": view.seq,
-                    "width": view.jpeg_size[0],
-                    "height": view.jpeg_size[1],
-                    "age_s": round(now - view.jpeg_at, 2),
+                    "seq": view.total_results,
+                    "width": size[0],
+                    "height": size[1],
+                    "age_s": round(now - view.depth_at, 2),
                 },
             }
             first_at = view.first_at
