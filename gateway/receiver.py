@@ -9,14 +9,19 @@ its first one to the packet carrying the RTP marker bit (RFC 3550 §5.1; RFC
 present, contiguous in sequence number. A frame with a packet missing is not
 released early: it waits, as before, for the retransmission (aiortc NACKs the
 gap) or is dropped whole by aiortc's overflow path, so loss and reordering
-behave as they did.
+behave as they did. When a retransmission completes such a frame, every
+complete frame that waited behind it is released with it, in order: aiortc's
+buffer gives one frame per arriving packet, which would keep a complete frame
+waiting for the next packet (the next frame's, up to a frame interval later).
 
 Why a subclass of aiortc's buffer rather than our own depacketiser: the
 receiver's NACK, RTX, PLI, RTCP statistics and decoder thread all stay
-aiortc's, and the change is the release rule alone (one method). aiortc has no
-public hook for its buffer, so :func:`install` replaces the private attribute
-of one receiver (no global patch); :func:`check_aiortc_internals` says whether
-the aiortc in use still has what this relies on (a test calls it).
+aiortc's, and the change is the release rule alone. aiortc has no public hook
+for its buffer, so :func:`install` replaces the private attribute of one
+receiver (no global patch) and wraps that receiver's packet handler to queue
+the extra frames a repair completes for its decoder, as aiortc queues the one
+it gets back; :func:`check_aiortc_internals` says whether the aiortc in use
+still has what this relies on (a test calls it).
 
 :class:`FrameSizeGate` refuses frames from their dimensions before they reach
 the decoder: a VP8 keyframe states its width and height in its header, an
@@ -27,8 +32,9 @@ that size, so they share its verdict.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
@@ -49,6 +55,10 @@ VIDEO_BUFFER_PACKETS: Final = 512
 """Capacity of the video buffer in packets: aiortc's own for video."""
 _BUFFER_ATTRIBUTE: Final = "_RTCRtpReceiver__jitter_buffer"
 """aiortc's private (name-mangled) ``RTCRtpReceiver.__jitter_buffer``."""
+_DECODER_ATTRIBUTES: Final = tuple(
+    f"_RTCRtpReceiver__{name}" for name in ("codecs", "decoder_queue", "decoder_thread", "timestamp_mapper")
+)
+"""The private receiver state that queues an encoded frame for the decoder (``_handle_rtp_packet``'s end)."""
 
 
 class FrameSizeGate:
@@ -90,6 +100,9 @@ class MarkerJitterBuffer(JitterBuffer):
     """aiortc's video jitter buffer, releasing a frame at its marker packet when none of its packets is missing.
 
     ``gate``, if given, decides whether a released frame goes to the decoder.
+    :meth:`add` returns one frame, as aiortc's receiver expects; the frames
+    a repair completes after it wait in :meth:`take_ready` (which the wrapper
+    :func:`install` puts on the receiver empties after every packet).
     """
 
     release_at_marker: bool = True
@@ -98,17 +111,36 @@ class MarkerJitterBuffer(JitterBuffer):
     def __init__(self, capacity: int = VIDEO_BUFFER_PACKETS, *, gate: FrameSizeGate | None = None) -> None:
         super().__init__(capacity=capacity, is_video=True)
         self._gate = gate
+        self._ready: deque[JitterFrame] = deque()
+        """Complete frames released after the one :meth:`add` returned, oldest first."""
+        self.payload_type: int | None = None
+        """Payload type of the latest media packet (after RTX unwrapping): the codec of the frames released."""
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        self.payload_type = packet.payload_type
         pli_flag, frame = super().add(packet)
-        if frame is not None and self._gate is not None and not self._gate.admit(frame.data):
+        if frame is not None and not self._admitted(frame):
             frame = None
         return pli_flag, frame
 
+    def take_ready(self) -> list[JitterFrame]:
+        """The complete frames released after the one :meth:`add` returned (those the gate admits), in order."""
+        ready = [frame for frame in self._ready if self._admitted(frame)]
+        self._ready.clear()
+        return ready
+
+    def _admitted(self, frame: JitterFrame) -> bool:
+        return self._gate is None or self._gate.admit(frame.data)
+
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        if self._ready:  # not taken since the last packet (no wrapper): still one frame per packet, in order
+            return self._ready.popleft()
         if self.release_at_marker:
             frame = self._remove_marked_frame()
             if frame is not None:
+                # A repaired frame may have complete frames behind it: they are due now too.
+                while (behind := self._remove_marked_frame()) is not None:
+                    self._ready.append(behind)
                 return frame
         return super()._remove_frame(sequence_number)
 
@@ -141,6 +173,9 @@ def check_aiortc_internals(receiver: RTCRtpReceiver) -> None:
     for name in ("_origin", "_packets", "_capacity", "_remove_frame", "remove"):
         if not hasattr(current, name):
             raise RuntimeError(f"aiortc's JitterBuffer has no {name} any more")
+    for name in (*_DECODER_ATTRIBUTES, "_handle_rtp_packet"):
+        if not hasattr(receiver, name):
+            raise RuntimeError(f"aiortc's RTCRtpReceiver has no {name} any more")
 
 
 def install(receiver: RTCRtpReceiver, *, gate: FrameSizeGate | None = None) -> MarkerJitterBuffer:
@@ -148,4 +183,18 @@ def install(receiver: RTCRtpReceiver, *, gate: FrameSizeGate | None = None) -> M
     check_aiortc_internals(receiver)
     buffer = MarkerJitterBuffer(getattr(receiver, _BUFFER_ATTRIBUTE).capacity, gate=gate)
     setattr(receiver, _BUFFER_ATTRIBUTE, buffer)
+    handle = receiver._handle_rtp_packet
+    codecs, decoder_queue, _, timestamp_mapper = (getattr(receiver, name) for name in _DECODER_ATTRIBUTES)
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        await handle(packet, arrival_time_ms)
+        ready = buffer.take_ready()
+        # What aiortc's handler does with the frame the buffer returns, for each frame released after it.
+        codec: Any = codecs.get(buffer.payload_type)
+        if ready and codec is not None and getattr(receiver, _DECODER_ATTRIBUTES[2]) is not None:
+            for frame in ready:
+                frame.timestamp = timestamp_mapper.map(frame.timestamp)
+                decoder_queue.put((codec, frame))
+
+    receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
     return buffer

@@ -82,9 +82,20 @@ def test_a_frame_with_a_lost_packet_is_not_released_early_nor_corrupted() -> Non
     _, frame = buffer.add(first[1])
     assert frame is not None and frame.timestamp == 3000
     assert frame.data == b"".join(p._data for p in first)  # type: ignore[attr-defined]
-    # The frames that waited behind it come out in order with the next packets.
-    later = feed(buffer, frame_packets(17, 12000, 2))
-    assert [f.timestamp for _, f in later] == [6000, 9000]
+    # The complete frames that waited behind it are due at the same packet, in order.
+    behind = buffer.take_ready()
+    assert [f.timestamp for f in behind] == [6000, 9000]
+    assert behind[0].data == b"".join(p._data for p in second)  # type: ignore[attr-defined]
+    assert buffer.take_ready() == []
+    assert [f.timestamp for _, f in feed(buffer, frame_packets(17, 12000, 2))] == [12000]
+
+
+def test_without_take_ready_the_frames_behind_a_repair_still_come_out_in_order_one_per_packet() -> None:
+    first, second, third = frame_packets(10, 3000, 3), frame_packets(13, 6000, 2), frame_packets(15, 9000, 2)
+    buffer = MarkerJitterBuffer()
+    assert feed(buffer, [first[0], first[2], *second, *third]) == []
+    later = feed(buffer, [first[1], *frame_packets(17, 12000, 2)])
+    assert [(index, f.timestamp) for index, f in later] == [(0, 3000), (1, 6000), (2, 9000)]
 
 
 def test_a_lost_marker_packet_leaves_the_frame_to_the_stock_rule() -> None:
@@ -190,7 +201,65 @@ def late_marker_repair() -> list[RtpPacket]:
 
 
 def test_a_late_retransmission_still_yields_that_frame_and_the_following_ones_in_order() -> None:
-    released = feed(MarkerJitterBuffer(), late_marker_repair())
-    assert [f.timestamp for _, f in released] == [3000, 6000, 9000]
-    assert released[0][0] == 4  # at the retransmission, not before: no frame overtakes the one being repaired
+    buffer = MarkerJitterBuffer()
+    released = []
+    for index, rtp in enumerate(late_marker_repair()):
+        _, frame = buffer.add(rtp)
+        released += [(index, f) for f in ([frame] if frame is not None else []) + buffer.take_ready()]
+    # Each frame exactly once, in order; none overtakes the one being repaired, and the frame that was complete
+    # behind it leaves at the retransmission too (not at the next frame's first packet).
+    assert [(index, f.timestamp) for index, f in released] == [(4, 3000), (4, 6000), (7, 9000)]
     assert released[1][1].data == bytes([6000 % 256, 0, 6000 % 256, 1])
+
+
+def vp8_rtp(seq: int, timestamp: int, data: bytes, *, first: bool, marker: bool) -> RtpPacket:
+    """An RTP packet with a minimal VP8 payload descriptor (RFC 7741 §4.2: S bit on a frame's first packet)."""
+    descriptor = b"\x10" if first else b"\x00"
+    return RtpPacket(
+        payload_type=96,
+        sequence_number=seq,
+        timestamp=timestamp,
+        marker=int(marker),
+        ssrc=1234,
+        payload=descriptor + data,
+    )
+
+
+async def test_an_installed_receiver_queues_every_frame_a_repair_completes_for_its_decoder() -> None:
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        install(receiver)
+        # What receive() sets up, without starting the decoder thread: the test reads the decoder's queue.
+        receiver._RTCRtpReceiver__codecs[96] = VP8  # type: ignore[attr-defined]
+        receiver._RTCRtpReceiver__decoder_thread = object()  # type: ignore[attr-defined]
+        decoder_queue = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+
+        def queued() -> list[tuple[int, bytes]]:
+            out = []
+            while not decoder_queue.empty():
+                codec, frame = decoder_queue.get_nowait()
+                assert codec is VP8
+                out.append((frame.timestamp, frame.data))
+            return out
+
+        packets = [
+            vp8_rtp(200, 3000, b"a0", first=True, marker=False),
+            vp8_rtp(201, 3000, b"a1", first=False, marker=False),  # lost, retransmitted last
+            vp8_rtp(202, 3000, b"a2", first=False, marker=True),
+            vp8_rtp(203, 6000, b"b0", first=True, marker=False),
+            vp8_rtp(204, 6000, b"b1", first=False, marker=True),
+            vp8_rtp(205, 9000, b"c0", first=True, marker=True),
+        ]
+        for rtp in packets[:1] + packets[2:]:
+            await receiver._handle_rtp_packet(rtp, arrival_time_ms=0)
+        assert queued() == []
+        await receiver._handle_rtp_packet(packets[1], arrival_time_ms=0)
+        # aiortc's timestamp mapper counts from the first frame's RTP timestamp.
+        assert queued() == [(0, b"a0a1a2"), (3000, b"b0b1"), (6000, b"c0")]
+        await receiver._handle_rtp_packet(vp8_rtp(206, 12000, b"d0", first=True, marker=True), arrival_time_ms=0)
+        assert queued() == [(9000, b"d0")]
+    finally:
+        await pc.close()
