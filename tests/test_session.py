@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -335,3 +336,26 @@ async def test_close_drone_comes_after_the_last_write_returns() -> None:
         release.set()
         await session.close("test over")
         executor.shutdown()
+
+
+def test_rgb24_converts_decoded_i420_like_av_and_falls_back_to_av_otherwise() -> None:
+    from aiortc.codecs.vpx import Vp8Decoder, Vp8Encoder, vp8_depayload
+    from aiortc.jitterbuffer import JitterFrame
+
+    from dronedepth.samples import sample_photo
+
+    with av.open(str(sample_photo())) as container:
+        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")[:480, :640]
+    source = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    source.pts, source.time_base = 0, Fraction(1, 90000)
+    payloads, timestamp = Vp8Encoder().encode(source, force_keyframe=True)
+    (decoded,) = Vp8Decoder().decode(JitterFrame(data=b"".join(map(vp8_depayload, payloads)), timestamp=timestamp))
+    assert decoded.format.name == "yuv420p"
+    fast = session_module._rgb24(decoded)
+    reference = decoded.to_ndarray(format="rgb24")
+    assert fast.shape == reference.shape == (*rgb.shape[:2], 3) and fast.dtype == np.uint8
+    difference = np.abs(fast.astype(np.int16) - reference)
+    # BT.601 limited range both; they round and upsample chroma apart: ~1 level, a few colour edges up to ~12.
+    assert difference.mean() < 1.5 and np.percentile(difference, 99.9) <= 3 and (difference > 4).mean() < 1e-3
+    full_range = decoded.reformat(format="yuvj420p")  # not BT.601 limited: av converts it
+    np.testing.assert_array_equal(session_module._rgb24(full_range), full_range.to_ndarray(format="rgb24"))
