@@ -20,6 +20,7 @@ only numpy and the standard library, so a drone can import it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import re
@@ -32,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dronedepth.axes import AXES, Axes, axes_from_optical, optical_from_axes
-from dronedepth.contract import DEPTH_KINDS, DepthKind
+from dronedepth.contract import DEPTH_KINDS, DepthKind, check_depth_stride, depth_grid_shape
 from dronedepth.errors import ProtocolError
 from dronedepth.frames import Transform, body_from_camera, enu_from_ned_pose, enu_from_ned_vector, normalised_quaternion
 
@@ -345,6 +346,31 @@ class CameraMessage:
     def body_from_camera(self) -> Transform:
         """``base_link_from_camera_optical``: the mount, or a forward-looking camera without one."""
         return (self.mount or CameraMount()).body_from_camera
+
+    def strided(self, stride: int) -> CameraMessage:
+        """The camera of this camera's depth sampled at every ``stride``-th pixel (a model's depth grid).
+
+        The grid keeps every ``stride``-th row and column starting at 0 (see
+        :func:`dronedepth.contract.depth_grid_shape`): grid pixel ``(i, j)`` is
+        image pixel ``(stride·i, stride·j)``, so ``fx, fy, cx, cy`` divide by
+        ``stride`` (no half-pixel shift, unlike :meth:`scaled`'s resize), the
+        size is ``ceil(W / stride)`` × ``ceil(H / stride)`` and the distortion,
+        which acts on normalised coordinates, stays. Every grid pixel thus has
+        exactly the ray of its image pixel. Stride 1 is the camera itself.
+        """
+        stride = check_depth_stride(stride)
+        if stride == 1:
+            return self
+        height, width = depth_grid_shape(self.height, self.width, stride)
+        return dataclasses.replace(
+            self,
+            width=width,
+            height=height,
+            fx=self.fx / stride,
+            fy=self.fy / stride,
+            cx=self.cx / stride,
+            cy=self.cy / stride,
+        )
 
     def scaled(self, width: int, height: int) -> CameraMessage:
         """The same camera for frames of ``width`` × ``height``: the one aspect policy of both ends.

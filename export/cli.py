@@ -10,7 +10,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from dronedepth.contract import DEFAULT_INPUT_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PATCH_SIZE
+from dronedepth.contract import (
+    DEFAULT_DEPTH_STRIDE,
+    DEFAULT_INPUT_SIZE,
+    DEPTH_STRIDES,
+    INPUT_NAME,
+    MODEL_NAME,
+    OUTPUT_NAME,
+    PATCH_SIZE,
+)
 from dronedepth.errors import ConfigError, ExportError
 
 log = logging.getLogger("dronedepth.export")
@@ -65,6 +73,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("fp32", "fp16"),
         help="ONNX precision (default fp32); with --trt the engine precision (default fp16)",
+    )
+    graph.add_argument(
+        "--depth-stride",
+        type=int,
+        choices=DEPTH_STRIDES,
+        default=DEFAULT_DEPTH_STRIDE,
+        help=f"return depth at every S-th row and column of the frame (default {DEFAULT_DEPTH_STRIDE}: a quarter "
+        "of the pixels, payload and gateway work, while 5° obstacle sectors, 5x5 keypoint depth windows and "
+        "0.2 m map voxels keep their resolution; the network itself sees ~518 px either way); 1 for full resolution",
     )
     graph.add_argument("--opset", type=int, default=17, help=f"ONNX opset {MIN_OPSET}-{MAX_OPSET} (default 17)")
     graph.add_argument(
@@ -169,7 +186,9 @@ def export_from_args(args: argparse.Namespace) -> str:
         )
 
     # Validate the repository settings before the slow work (no facts yet: use placeholders).
-    repository_config(ModelFacts("vits", "relative", None, input_size, "fp32", "-", False))
+    repository_config(
+        ModelFacts("vits", "relative", None, input_size, "fp32", "-", False, depth_stride=args.depth_stride)
+    )
 
     _step(1, total, "loading weights")
     t = time.perf_counter()
@@ -192,7 +211,12 @@ def export_from_args(args: argparse.Namespace) -> str:
             2, total, f"tracing and exporting to ONNX ({onnx_precision}, opset {args.opset}, input size {input_size})"
         )
         exported = export_onnx(
-            loaded, tmp_dir / "model.onnx", input_size=input_size, opset=args.opset, precision=onnx_precision
+            loaded,
+            tmp_dir / "model.onnx",
+            input_size=input_size,
+            opset=args.opset,
+            precision=onnx_precision,
+            depth_stride=args.depth_stride,
         )
         log.info("exported in %.1f s", exported.seconds)
 
@@ -204,7 +228,7 @@ def export_from_args(args: argparse.Namespace) -> str:
         else:
             _step(3, total, "checking parity: ONNX Runtime vs the official preprocessing + PyTorch (5 cases)")
             t = time.perf_counter()
-            results = check_parity(exported.path, loaded.model, input_size)
+            results = check_parity(exported.path, loaded.model, input_size, depth_stride=args.depth_stride)
             parity_s = time.perf_counter() - t
             for r in results:
                 log.info("  %-12s nRMSE %.2e", r.case.label, r.nrmse)
@@ -239,10 +263,12 @@ def export_from_args(args: argparse.Namespace) -> str:
         model_dir = write_repository(config, args.out, model_file, extra_files=extra if not args.trt else None)
 
     written = model_dir / "1" / config.model_file
+    stride = args.depth_stride
+    depth_dims = "H,W" if stride == 1 else f"ceil(H/{stride}),ceil(W/{stride})"
     size_mb = written.stat().st_size / 1e6
     lines = [
         f"Exported {describe(facts)}",
-        f"  graph    {INPUT_NAME} uint8 [B,H,W,3] RGB -> {OUTPUT_NAME} float32 [B,H,W]; any B, H, W ≥ 14",
+        f"  graph    {INPUT_NAME} uint8 [B,H,W,3] RGB -> {OUTPUT_NAME} float32 [B,{depth_dims}]; any B, H, W ≥ 14",
         f"           input size {input_size}, opset {args.opset}, {onnx_precision} ONNX"
         + (f", TensorRT {precision} engine (profile {profile})" if args.trt else ""),
     ]

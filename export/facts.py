@@ -15,6 +15,7 @@ from typing import Literal
 from dronedepth.contract import (
     DEPTH_KINDS,
     PARAM_DEPTH_KIND,
+    PARAM_DEPTH_STRIDE,
     PARAM_ENCODER,
     PARAM_INPUT_SIZE,
     PARAM_MAX_DEPTH,
@@ -22,6 +23,7 @@ from dronedepth.contract import (
     PARAM_RANDOM_INIT,
     PARAM_WEIGHT_SOURCE,
     DepthKind,
+    check_depth_stride,
 )
 from dronedepth.errors import ConfigError
 
@@ -32,7 +34,11 @@ PARAM_EXPORTER = "exporter"
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What a served depth model is. ``max_depth`` is None for relative (disparity) models."""
+    """What a served depth model is. ``max_depth`` is None for relative (disparity) models.
+
+    ``depth_stride`` ``s``: the model returns its depth at every ``s``-th row and column of the frame
+    (:func:`dronedepth.contract.depth_grid_shape`).
+    """
 
     encoder: str
     depth_kind: DepthKind
@@ -43,6 +49,7 @@ class ModelFacts:
     random_init: bool
     pos_embed_interp: str = "official"
     exporter: str = ""
+    depth_stride: int = 1
 
     @property
     def is_metric(self) -> bool:
@@ -59,6 +66,7 @@ class ModelFacts:
             PARAM_WEIGHT_SOURCE: self.weight_source,
             PARAM_RANDOM_INIT: "true" if self.random_init else "false",
             PARAM_POS_EMBED: self.pos_embed_interp,
+            PARAM_DEPTH_STRIDE: str(self.depth_stride),
         }
         if self.exporter:
             params[PARAM_EXPORTER] = self.exporter
@@ -84,6 +92,11 @@ class ModelFacts:
             raise ConfigError(f"{where}: bad max_depth or input_size ({exc})") from exc
         if kind == "metric" and (max_depth is None or max_depth <= 0):
             raise ConfigError(f"{where}: a metric model needs a positive max_depth, got {raw_max!r}")
+        raw_stride = params.get(PARAM_DEPTH_STRIDE, "1")  # exported before the stride existed: full resolution
+        try:
+            depth_stride = check_depth_stride(int(raw_stride))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: bad depth_stride {raw_stride!r} ({exc})") from exc
         precision = need(PARAM_PRECISION)
         if precision not in ("fp32", "fp16"):
             raise ConfigError(f"{where}: precision must be fp32 or fp16, not {precision!r}")
@@ -97,4 +110,5 @@ class ModelFacts:
             random_init=need(PARAM_RANDOM_INIT).strip().lower() == "true",
             pos_embed_interp=params.get(PARAM_POS_EMBED, "official"),
             exporter=params.get(PARAM_EXPORTER, ""),
+            depth_stride=depth_stride,
         )

@@ -43,7 +43,7 @@ class OnnxExport:
     seconds: float
 
 
-def model_facts(loaded: LoadedModel, input_size: int, precision: Precision) -> ModelFacts:
+def model_facts(loaded: LoadedModel, input_size: int, precision: Precision, depth_stride: int = 1) -> ModelFacts:
     info = loaded.info
     return ModelFacts(
         encoder=info.encoder,
@@ -55,6 +55,7 @@ def model_facts(loaded: LoadedModel, input_size: int, precision: Precision) -> M
         random_init=info.random_init,
         pos_embed_interp=info.pos_embed_interp,
         exporter=EXPORTER,
+        depth_stride=depth_stride,
     )
 
 
@@ -65,8 +66,13 @@ def export_onnx(
     input_size: int = DEFAULT_INPUT_SIZE,
     opset: int = DEFAULT_OPSET,
     precision: Precision = "fp32",
+    depth_stride: int = 1,
 ) -> OnnxExport:
     """Write ``path``: uint8 ``IMAGE [B, H, W, 3]`` -> float32 ``DEPTH [B, H, W]``, dynamic B, H, W.
+
+    With ``depth_stride`` ``s`` the output is ``[B, ceil(H/s), ceil(W/s)]``: that depth at every ``s``-th
+    row and column (the command's default is :data:`~dronedepth.contract.DEFAULT_DEPTH_STRIDE`; 1 here is
+    the reference graph).
 
     FP16 keeps the frame preprocessing, LayerNorm, softmax and the final
     upsample in float32; inputs and outputs keep their types.
@@ -78,10 +84,15 @@ def export_onnx(
     half = precision == "fp16"
     # The FP16 graph gets its own copy so that the caller's FP32 model stays the reference.
     model = copy.deepcopy(loaded.model).half() if half else loaded.model
-    graph = DepthGraph(model, input_size, half=half).eval()
+    try:
+        graph = DepthGraph(model, input_size, half=half, depth_stride=depth_stride).eval()
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
     batch, height, width = EXAMPLE_SHAPE
     example = torch.from_numpy(synthetic_frames(height, width, batch))
     dynamic = {0: "batch", 1: "height", 2: "width"}
+    # The output's rows and columns are ceil(H/s) and ceil(W/s): their own names at a stride.
+    out_dynamic = dynamic if depth_stride == 1 else {0: "batch", 1: "depth_rows", 2: "depth_columns"}
     start = time.perf_counter()
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -97,7 +108,7 @@ def export_onnx(
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic},
+                dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: out_dynamic},
                 opset_version=opset,
                 do_constant_folding=True,
             )
@@ -106,7 +117,7 @@ def export_onnx(
     finally:
         loaded.model.set_traceable(False)
     seconds = time.perf_counter() - start
-    facts = model_facts(loaded, input_size, precision)
+    facts = model_facts(loaded, input_size, precision, depth_stride)
     write_metadata(path, facts)
     return OnnxExport(path, facts, seconds)
 
@@ -121,9 +132,15 @@ def write_metadata(path: str | Path, facts: ModelFacts) -> None:
     proto.producer_name = "dronedepth"
     proto.producer_version = __version__
     kind = f"metric depth in metres (max {facts.max_depth:g})" if facts.is_metric else "relative disparity (not metres)"
+    stride = facts.depth_stride
+    grid = (
+        "H,W"
+        if stride == 1
+        else f"ceil(H/{stride}),ceil(W/{stride})] (depth stride {stride}: [H,W][::{stride},::{stride}]"
+    )
     proto.doc_string = (
-        f"Depth Anything V2 {facts.encoder}: {INPUT_NAME} uint8 [B,H,W,3] RGB -> {OUTPUT_NAME} float32 [B,H,W], {kind}."
-        + (" RANDOM WEIGHTS: for tests only." if facts.random_init else "")
+        f"Depth Anything V2 {facts.encoder}: {INPUT_NAME} uint8 [B,H,W,3] RGB -> {OUTPUT_NAME} float32 [B,{grid}], "
+        f"{kind}." + (" RANDOM WEIGHTS: for tests only." if facts.random_init else "")
     )
     onnx.save(proto, str(path))
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
+from dronedepth.contract import DEFAULT_DEPTH_STRIDE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from dronedepth.errors import ConfigError
 from dronedepth.export.facts import ModelFacts
 from dronedepth.export.tensorrt import TrtProfile
@@ -183,6 +183,7 @@ def default_config() -> TritonModelConfig:
         weight_source=f"huggingface {DEFAULT_HUB_MODEL}",
         random_init=False,
         pos_embed_interp="transformers",
+        depth_stride=DEFAULT_DEPTH_STRIDE,
     )
     return TritonModelConfig(facts=facts)
 
@@ -190,7 +191,8 @@ def default_config() -> TritonModelConfig:
 def describe(facts: ModelFacts) -> str:
     kind = f"metric depth in metres (max {facts.max_depth:g})" if facts.is_metric else "relative disparity, NOT metres"
     rnd = "; RANDOM WEIGHTS (tests only)" if facts.random_init else ""
-    return f"Depth Anything V2 {facts.encoder}, {kind}, {facts.precision}, from {facts.weight_source}{rnd}"
+    stride = f", depth stride {facts.depth_stride}" if facts.depth_stride > 1 else ""
+    return f"Depth Anything V2 {facts.encoder}, {kind}{stride}, {facts.precision}, from {facts.weight_source}{rnd}"
 
 
 def _escape(value: str) -> str:

@@ -61,6 +61,29 @@ def cubic_matrix(in_size: int | Tensor, out_size: int | Tensor, step: Tensor) ->
     return matrix
 
 
+def strided_linear_matrix(in_size: int | Tensor, full_size: int | Tensor, stride: int) -> Tensor:
+    """Weights ``[ceil(full_size / stride), in_size]``: every ``stride``-th output of a 1-D linear resize.
+
+    The resize is ``in_size`` -> ``full_size`` with ``align_corners=True``
+    (torch's ``bilinear``, as the official inference path upsamples depth):
+    output ``i`` reads source position ``i * (in - 1) / (full - 1)``. Only the
+    outputs ``0, stride, 2·stride, ...`` get a row, so a separable resize
+    with these weights equals the full resize sliced ``[::stride]``.
+    """
+    in_size = as_size(in_size)
+    full_size = as_size(full_size)
+    outputs = torch.arange(0, full_size, stride).to(torch.float32)  # type: ignore[call-overload]
+    last_in = (in_size - 1).to(torch.float32)
+    src = outputs * last_in / torch.clamp(full_size - 1, min=1).to(torch.float32)
+    left = torch.minimum(torch.floor(src), torch.clamp(last_in - 1.0, min=0.0))
+    t = src - left
+    right = torch.minimum(left + 1.0, last_in)
+    columns = torch.arange(in_size).to(torch.float32).unsqueeze(0)  # type: ignore[call-overload]
+    return (1.0 - t).unsqueeze(1) * (left.unsqueeze(1) == columns).to(torch.float32) + t.unsqueeze(1) * (
+        right.unsqueeze(1) == columns
+    ).to(torch.float32)
+
+
 def resize_cubic(images: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """Resize ``[..., H, W]`` with row weights ``[h, H]`` and column weights ``[w, W]``."""
     return torch.matmul(torch.matmul(rows, images), cols.transpose(0, 1))

@@ -25,6 +25,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from dronedepth.contract import depth_stride_of
 from dronedepth.frames import Transform
 from dronedepth.gateway.projection import RayGrid, project_points
 from dronedepth.protocol import AnchorsMessage, CameraMessage
@@ -157,9 +158,13 @@ def drone_samples(disparity: NDArray[np.floating], message: AnchorsMessage, came
     Pixels given for another image size are rescaled to the frame with the
     pixel-centre convention (as :meth:`CameraMessage.scaled` does for
     intrinsics); points are projected through the lens model. The model's
-    output is read at the nearest pixel; anchors outside the frame or on a
-    non-finite, non-positive output are left out.
+    output, full-resolution or on a strided depth grid
+    (:func:`dronedepth.contract.depth_grid_shape`: image pixel ``(u, v)`` is
+    grid position ``(u / s, v / s)``), is read at the nearest grid pixel;
+    anchors outside the frame or on a non-finite, non-positive output are left out.
     """
+    disparity = np.asarray(disparity)
+    stride = depth_stride_of(camera.height, camera.width, disparity.shape)
     sx, sy = camera.width / message.width, camera.height / message.height
     pixels = [((u + 0.5) * sx - 0.5, (v + 0.5) * sy - 0.5) for u, v in message.pixels]
     depths = list(message.depths)
@@ -167,9 +172,10 @@ def drone_samples(disparity: NDArray[np.floating], message: AnchorsMessage, came
         points = np.asarray(message.points, dtype=np.float64)
         pixels.extend(map(tuple, project_points(points, camera).astype(np.float64)))
         depths.extend(points[:, 2].tolist())
-    uv = np.rint(np.asarray(pixels, dtype=np.float64).reshape(-1, 2)).astype(np.intp)
-    inside = (uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < camera.height)
+    uv = np.rint(np.asarray(pixels, dtype=np.float64).reshape(-1, 2) / stride).astype(np.intp)
+    rows, columns = disparity.shape
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < columns) & (uv[:, 1] >= 0) & (uv[:, 1] < rows)
     uv, z = uv[inside], np.asarray(depths, dtype=np.float64)[inside]
-    d = np.asarray(disparity)[uv[:, 1], uv[:, 0]].astype(np.float64)
+    d = disparity[uv[:, 1], uv[:, 0]].astype(np.float64)
     keep = np.isfinite(d) & (d > 0)
     return AnchorSamples(d[keep], 1.0 / z[keep], np.ones(int(keep.sum()), dtype=bool))

@@ -6,7 +6,9 @@ frame in, a depth map of the same size out. Two implementations:
 - :class:`TritonDepthClient`: the production path, async gRPC to NVIDIA
   Triton (``tritonclient.grpc.aio``). Frames go as UINT8 as they are; tensor
   names and types come from Triton's model metadata and ``depth_kind`` from
-  the model config, falling back to :mod:`dronedepth.contract`.
+  the model config, falling back to :mod:`dronedepth.contract`. With a Triton
+  on the same host, frames and depth pass through system shared memory
+  instead of the gRPC messages (:mod:`~dronedepth.gateway.triton_shm`).
 - :class:`OnnxRuntimeDepthClient`: the same model run in-process with ONNX
   Runtime, for unit tests and for machines without Triton.
 
@@ -47,6 +49,8 @@ from dronedepth.errors import (
     InferenceTimeout,
     InferenceUnavailable,
 )
+from dronedepth.gateway.config import TRITON_SHM_MODES, TritonShmMode
+from dronedepth.gateway.triton_shm import RegionPair, SharedMemoryPool, SharedMemoryRefused, is_loopback_url
 
 __all__ = [
     "DepthClient",
@@ -78,6 +82,9 @@ _UNAVAILABLE_CODES = frozenset({"UNAVAILABLE", "CANCELLED", "ABORTED", "UNKNOWN"
 # (max_queue_size reached, or default_timeout_microseconds spent waiting): the server is up but busy.
 _OVERLOAD_MESSAGES = ("timeout expired", "maximum queue size")
 _OVERLOAD_LOG_INTERVAL_S = 60.0
+# The shared memory pair registered up front holds a 640×480 frame, what drones usually send; a larger
+# frame replaces it with a pair of its own size.
+_FIRST_SHM_PAIR_PIXELS = 640 * 480
 
 
 @runtime_checkable
@@ -85,8 +92,10 @@ class DepthClient(Protocol):
     """What the gateway needs from a depth model.
 
     ``infer`` takes one RGB frame (uint8, H×W×3) and returns float32 depth of
-    shape H×W: metres when ``depth_kind`` is ``metric``, relative disparity
-    otherwise. It raises :class:`InferenceUnavailable` when the server cannot
+    shape ``(ceil(H / s), ceil(W / s))`` for the model's depth stride ``s``
+    (1 unless its config says otherwise: see
+    :func:`dronedepth.contract.depth_grid_shape`): metres when ``depth_kind``
+    is ``metric``, relative disparity otherwise. It raises :class:`InferenceUnavailable` when the server cannot
     be reached or is overloaded, :class:`InferenceError` for anything else.
     ``depth_kind`` is known once ``ready()`` or ``infer()`` has succeeded.
     """
@@ -113,13 +122,27 @@ def check_frame(rgb: NDArray[Any]) -> None:
         )
 
 
-def _check_depth(depth: NDArray[Any], height: int, width: int, source: str) -> NDArray[np.float32]:
+def _check_depth(depth: NDArray[Any], height: int, width: int, stride: int, source: str) -> NDArray[np.float32]:
     depth = np.asarray(depth)
     if depth.ndim == 3 and depth.shape[0] == 1:
         depth = depth[0]
-    if depth.shape != (height, width):
-        raise InferenceError(f"{source} returned depth of shape {depth.shape} for a {width}x{height} frame")
+    expected = contract.depth_grid_shape(height, width, stride)
+    if depth.shape != expected:
+        raise InferenceError(
+            f"{source} returned depth of shape {depth.shape} for a {width}x{height} frame; "
+            f"its depth stride {stride} makes that {expected}"
+        )
     return depth.astype(np.float32, copy=False)
+
+
+def _depth_stride(value: object, source: str) -> int:
+    """A model's declared depth stride (a config or metadata string); absent means 1 (full resolution)."""
+    if value in (None, ""):
+        return 1
+    try:
+        return contract.check_depth_stride(int(str(value)))
+    except ValueError as exc:
+        raise InferenceError(f"{source} declares an unusable depth_stride {value!r}: {exc}") from exc
 
 
 def server_concurrency(config: dict[str, Any]) -> int:
@@ -152,13 +175,30 @@ class TritonDepthClient:
     ``url`` is ``HOST:PORT`` of Triton's gRPC endpoint. The channel is opened
     lazily in the running event loop and reconnects by itself when Triton
     restarts; model metadata is (re)read after every outage.
+
+    ``shared_memory`` (``--triton-shm``): ``auto`` passes frames and depth
+    through system shared memory when ``url``'s host is a loopback address,
+    ``on`` always, ``off`` never. The regions are (re)registered whenever the
+    metadata is (re)read; a refused registration falls back to gRPC payloads
+    (logged once: info under ``auto``, a warning under ``on``). :attr:`transport`
+    says which is in use.
     """
 
-    def __init__(self, url: str, model: str = contract.MODEL_NAME, timeout: float = 5.0, *, version: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str = contract.MODEL_NAME,
+        timeout: float = 5.0,
+        *,
+        version: str = "",
+        shared_memory: TritonShmMode = "auto",
+    ) -> None:
         if not url or "://" in url:
             raise ConfigError(f"Triton URL must be HOST:PORT of its gRPC endpoint (no scheme), got {url!r}")
         if timeout <= 0:
             raise ConfigError(f"inference timeout must be positive, got {timeout}")
+        if shared_memory not in TRITON_SHM_MODES:
+            raise ConfigError(f"shared_memory must be one of {', '.join(TRITON_SHM_MODES)}, got {shared_memory!r}")
         self.url = url
         self.model = model
         self.version = version
@@ -167,16 +207,31 @@ class TritonDepthClient:
         self._input_name = contract.INPUT_NAME
         self._output_name = contract.OUTPUT_NAME
         self._depth_kind: DepthKind = "relative"
+        self.depth_stride = 1
+        """The model's depth stride (from its config), known once ``ready()`` or ``infer()`` has succeeded."""
         self.server_concurrency: int | None = None
         """Requests the model runs at once (from its config), known once ``ready()`` succeeded."""
         self._metadata_loaded = False
         self._closed = False
+        self.shared_memory = shared_memory
+        wanted = shared_memory == "on" or (shared_memory == "auto" and is_loopback_url(url))
+        self._shm_pool = SharedMemoryPool(self._grpc) if wanted else None
+        self._shm_active = False  # regions registered; False until the first metadata load, and after a refusal
+        self._shm_refusal_logged = False
 
     def __repr__(self) -> str:
-        return f"TritonDepthClient(url={self.url!r}, model={self.model!r}, timeout={self.timeout})"
+        return (
+            f"TritonDepthClient(url={self.url!r}, model={self.model!r}, timeout={self.timeout}, "
+            f"shared_memory={self.shared_memory!r})"
+        )
 
     def __str__(self) -> str:
-        return f"Triton {self.url} model {self.model}"
+        return f"Triton {self.url} model {self.model} via {self.transport}"
+
+    @property
+    def transport(self) -> Literal["shared memory", "gRPC"]:
+        """How frames and depth travel now: ``shared memory`` once regions are registered, else ``gRPC``."""
+        return "shared memory" if self._shm_active else "gRPC"
 
     @property
     def depth_kind(self) -> DepthKind:
@@ -242,12 +297,45 @@ class TritonDepthClient:
             )
         parameters = config.get("config", config).get("parameters", {})
         kind = parameters.get(contract.PARAM_DEPTH_KIND, {}).get("string_value")
+        stride = _depth_stride(
+            parameters.get(contract.PARAM_DEPTH_STRIDE, {}).get("string_value"), f"model {self.model!r}"
+        )
         self._input_name, self._output_name = image["name"], output["name"]
+        self.depth_stride = stride
         self._depth_kind = _depth_kind(kind, f"model {self.model!r}")
         self.server_concurrency = server_concurrency(config.get("config", config))
         if not self._metadata_loaded:
             log.debug("model %s: input %s, outputs %s, depth_kind %s", self.model, self._input_name, names, kind)
         self._metadata_loaded = True
+        await self._open_shared_memory()
+
+    async def _open_shared_memory(self) -> None:
+        """(Re)register one region pair, or fall back to gRPC payloads when Triton refuses it.
+
+        Run after every metadata (re)load: a restarted Triton has forgotten the registrations.
+        """
+        pool = self._shm_pool
+        if pool is None:
+            return
+        pool.reset()
+        try:
+            pair = await pool.acquire(_FIRST_SHM_PAIR_PIXELS)
+        except SharedMemoryRefused as exc:
+            self._shared_memory_refused(exc)
+            return
+        if pair is not None:
+            pool.release(pair, reusable=True)
+        if not self._shm_active:
+            log.info("depth requests to %s pass frames and depth through system shared memory", self.url)
+        self._shm_active = True
+
+    def _shared_memory_refused(self, exc: SharedMemoryRefused) -> None:
+        """Send payloads over gRPC until the next metadata load tries again; say so once."""
+        self._shm_active = False
+        if not self._shm_refusal_logged:
+            self._shm_refusal_logged = True
+            level = logging.WARNING if self.shared_memory == "on" else logging.INFO
+            log.log(level, "system shared memory with %s refused, frames go over gRPC: %s", self.url, exc)
 
     async def ready(self) -> bool:
         """Whether Triton answers and the model is ready; never raises."""
@@ -272,23 +360,74 @@ class TritonDepthClient:
             await self._load_metadata()
         height, width = rgb.shape[:2]
         image = InferInput(self._input_name, [1, height, width, 3], "UINT8")
-        image.set_data_from_numpy(np.ascontiguousarray(rgb)[None])
+        output = InferRequestedOutput(self._output_name)
+        pair = await self._shm_pair(height * width)
+        # Only a request Triton has answered frees its regions for reuse: after a timeout, a cancellation
+        # or a lost connection Triton may still read the frame or write the depth.
+        answered = False
         try:
-            result = await self._grpc().infer(
-                self.model,
-                [image],
-                model_version=self.version,
-                outputs=[InferRequestedOutput(self._output_name)],
-                client_timeout=self.timeout,
-            )
-        except Exception as exc:
-            raise self._convert(exc, "depth request") from exc
-        depth = result.as_numpy(self._output_name)
+            if pair is None:
+                image.set_data_from_numpy(np.ascontiguousarray(rgb)[None])
+            else:
+                pair.input.write(rgb)
+                image.set_shared_memory(pair.input.name, rgb.nbytes)
+                output.set_shared_memory(pair.output.name, pair.output.byte_size)
+            try:
+                result = await self._grpc().infer(
+                    self.model,
+                    [image],
+                    model_version=self.version,
+                    outputs=[output],
+                    client_timeout=self.timeout,
+                )
+            except Exception as exc:
+                error = self._convert(exc, "depth request")
+                answered = not isinstance(error, (InferenceTimeout, InferenceUnavailable)) or isinstance(
+                    error, InferenceOverloaded
+                )
+                if pair is not None and "shared memory" in str(error):
+                    self._metadata_loaded = False  # Triton lost the regions (a restart): register them again
+                raise error from exc
+            depth = result.as_numpy(self._output_name) if pair is None else self._read_shm_output(result, pair)
+            answered = True
+        finally:
+            if pair is not None and self._shm_pool is not None:
+                self._shm_pool.release(pair, reusable=answered)
         if depth is None:
             raise InferenceError(f"Triton at {self.url} returned no {self._output_name!r} output")
-        return _check_depth(depth, height, width, f"model {self.model!r}")
+        return _check_depth(depth, height, width, self.depth_stride, f"model {self.model!r}")
+
+    async def _shm_pair(self, pixels: int) -> RegionPair | None:
+        """A region pair of its own for this request, or None: payloads over gRPC."""
+        if not self._shm_active or self._shm_pool is None:
+            return None
+        try:
+            return await self._shm_pool.acquire(pixels)
+        except SharedMemoryRefused as exc:
+            self._shared_memory_refused(exc)
+            return None
+
+    def _read_shm_output(self, result: Any, pair: RegionPair) -> NDArray[Any] | None:
+        """The output copied out of ``pair``'s region, typed and shaped as the response says."""
+        from tritonclient.utils import triton_to_np_dtype
+
+        tensor = result.get_output(self._output_name)
+        if tensor is None:
+            return None
+        dtype = triton_to_np_dtype(tensor.datatype)
+        if dtype is None or dtype == np.object_:
+            raise InferenceError(f"model {self.model!r} output {self._output_name!r} is {tensor.datatype}, not FP32")
+        try:
+            return pair.output.read(np.dtype(dtype), tuple(int(d) for d in tensor.shape))
+        except ValueError as exc:
+            raise InferenceError(f"Triton at {self.url} returned an output larger than its region: {exc}") from exc
 
     async def close(self) -> None:
+        if self._shm_pool is not None:
+            try:
+                await self._shm_pool.close()  # unregisters over the channel still open, then unlinks
+            finally:
+                self._shm_active = False
         self._closed = True
         client, self._client = self._client, None
         if client is not None:
@@ -327,6 +466,10 @@ class OnnxRuntimeDepthClient:
         self._output_name = contract.OUTPUT_NAME if contract.OUTPUT_NAME in names else names[0]
         meta = self._session.get_modelmeta().custom_metadata_map
         self._depth_kind = _depth_kind(meta.get(contract.PARAM_DEPTH_KIND), f"ONNX model {path.name}")
+        try:
+            self.depth_stride = _depth_stride(meta.get(contract.PARAM_DEPTH_STRIDE), f"ONNX model {path.name}")
+        except InferenceError as exc:
+            raise ConfigError(str(exc)) from exc
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")
         self.path = path
 
@@ -352,7 +495,7 @@ class OnnxRuntimeDepthClient:
             depth = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch)
         except Exception as exc:
             raise InferenceError(f"ONNX Runtime failed on a {rgb.shape[1]}x{rgb.shape[0]} frame: {exc}") from exc
-        return _check_depth(depth, rgb.shape[0], rgb.shape[1], f"ONNX model {self.path.name}")
+        return _check_depth(depth, rgb.shape[0], rgb.shape[1], self.depth_stride, f"ONNX model {self.path.name}")
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None

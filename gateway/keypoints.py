@@ -12,6 +12,7 @@ integer coordinates, as in OpenCV).
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -42,6 +43,7 @@ levels): only the strongest is kept, so landmark ids are not split between twins
 """Candidates the detector keeps before bucketing. ORB and SIFT keep only their strongest
 responses, which pile up on the most textured objects; with 1000 candidates ORB left half the
 cells of a street scene empty, with 5000 about a quarter (detection 3.4 → 5 ms at 640×480)."""
+_RESPONSE: Final = operator.attrgetter("response")
 _MIN_DETECT_SIDE: Final = 64
 """Below this many pixels on a side a shrunk image loses most keypoints: detect at full resolution."""
 
@@ -216,7 +218,8 @@ class KeypointDetector:
         if not found:
             return _empty(self._descriptor_type)
         pixels = np.asarray(cv2.KeyPoint.convert(found), dtype=np.float32).reshape(-1, 2)
-        scores = np.fromiter((k.response for k in found), dtype=np.float32, count=len(found))
+        # attrgetter in C: a third of a generator's cost for ORB's ~5000 candidates (0.17 vs 0.46 ms).
+        scores = np.fromiter(map(_RESPONSE, found), dtype=np.float32, count=len(found))
         # One corner found several times (ORB's pyramid levels, SIFT's orientations): keep the strongest copy.
         # On the detection level's pixels: the detector's localisation is in those.
         index = suppress_twins(pixels, scores, image.shape[1], image.shape[0])
@@ -305,8 +308,15 @@ def lift_keypoints(
     min_valid_fraction: float = 0.5,
     max_spread: float = 0.1,
     min_inlier_fraction: float = 0.8,
+    depth_stride: int = 1,
 ) -> tuple[NDArray[np.float32], NDArray[np.intp]]:
     """3D points ``(M, 3)`` (optical frame) of the keypoints that have a reliable depth.
+
+    ``depth``, ``rays`` and ``valid`` are on the model's depth grid of stride
+    ``depth_stride`` (grid pixel ``(i, j)`` is image pixel ``(s·i, s·j)``), the
+    keypoints' pixels on the full-resolution image: a keypoint at image pixel
+    ``(u, v)`` sits at grid position ``(u / s, v / s)``, where the window is
+    taken (in grid pixels) and whose ray is exactly the image pixel's.
 
     Returns the points and the indices into ``keypoints`` that were kept.
 
@@ -335,6 +345,8 @@ def lift_keypoints(
         return np.empty((0, 3), dtype=np.float32), np.empty(0, dtype=np.intp)
     height, width = depth.shape
     pixels = keypoints.pixels.astype(np.float64)
+    if depth_stride != 1:
+        pixels /= depth_stride
     centre_u = np.clip(np.rint(pixels[:, 0]).astype(np.intp), 0, width - 1)
     centre_v = np.clip(np.rint(pixels[:, 1]).astype(np.intp), 0, height - 1)
     half = window // 2

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dronedepth.axes import AXES, Axes
-from dronedepth.contract import DEPTH_KINDS, DepthKind
+from dronedepth.contract import DEPTH_KINDS, DepthKind, depth_stride_of
 from dronedepth.errors import ConfigError, ProtocolError
 from dronedepth.frames import Transform
 from dronedepth.gateway.keypoints import KeypointConfig, KeypointDetector, Keypoints, lift_keypoints
@@ -53,6 +53,7 @@ __all__ = [
     "FrameResult",
     "FrameScale",
     "ProcessingConfig",
+    "depth_grid_camera",
     "relative_depth",
 ]
 
@@ -148,7 +149,10 @@ class FrameResult:
     right, y down, z forward, like the message's points) and ``colors`` (uint8
     RGB, one row per point); ``depth`` is the z-depth
     used: metres for metric models, ``1 / disparity`` (NaN where invalid, not
-    metres) for relative ones. ``valid`` is the ``(H, W)`` mask the points came from.
+    metres) for relative ones, on the model's depth grid: ``depth_camera`` is
+    the camera of that grid (:meth:`CameraMessage.strided` of the frame's;
+    None: the frame's own, full resolution). ``valid`` is the mask the points
+    came from, on the same grid.
     ``pose`` is the body's pose at the frame (None: processed without one; the
     message's ``camera_pose`` then is None too); ``obstacles`` the obstacle
     profile, only for metric depth.
@@ -162,6 +166,13 @@ class FrameResult:
     valid: NDArray[np.bool_] | None = None
     pose: FramePose | None = None
     obstacles: ObstacleProfile | None = None
+    depth_camera: CameraMessage | None = None
+
+
+def depth_grid_camera(camera: CameraMessage, depth_shape: tuple[int, ...]) -> CameraMessage:
+    """The camera of a model's depth for frames of ``camera``: ``camera.strided(s)`` for the stride ``s`` its
+    shape shows (:func:`~dronedepth.contract.depth_stride_of`; ValueError when it fits none)."""
+    return camera.strided(depth_stride_of(camera.height, camera.width, depth_shape))
 
 
 def relative_depth(disparity: NDArray[np.float32], min_disparity: float = DEFAULT_MIN_DISPARITY) -> NDArray[np.float32]:
@@ -220,7 +231,12 @@ class FrameProcessor:
         pose: FramePose | None = None,
         scale: FrameScale | None = None,
     ) -> FrameResult:
-        """Process one frame; ``rgb`` is ``(H, W, 3)`` uint8 RGB, ``depth`` ``(H, W)`` model output.
+        """Process one frame; ``rgb`` is ``(H, W, 3)`` uint8 RGB, ``depth`` the model's output on its depth grid.
+
+        ``depth`` is ``(ceil(H / s), ceil(W / s))`` for the model's depth
+        stride ``s`` (``(H, W)`` at stride 1): points, colours, the valid mask
+        and obstacles use that grid (:func:`depth_grid_camera`); keypoints are
+        detected on the full-resolution image and lifted from the grid.
 
         ``pose`` (the body's pose at the frame's capture instant) gives the
         message its ``world_from_camera`` (through the camera's mount) and the
@@ -238,8 +254,7 @@ class FrameProcessor:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"rgb must be a uint8 (H, W, 3) array, got {rgb.dtype} {rgb.shape}")
         height, width = rgb.shape[:2]
-        if depth.shape != (height, width):
-            raise ValueError(f"depth shape {depth.shape} differs from the frame's ({height}, {width})")
+        stride = depth_stride_of(height, width, depth.shape)
         if (width, height) != (camera.width, camera.height):
             raise ProtocolError(
                 CAMERA_MISMATCH,
@@ -249,7 +264,8 @@ class FrameProcessor:
         timing = {} if timing is None else timing
 
         start = time.perf_counter()
-        rays = ray_grid(camera)
+        depth_camera = camera.strided(stride)
+        rays = ray_grid(depth_camera)
         depth_kind: DepthKind = self.depth_kind
         if scale is not None and scale.metric_depth is not None:
             z, depth_kind = scale.metric_depth, "metric"
@@ -261,13 +277,15 @@ class FrameProcessor:
         if rays.valid is not None:
             valid &= rays.valid
         points = points_from_depth(z, rays, valid)
-        colors = _masked_rgb(rgb, valid)
+        colors = _masked_rgb(rgb[::stride, ::stride], valid)
         after_projection = time.perf_counter()
         timing["projection"] = (after_projection - start) * 1e3
 
         gray = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)  # uint8 in, out: no copy
         keypoints = self._detector.detect(gray)
-        keypoint_points, kept = lift_keypoints(keypoints, z, rays, valid, window=config.keypoints.window)
+        keypoint_points, kept = lift_keypoints(
+            keypoints, z, rays, valid, window=config.keypoints.window, depth_stride=stride
+        )
         finite = np.isfinite(keypoint_points).all(axis=1)
         if not finite.all():  # a point that overflowed float32 must not reach the wire (no Infinity in JSON)
             keypoint_points, kept = keypoint_points[finite], kept[finite]
@@ -298,7 +316,7 @@ class FrameProcessor:
             obstacles = obstacle_profile_from_depth(
                 z,
                 rays,
-                self._sector_layout(camera, rays, body_from_camera),
+                self._sector_layout(depth_camera, rays, body_from_camera),
                 body_from_camera,
                 None if pose is None else pose.body.world_from_body.rotation,
                 config.obstacles,
@@ -335,6 +353,7 @@ class FrameProcessor:
             valid=valid,
             pose=pose,
             obstacles=obstacles,
+            depth_camera=depth_camera,
         )
 
     def _landmark_ids(
@@ -368,7 +387,10 @@ class FrameProcessor:
 
 
 def _masked_rgb(rgb: NDArray[np.uint8], mask: NDArray[np.bool_]) -> NDArray[np.uint8]:
-    """``rgb[mask]`` as ``(N, 3)``, ~20× faster than NumPy's boolean indexing of a 3-channel image."""
+    """``rgb[mask]`` as ``(N, 3)``, ~20× faster than NumPy's boolean indexing of a 3-channel image.
+
+    A strided view (the depth grid's pixels) is gathered into a compact copy of its own size first.
+    """
     rgb = np.ascontiguousarray(rgb)
     pixels = rgb.reshape(-1).view(np.dtype((np.void, 3)))
     return pixels[mask.reshape(-1)].view(np.uint8).reshape(-1, 3)

@@ -37,7 +37,7 @@ from dronedepth.contract import DepthKind
 from dronedepth.errors import ConfigError
 from dronedepth.gateway.anchors import AnchorSamples, drone_samples, ground_from_pose, ground_grid, ground_samples
 from dronedepth.gateway.config import SCALE_MODES, ScaleMode
-from dronedepth.gateway.pipeline import FramePose, FrameScale, relative_depth
+from dronedepth.gateway.pipeline import FramePose, FrameScale, depth_grid_camera, relative_depth
 from dronedepth.gateway.projection import ray_grid
 from dronedepth.gateway.scale import ScaleCheck, ScaleConfig, ScaleEstimate, ScaleEstimator, check_metric_scale
 from dronedepth.protocol import MAX_ANCHOR_DEPTH_M, VIDEO_CLOCK_RATE, AnchorsMessage, CameraMessage, Scale
@@ -118,7 +118,11 @@ class SessionScale:
         pose: FramePose | None,
         anchors: AnchorsMessage | None,
     ) -> FrameScale | None:
-        """The scale of one frame of model ``output`` (``depth_kind``'s); None with ``--scale off``."""
+        """The scale of one frame of model ``output`` (``depth_kind``'s); None with ``--scale off``.
+
+        ``camera`` is the frame's; ``output`` may be on a strided depth grid (see
+        :func:`~gateway.pipeline.depth_grid_camera`), and ``metric_depth`` is on the same grid.
+        """
         if self.mode == "off":
             return None
         if depth_kind != self._depth_kind:  # a new model: what was learnt about the old one does not apply
@@ -201,6 +205,7 @@ def _samples(
     disparity: NDArray[np.float32], camera: CameraMessage, pose: FramePose | None, anchors: AnchorsMessage | None
 ) -> AnchorSamples:
     """The frame's anchors: ground candidates (pose with a height above ground) and the drone's."""
+    depth_camera = depth_grid_camera(camera, disparity.shape)
     samples = AnchorSamples.empty()
     height = None if pose is None else pose.body.height_above_ground_m
     if pose is not None and height is not None and height > 0:  # 0: the rangefinder saw nothing
@@ -209,7 +214,7 @@ def _samples(
         except ValueError:  # the camera hangs below the ground the rangefinder measured: no plane to use
             ground = None
         if ground is not None:
-            samples = ground_samples(disparity, ground_grid(ray_grid(camera)), ground)
+            samples = ground_samples(disparity, ground_grid(ray_grid(depth_camera)), ground)
     if anchors is not None:
         samples = samples + drone_samples(disparity, anchors, camera)
     return samples

@@ -816,7 +816,7 @@ class DroneSession:
         world_map.submit(
             self.drone_id,
             result.depth,
-            camera,
+            result.depth_camera or camera,
             result.message.camera_pose,
             metric=result.message.depth_kind == "metric",
             stamp=captured,

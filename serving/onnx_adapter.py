@@ -12,7 +12,9 @@ Settings come from the model configuration's ``parameters`` (written by
 - ``embedded.onnx_file``: file name of the ONNX model in the version directory;
 - ``embedded.intra_op_threads``: ONNX Runtime intra-op threads of this instance;
 - ``embedded.max_pixels``: largest H×W accepted per frame;
-- ``embedded.min_side``: smallest H or W accepted.
+- ``embedded.min_side``: smallest H or W accepted;
+- ``depth_stride`` (the export's, absent: 1): the model returns depth of
+  ``ceil(H / s)`` × ``ceil(W / s)`` for an H×W frame, which each answer is checked against.
 
 ``execute`` runs the requests of one shape as one ONNX Runtime batch and
 answers every request with its own response; a bad request gets an error
@@ -33,6 +35,7 @@ PARAM_ONNX_FILE = "embedded.onnx_file"
 PARAM_INTRA_OP_THREADS = "embedded.intra_op_threads"
 PARAM_MAX_PIXELS = "embedded.max_pixels"
 PARAM_MIN_SIDE = "embedded.min_side"
+PARAM_DEPTH_STRIDE = "depth_stride"
 
 
 class BadRequest(ValueError):
@@ -51,6 +54,7 @@ class TritonPythonModel:
         self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
         self.max_pixels = int(params.get(PARAM_MAX_PIXELS, "0")) or None
         self.min_side = int(params.get(PARAM_MIN_SIDE, "1"))
+        self.depth_stride = int(params.get(PARAM_DEPTH_STRIDE, "1"))
 
         path = os.path.join(args["model_repository"], args["model_version"], params.get(PARAM_ONNX_FILE, "model.onnx"))
         options = ort.SessionOptions()
@@ -115,8 +119,12 @@ class TritonPythonModel:
         batch = items[0][1] if len(items) == 1 else np.concatenate([image for _, image in items])
         try:
             depth = self.session.run([self.onnx_output], {self.onnx_input: batch})[0]
-            if depth.shape != batch.shape[:3]:
-                raise RuntimeError(f"the ONNX model returned {list(depth.shape)}, expected {list(batch.shape[:3])}")
+            stride = self.depth_stride
+            expected = (batch.shape[0], -(-batch.shape[1] // stride), -(-batch.shape[2] // stride))
+            if depth.shape != expected:
+                raise RuntimeError(
+                    f"the ONNX model returned {list(depth.shape)}, expected {list(expected)} (depth stride {stride})"
+                )
         except Exception as exc:
             if len(items) > 1:  # find the culprit: run each request alone
                 return [answer for item in items for answer in self._run([item])]

@@ -23,7 +23,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from dronedepth.contract import MIN_SIDE
+from dronedepth.contract import MIN_SIDE, PARAM_DEPTH_STRIDE, check_depth_stride
 from dronedepth.errors import ConfigError
 
 LOG = logging.getLogger(__name__)
@@ -153,6 +153,12 @@ def _read_model(directory: Path, config: mc.ModelConfig) -> ExportedModel:
             f"model '{name}' ({config_path}) has {len(config.input)} inputs and {len(config.output)} outputs: "
             "the depth contract is one IMAGE input and one DEPTH output"
         )
+    if PARAM_DEPTH_STRIDE in config.parameters:
+        raw_stride = config.parameters[PARAM_DEPTH_STRIDE].string_value
+        try:
+            check_depth_stride(int(raw_stride))
+        except ValueError as exc:
+            raise ConfigError(f"model '{name}' ({config_path}) has a bad depth_stride {raw_stride!r}: {exc}") from exc
     onnx_name = config.default_model_filename if platform == ONNX_PLATFORM and config.default_model_filename else ""
     onnx_name = onnx_name or DEFAULT_ONNX_FILE
     versions = sorted((d for d in directory.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))

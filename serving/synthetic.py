@@ -3,7 +3,10 @@
 They take ``IMAGE`` UINT8 ``[batch, H, W, 3]`` and return ``DEPTH`` FP32
 ``[batch, H, W]`` for any batch, H and W, like the real exported model, and
 :func:`write_model` lays them out in a model repository with a
-``config.pbtxt`` in the exporter's format. Needs ``onnx`` (the export extra).
+``config.pbtxt`` in the exporter's format. :func:`tiny_depth_model` has a
+depth stride like an export (by default the exporter's): its output is that
+depth at every ``s``-th row and column, and the stride it records in the ONNX
+metadata is what :func:`write_model` declares. Needs ``onnx`` (the export extra).
 """
 
 from __future__ import annotations
@@ -17,26 +20,30 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dronedepth.contract import (
+    DEFAULT_DEPTH_STRIDE,
     DEFAULT_INPUT_SIZE,
     INPUT_NAME,
     MODEL_NAME,
     OUTPUT_NAME,
     PARAM_DEPTH_KIND,
+    PARAM_DEPTH_STRIDE,
     PARAM_ENCODER,
     PARAM_INPUT_SIZE,
     PARAM_MAX_DEPTH,
     PARAM_PRECISION,
     PARAM_RANDOM_INIT,
     PARAM_WEIGHT_SOURCE,
+    check_depth_stride,
 )
 
 OPSET = 18
 IR_VERSION = 9  # readable by onnxruntime >= 1.16
 
 
-def _io() -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
+def _io(depth_stride: int = 1) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
     image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", "height", "width", 3])
-    depth = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", "height", "width"])
+    grid = ["height", "width"] if depth_stride == 1 else ["depth_rows", "depth_columns"]
+    depth = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", *grid])
     return image, depth
 
 
@@ -47,11 +54,14 @@ def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
     return model
 
 
-def tiny_depth_model() -> onnx.ModelProto:
-    """Depth = 0.5 + 4 × luma / 255: a few element-wise ops, microseconds per frame."""
-    image, depth = _io()
+def tiny_depth_model(depth_stride: int = DEFAULT_DEPTH_STRIDE) -> onnx.ModelProto:
+    """Depth = 0.5 + 4 × luma / 255 at every ``depth_stride``-th pixel: a few element-wise ops, microseconds."""
+    depth_stride = check_depth_stride(depth_stride)
+    image, depth = _io(depth_stride)
     nodes = [
-        helper.make_node("Cast", [INPUT_NAME], ["rgb"], to=TensorProto.FLOAT),
+        # image[:, ::s, ::s]: the pixels a model of this depth stride returns depth for.
+        helper.make_node("Slice", [INPUT_NAME, "starts", "ends", "axes", "steps"], ["sampled"]),
+        helper.make_node("Cast", ["sampled"], ["rgb"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["rgb", "luma_weights"], ["weighted"]),
         helper.make_node("ReduceSum", ["weighted", "channel_axis"], ["luma"], keepdims=0),
         helper.make_node("Mul", ["luma", "scale"], ["scaled"]),
@@ -62,8 +72,14 @@ def tiny_depth_model() -> onnx.ModelProto:
         numpy_helper.from_array(np.array([3], np.int64), "channel_axis"),
         numpy_helper.from_array(np.array(4.0 / 255.0, np.float32), "scale"),
         numpy_helper.from_array(np.array(0.5, np.float32), "offset"),
+        numpy_helper.from_array(np.array([0, 0], np.int64), "starts"),
+        numpy_helper.from_array(np.array([np.iinfo(np.int64).max] * 2, np.int64), "ends"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+        numpy_helper.from_array(np.array([depth_stride] * 2, np.int64), "steps"),
     ]
-    return _finish(helper.make_graph(nodes, "tiny_depth", [image], [depth], initializers))
+    model = _finish(helper.make_graph(nodes, "tiny_depth", [image], [depth], initializers))
+    model.metadata_props.add(key=PARAM_DEPTH_STRIDE, value=str(depth_stride))
+    return model
 
 
 def conv_depth_model(channels: int = 64, layers: int = 3, stride: int = 4, seed: int = 0) -> onnx.ModelProto:
@@ -175,7 +191,10 @@ def write_model(
     warmup_hw: tuple[int, int] | None = None,
     parameters: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``repository/name/config.pbtxt`` and ``repository/name/1/model.onnx``; return the model directory."""
+    """Write ``repository/name/config.pbtxt`` and ``repository/name/1/model.onnx``; return the model directory.
+
+    The config declares the depth stride the model records in its metadata (none: 1).
+    """
     model_dir = Path(repository) / name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(model, model_dir / "1" / "model.onnx")
@@ -202,6 +221,7 @@ def write_model(
         PARAM_PRECISION: "fp32",
         PARAM_WEIGHT_SOURCE: "synthetic",
         PARAM_RANDOM_INIT: "true",
+        PARAM_DEPTH_STRIDE: next((p.value for p in model.metadata_props if p.key == PARAM_DEPTH_STRIDE), "1"),
         **(parameters or {}),
     }
     for key, value in values.items():

@@ -11,7 +11,7 @@ import pytest
 import serving_fixtures
 from gateway_fixtures import FakeDepthClient
 
-from dronedepth.contract import MODEL_NAME, PARAM_DEPTH_KIND
+from dronedepth.contract import DEFAULT_DEPTH_STRIDE, MODEL_NAME, PARAM_DEPTH_KIND, PARAM_DEPTH_STRIDE
 from dronedepth.errors import (
     ConfigError,
     InferenceError,
@@ -38,16 +38,16 @@ def _frame(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def _tiny_depth(rgb: np.ndarray) -> np.ndarray:
-    """What the tiny contract model computes: 0.5 + 4 × luma / 255."""
-    luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+def _tiny_depth(rgb: np.ndarray, stride: int = DEFAULT_DEPTH_STRIDE) -> np.ndarray:
+    """What the tiny contract model computes: 0.5 + 4 × luma / 255, at every ``stride``-th pixel."""
+    luma = rgb[::stride, ::stride].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     return 0.5 + 4.0 * luma / 255.0
 
 
 @pytest.fixture
 def onnx_file(tmp_path: Path) -> Path:
     model = tiny_depth_model()
-    onnx.helper.set_model_props(model, {PARAM_DEPTH_KIND: "metric"})
+    onnx.helper.set_model_props(model, {PARAM_DEPTH_KIND: "metric", PARAM_DEPTH_STRIDE: str(DEFAULT_DEPTH_STRIDE)})
     path = tmp_path / "model.onnx"
     onnx.save(model, path)
     return path
@@ -79,15 +79,30 @@ async def test_onnxruntime_client_runs_the_model_and_reads_depth_kind(onnx_file:
     try:
         assert await client.ready()
         assert client.depth_kind == "metric"
+        assert client.depth_stride == 2
         rgb = _frame()
         depth = await client.infer(rgb)
-        assert depth.dtype == np.float32 and depth.shape == (48, 64)
+        assert depth.dtype == np.float32 and depth.shape == (24, 32)
         np.testing.assert_allclose(depth, _tiny_depth(rgb), rtol=1e-5)
     finally:
         await client.close()
     assert not await client.ready()
     with pytest.raises(InferenceUnavailable, match="closed"):
         await client.infer(rgb)
+
+
+async def test_depth_of_another_grid_than_the_declared_stride_is_an_error(tmp_path: Path) -> None:
+    """A model that returns stride-2 depth but declares none (stride 1): every frame fails clearly."""
+    model = tiny_depth_model(2)
+    onnx.helper.set_model_props(model, {PARAM_DEPTH_KIND: "metric"})
+    onnx.save(model, tmp_path / "model.onnx")
+    client = OnnxRuntimeDepthClient(tmp_path / "model.onnx")
+    try:
+        assert client.depth_stride == 1
+        with pytest.raises(InferenceError, match=r"shape \(24, 32\) for a 64x48 frame; its depth stride 1 makes"):
+            await client.infer(_frame())
+    finally:
+        await client.close()
 
 
 def test_onnxruntime_client_refuses_a_missing_file(tmp_path: Path) -> None:
@@ -165,10 +180,11 @@ async def test_triton_client_gets_depth_from_the_embedded_server(triton_server: 
         assert await client.ready()
         assert client.depth_kind == "relative"  # from config.pbtxt parameters
         assert client.server_concurrency == triton_server.settings.instances  # CPU: one request per instance
-        for height, width in ((48, 64), (240, 320)):
+        assert client.depth_stride == DEFAULT_DEPTH_STRIDE  # from config.pbtxt parameters, as the export's default
+        for height, width, grid in ((48, 64, (24, 32)), (240, 320, (120, 160)), (47, 63, (24, 32))):
             rgb = _frame(height, width)
             depth = await client.infer(rgb)
-            assert depth.dtype == np.float32 and depth.shape == (height, width)
+            assert depth.dtype == np.float32 and depth.shape == grid
             np.testing.assert_allclose(depth, _tiny_depth(rgb), rtol=1e-4)
         # Several requests in flight at once (what several drones do).
         frames = [_frame(seed=i) for i in range(6)]

@@ -170,8 +170,10 @@ def test_frame_size_must_match_the_camera():
     assert info.value.code == CAMERA_MISMATCH
     result = processor.process(rgb, depth, CAMERA.scaled(320, 240), pts=0, frame_index=0)
     assert result.message.width == 320
-    with pytest.raises(ValueError, match="depth shape"):
-        processor.process(np.zeros((480, 640, 3), np.uint8), depth, CAMERA, pts=0, frame_index=0)
+    with pytest.raises(ValueError, match=r"depth of shape \(100, 100\) fits no depth stride"):
+        processor.process(
+            np.zeros((480, 640, 3), np.uint8), np.ones((100, 100), np.float32), CAMERA, pts=0, frame_index=0
+        )
 
 
 def test_config_and_depth_kind_are_validated():
@@ -189,3 +191,46 @@ def test_ray_grid_is_reused_across_frames(rgb):
     hits = ray_grid.cache_info().hits
     processor.process(rgb, scene_depth(CAMERA), CAMERA, pts=1, frame_index=1)
     assert ray_grid.cache_info().hits > hits
+
+
+@pytest.mark.parametrize("camera", [CAMERA, DISTORTED], ids=["pinhole", "distorted"])
+def test_strided_depth_gives_the_full_resolution_points_of_its_pixels(rgb, camera):
+    """Depth at stride 2 (the model's [::2, ::2]) projects to exactly the stride-1 points of those pixels."""
+    depth = scene_depth(camera)
+    config = ProcessingConfig(build_cloud=False, landmarks=None)
+    full = FrameProcessor(config, "metric").process(rgb, depth, camera, pts=0, frame_index=0)
+    half = FrameProcessor(config, "metric").process(rgb, depth[::2, ::2], camera, pts=0, frame_index=0)
+    assert half.depth_camera == camera.strided(2) and full.depth_camera == camera
+    assert half.depth.shape == half.valid.shape == (240, 320)
+    # Points come from the strided pixels with the full-resolution rays there (only the edge rule sees
+    # other neighbours, so compare where both masks keep a pixel).
+    rays = ray_grid(camera).rays[::2, ::2]
+    np.testing.assert_allclose(half.points, rays[half.valid] * depth[::2, ::2][half.valid, None], rtol=1e-6)
+    both = half.valid & full.valid[::2, ::2]
+    assert both.sum() > 0.95 * half.valid.sum()
+    np.testing.assert_array_equal(half.colors, rgb[::2, ::2][half.valid])
+    # Obstacles: the same nearest distance in every sector within a few centimetres.
+    near_full, near_half = full.obstacles.distances_m, half.obstacles.distances_m
+    measured = (near_full > 0) & (near_full < full.obstacles.max_range_m)
+    np.testing.assert_array_equal(near_half == near_full, ~measured | (near_half == near_full))  # same no-data/free
+    assert measured.sum() >= 5
+    np.testing.assert_allclose(near_half[measured], near_full[measured], rtol=0.02)
+
+
+def test_keypoints_lifted_from_strided_depth_keep_their_pixels_and_depth(rgb):
+    """Keypoints are detected at full resolution; their 3D points from stride-2 depth match stride 1's."""
+    depth = scene_depth(CAMERA)
+    config = ProcessingConfig(build_cloud=False, landmarks=None)
+    full = FrameProcessor(config, "metric").process(rgb, depth, CAMERA, pts=0, frame_index=0).message
+    half = FrameProcessor(config, "metric").process(rgb, depth[::2, ::2], CAMERA, pts=0, frame_index=0).message
+    assert len(half.points) > 0.8 * len(full.points)
+    x, y, z = half.points.astype(np.float64).T
+    u, v = half.pixels.astype(np.float64).T
+    assert np.abs(CAMERA.fx * x / z + CAMERA.cx - u).max() < 1e-3  # the exact full-resolution ray
+    assert np.abs(CAMERA.fy * y / z + CAMERA.cy - v).max() < 1e-3
+    np.testing.assert_allclose(z, true_depth(half.pixels, CAMERA), rtol=0.02)
+    common = {tuple(p): i for i, p in enumerate(full.pixels.tolist())}
+    pairs = [(common[tuple(p)], j) for j, p in enumerate(half.pixels.tolist()) if tuple(p) in common]
+    assert len(pairs) > 0.8 * len(half.points)
+    i, j = np.array(pairs).T
+    np.testing.assert_allclose(half.points[j], full.points[i], rtol=0.02)

@@ -72,6 +72,40 @@ def test_camera_scaled_uses_pixel_centre_convention() -> None:
     assert half.scaled(640, 480) == camera
 
 
+@pytest.mark.parametrize("stride", [2, 4])
+@pytest.mark.parametrize(
+    "camera",
+    [
+        CameraMessage(641, 481, 500.0, 510.0, 320.3, 240.7),
+        CameraMessage(641, 481, 500.0, 510.0, 320.3, 240.7, distortion=(-0.3, 0.1, 0.001, 0.002)),
+        CameraMessage(641, 481, 300.0, 300.0, 320.3, 240.7, distortion=(0.1, 0.01, 0.0, 0.0), model="fisheye"),
+    ],
+    ids=["pinhole", "distorted", "fisheye"],
+)
+def test_camera_strided_has_the_rays_of_every_strided_pixel(camera: CameraMessage, stride: int) -> None:
+    """Grid pixel (i, j) of the strided camera is image pixel (s·i, s·j): same ray, odd sizes rounded up."""
+    from dronedepth.gateway.projection import ray_grid
+
+    grid = camera.strided(stride)
+    assert (grid.width, grid.height) == (-(-641 // stride), -(-481 // stride))
+    assert (grid.fx, grid.cx, grid.distortion, grid.model) == (
+        camera.fx / stride,
+        camera.cx / stride,
+        camera.distortion,
+        camera.model,
+    )
+    full, strided = ray_grid(camera).rays[::stride, ::stride], ray_grid(grid).rays
+    assert strided.shape == full.shape
+    np.testing.assert_allclose(strided, full, atol=1e-6, equal_nan=True)
+
+
+def test_camera_strided_by_one_is_itself_and_other_strides_are_refused() -> None:
+    camera = CameraMessage(640, 480, 500.0, 500.0, 319.5, 239.5)
+    assert camera.strided(1) is camera
+    with pytest.raises(ValueError, match="depth stride must be one of 1, 2, 4, got 3"):
+        camera.strided(3)
+
+
 def test_camera_scaled_to_its_own_size_is_itself() -> None:
     camera = CameraMessage(640, 480, 500.0, 500.0, 319.5, 239.5)
     assert camera.scaled(640, 480) is camera
