@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from dronedepth.axes import AXES
 from dronedepth.contract import GATEWAY_PORT, MODEL_NAME
-from dronedepth.gateway.config import SCALE_MODES
+from dronedepth.gateway.config import SCALE_MODES, TRITON_SHM_MODES
 from dronedepth.gateway.launch import build, quiet_media_logs, serve
 from dronedepth.shutdown import exit_status, run_until_signalled
 
@@ -100,6 +100,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="depth requests in flight across all drones: auto (default) = what the model runs at once "
         "(CPU instances, or GPU instances x max batch), so frames wait in the drones' newest-frame slots "
         "rather than inside Triton; drones = one per drone; or a number",
+    )
+    model.add_argument(
+        "--triton-shm",
+        choices=TRITON_SHM_MODES,
+        default="auto",
+        help="pass frames and depth to Triton through system shared memory (/dev/shm) instead of gRPC messages: "
+        "auto (default) = when --triton-url is a loopback address, on = always (a Triton sharing this host's "
+        "/dev/shm, e.g. a sidecar), off = never; a refused registration falls back to gRPC",
     )
 
     net = parser.add_argument_group("signalling and security")

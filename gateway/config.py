@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_FRAME_PIXELS",
     "SCALE_MODES",
+    "TRITON_SHM_MODES",
     "GatewayConfig",
     "ScaleMode",
+    "TritonShmMode",
     "parse_ice_server",
     "read_drone_tokens",
     "read_ice_credential",
@@ -37,6 +39,11 @@ DEFAULT_MAX_FRAME_PIXELS = 1920 * 1080
 ScaleMode = Literal["auto", "model", "off"]
 SCALE_MODES: tuple[ScaleMode, ...] = ("auto", "model", "off")
 """``--scale``: see :attr:`GatewayConfig.scale`."""
+TritonShmMode = Literal["auto", "on", "off"]
+TRITON_SHM_MODES: tuple[TritonShmMode, ...] = ("auto", "on", "off")
+"""``--triton-shm``: frames and depth through system shared memory with Triton. ``auto``: when the Triton
+URL's host is a loopback address (certainly this host); ``on``: always (a sidecar sharing /dev/shm);
+``off``: never. Refused registrations fall back to gRPC payloads (see :mod:`~dronedepth.gateway.triton_shm`)."""
 TOKEN_ENV = "DRONEDEPTH_TOKEN"
 ICE_CREDENTIAL_ENV = "DRONEDEPTH_ICE_CREDENTIAL"
 _ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")

@@ -40,7 +40,7 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
     if args.onnx_model is not None:
         client = OnnxRuntimeDepthClient(args.onnx_model)
     else:
-        client = TritonDepthClient(args.triton_url, args.model, args.inference_timeout)
+        client = TritonDepthClient(args.triton_url, args.model, args.inference_timeout, shared_memory=args.triton_shm)
     return config, client
 
 
