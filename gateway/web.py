@@ -265,11 +265,11 @@ class _WebRoutes:
         drone_id = request.match_info["drone"]
         if not DRONE_ID_PATTERN.fullmatch(drone_id):
             return json_error(400, INVALID_DRONE_ID, f"a drone id is {DRONE_ID_RULE}")
-        gateway = request.app[GATEWAY]
-        hub = gateway.preview_hub
+        hub = request.app[GATEWAY].preview_hub
         if hub is None:
             return json_error(404, "previews_off", "this gateway keeps no depth previews (it has no PreviewHub)")
-        found = await asyncio.get_running_loop().run_in_executor(gateway.executor, hub.preview, drone_id)
+        # Encoding (a few ms) runs off the event loop, in the loop's default executor as the map's routes do.
+        found = await asyncio.get_running_loop().run_in_executor(None, hub.preview, drone_id)
         if found is None:
             return json_error(404, "no_preview", f"no preview of drone {drone_id!r} yet")
         jpeg, seq = found
