@@ -68,7 +68,7 @@ typecheck: setup
 	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)
 	@ln -s $(CURDIR)/dronedepth/*.py $(TYPECHECK_TREE)/
 	@for folder in $$($(VENV)/bin/python -c 'import tomllib; dirs = tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"]; print(*(d for p, d in dirs.items() if p != "dronedepth"))'); do \
-	  ln -s $(CURDIR)/$$folder $(TYPECHECK_TREE)/$$folder; done
+	  ln -sfn $(CURDIR)/$$folder $(TYPECHECK_TREE)/$$folder; done
 	set -o pipefail; $(VENV)/bin/mypy -p dronedepth | sed -E 's#^$(TYPECHECK_TREE)/([a-z_]+/)#\1#; s#^$(TYPECHECK_TREE)/#dronedepth/#'
 
 test: lint typecheck
