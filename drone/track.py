@@ -17,9 +17,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Final
 
+import cv2
+import numpy as np
 from aiortc import VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
+from numpy.typing import NDArray
 
 from dronedepth.drone.sources import CapturedFrame, FrameSource
 from dronedepth.protocol import VIDEO_CLOCK_RATE
@@ -31,6 +34,21 @@ _PTS_STEP: Final = 90
 """pts are whole milliseconds (90 ticks): they survive the receiver's decoder time-base round trip exactly."""
 _MAX_REMEMBERED: Final = 4096
 """Capture times kept for frames still waiting for a result (minutes of video at 15 fps)."""
+
+
+def _encoder_frame(rgb: NDArray[np.uint8]) -> VideoFrame:
+    """An RGB image as the encoder's input frame: planar YUV 4:2:0 when both sides are even.
+
+    The VP8 and H.264 encoders take yuv420p and would convert an rgb24 frame
+    with swscale (about 2.3 ms at 640×480 here, on the capture-to-gateway
+    path); OpenCV's SIMD conversion gives the same BT.601 limited-range
+    planes in about 0.3 ms. Odd sizes have no 4:2:0 layout there: they go as
+    rgb24 and the encoder converts them.
+    """
+    height, width = rgb.shape[:2]
+    if height % 2 or width % 2:
+        return VideoFrame.from_ndarray(rgb, format="rgb24")
+    return VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
 
 
 class SourceTrack(VideoStreamTrack):
@@ -113,7 +131,7 @@ class SourceTrack(VideoStreamTrack):
         captured = self.source.read()
         if captured is None:
             return None
-        return captured, VideoFrame.from_ndarray(captured.rgb, format="rgb24")
+        return captured, _encoder_frame(captured.rgb)
 
     def _finish(self) -> VideoFrame:
         """After the last frame: one repeat of it, then the end.
@@ -130,7 +148,7 @@ class SourceTrack(VideoStreamTrack):
             self.stop()
             raise MediaStreamError("the source has no more frames")
         self._flushed = True
-        frame = VideoFrame.from_ndarray(self._last.rgb, format="rgb24")
+        frame = _encoder_frame(self._last.rgb)
         frame.pts = self._last_pts + _PTS_STEP
         frame.time_base = TIME_BASE
         self._capture_times[frame.pts] = self._last.capture_time

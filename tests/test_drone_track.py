@@ -7,12 +7,15 @@ import fractions
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
 
 from dronedepth.drone.sources import CapturedFrame, FrameSource
-from dronedepth.drone.track import SourceTrack
+from dronedepth.drone.track import SourceTrack, _encoder_frame
+from dronedepth.samples import sample_photo
 
 
 class ClockSource(FrameSource):
@@ -132,3 +135,17 @@ async def test_an_empty_source_ends_at_once(executor):
 def test_fps_must_be_positive():
     with pytest.raises(ValueError, match="fps"):
         SourceTrack(ClockSource([]), fps=0)
+
+
+async def test_frames_go_to_the_encoder_as_the_yuv420p_it_would_convert_them_to(executor):
+    track = SourceTrack(ClockSource([1.0, 1.1]), fps=1000, executor=executor)
+    assert (await track.recv()).format.name == "yuv420p"
+    rgb = np.ascontiguousarray(cv2.cvtColor(cv2.imread(str(sample_photo())), cv2.COLOR_BGR2RGB)[:240, :320])
+    frame = _encoder_frame(rgb)
+    # The planes swscale (the encoder's own conversion) would give, up to chroma rounding; colours survive.
+    swscale = VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    assert frame.format.name == "yuv420p" and (frame.width, frame.height) == (320, 240)
+    assert np.abs(frame.to_ndarray().astype(int) - swscale).mean() < 0.5
+    assert np.abs(frame.to_ndarray(format="rgb24").astype(int) - rgb).mean() < 3
+    odd = _encoder_frame(rgb[:239, :319])
+    assert odd.format.name == "rgb24" and (odd.width, odd.height) == (319, 239)
