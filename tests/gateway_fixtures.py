@@ -195,6 +195,7 @@ class FakeDepthClient:
 
     The blur keeps the depth smooth, like a real model's, so most keypoints get a depth. ``output``
     replaces it: the model's output for a frame (metres for ``metric``, disparity for ``relative``).
+    ``depth_stride`` returns it at every s-th row and column, as a model of that depth stride does.
     """
 
     def __init__(
@@ -203,8 +204,10 @@ class FakeDepthClient:
         delay: float = 0.0,
         depth_kind: DepthKind = "metric",
         output: Callable[[NDArray[np.uint8]], NDArray[np.float32]] | None = None,
+        depth_stride: int = 1,
     ) -> None:
         self.delay = delay
+        self.depth_stride = depth_stride
         self._output = output
         self.available = True
         self._depth_kind: DepthKind = depth_kind
@@ -233,9 +236,12 @@ class FakeDepthClient:
         finally:
             self.in_flight -= 1
         if self._output is not None:
-            return self._output(rgb)
-        luma = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (0, 0), 8).astype(np.float32)
-        return (1.0 + 4.0 * luma / 255.0).astype(np.float32)
+            depth = self._output(rgb)
+        else:
+            luma = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (0, 0), 8).astype(np.float32)
+            depth = (1.0 + 4.0 * luma / 255.0).astype(np.float32)
+        step = self.depth_stride
+        return depth if step == 1 else np.ascontiguousarray(depth[::step, ::step])
 
     async def ready(self) -> bool:
         return self.available

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 from aiohttp import web
 
+from dronedepth.contract import depth_grid_shape
 from dronedepth.gateway.outputs.sinks import FrameRecord
 from dronedepth.gateway.outputs.stream import StreamHub
 from dronedepth.gateway.pipeline import FrameResult
@@ -29,8 +30,12 @@ def make_record(
     height: int = 48,
     stamp: float = STAMP,
     seed: int = 0,
+    depth_stride: int = 1,
 ) -> FrameRecord:
-    """A processed frame with random optical-frame points (z > 0); ``axes`` is its wire frame."""
+    """A processed frame with random optical-frame points (z > 0); ``axes`` is its wire frame.
+
+    Its depth is on the grid of a model of ``depth_stride`` (``depth_camera`` that grid's camera; None at 1).
+    """
     rng = np.random.default_rng(seed)
     optical = np.column_stack([rng.uniform(-2, 2, n), rng.uniform(-1, 1, n), rng.uniform(0.5, 9, n)]).astype(np.float32)
     kp_optical = optical[:k].copy()
@@ -50,18 +55,19 @@ def make_record(
     rgb[..., 0] = u[None, :]
     rgb[..., 1] = np.linspace(0, 255, height, dtype=np.float32)[:, None]
     rgb[..., 2] = 128
-    depth = rng.uniform(0.5, 9, (height, width)).astype(np.float32)
+    depth = rng.uniform(0.5, 9, depth_grid_shape(height, width, depth_stride)).astype(np.float32)
     if depth_kind == "relative":
         depth[0, :5] = np.nan
+    camera = CameraMessage(
+        width, height, 50.0, 52.0, width / 2 - 0.5, height / 2 + 0.5, (0.1, -0.02, 0.001, 0.002, 0.003)
+    )
     result = FrameResult(
         message=message,
         cloud=None,
         points=optical,
         colors=rng.integers(0, 256, (n, 3), dtype=np.uint8),
         depth=depth,
-    )
-    camera = CameraMessage(
-        width, height, 50.0, 52.0, width / 2 - 0.5, height / 2 + 0.5, (0.1, -0.02, 0.001, 0.002, 0.003)
+        depth_camera=None if depth_stride == 1 else camera.strided(depth_stride),
     )
     return FrameRecord.from_capture_time(drone_id, stamp + frame_index * 0.1, camera, rgb, result)
 

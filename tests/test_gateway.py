@@ -215,7 +215,9 @@ async def test_stop_closes_sessions_and_flushes_recordings_and_bags(tmp_path: Pa
 
     records, bags = tmp_path / "records", tmp_path / "bags"
     async with (
-        running_gateway(record_dir=records, record_every=2, record_bag_dir=bags) as gateway,
+        running_gateway(
+            FakeDepthClient(depth_stride=2), record_dir=records, record_every=2, record_bag_dir=bags
+        ) as gateway,
         drones(2, photo()) as fleet,
     ):
         assert gateway.sinks is not None
@@ -250,7 +252,14 @@ async def test_stop_closes_sessions_and_flushes_recordings_and_bags(tmp_path: Pa
             ns = ros_name(str(drone.drone_id))
             keypoints = topics[f"/{ns}/keypoints"]
             assert len(keypoints) == len(recorded), "the bag and the recording got the same frames"
-            assert len(topics[f"/{ns}/points"]) == len(topics[f"/{ns}/depth"]) == len(recorded)
+            assert len(topics[f"/{ns}/points"]) == len(topics[f"/{ns}/depth/image"]) == len(recorded)
+            # Depth at stride 2: the depth image and its camera_info are the grid's.
+            (_, _, info), (_, _, depth_info), (_, _, depth) = (
+                topics[f"/{ns}/{kind}"][0] for kind in ("camera_info", "depth/camera_info", "depth/image")
+            )
+            assert (depth.width, depth.height) == (depth_info.width, depth_info.height)
+            assert (depth_info.width, depth_info.height) == (-(-info.width // 2), -(-info.height // 2))
+            np.testing.assert_allclose(np.reshape(depth_info.k, (3, 3))[:2], np.reshape(info.k, (3, 3))[:2] / 2)
             assert all(schema == "sensor_msgs/msg/PointCloud2" for _, schema, _ in keypoints)
             assert [msg.width for _, _, msg in keypoints] == [len(m.points) for m in recorded]
         # The context's exit stops the gateway again: stop() is idempotent.
@@ -403,7 +412,7 @@ async def test_foxglove_server_publishes_a_connected_drone() -> None:
                     payload = json.loads(message.data)
                     if payload["op"] == "advertise":
                         topics.update(c["topic"] for c in payload["channels"])
-            assert {"/fox_1/points", "/fox_1/depth", "/fox_1/camera_info"} <= topics
+            assert {"/fox_1/points", "/fox_1/depth/image", "/fox_1/depth/camera_info", "/fox_1/camera_info"} <= topics
     assert foxglove._closed
 
 

@@ -31,7 +31,8 @@ NS = "drone_7"  # ros_name("drone-7")
 TOPICS = {
     f"/{NS}/camera_info": "sensor_msgs/msg/CameraInfo",
     f"/{NS}/image/compressed": "sensor_msgs/msg/CompressedImage",
-    f"/{NS}/depth": "sensor_msgs/msg/Image",
+    f"/{NS}/depth/camera_info": "sensor_msgs/msg/CameraInfo",
+    f"/{NS}/depth/image": "sensor_msgs/msg/Image",
     f"/{NS}/points": "sensor_msgs/msg/PointCloud2",
     f"/{NS}/keypoints": "sensor_msgs/msg/PointCloud2",
 }
@@ -110,7 +111,8 @@ def stamp_of(msg: Any) -> int:
 
 @pytest.fixture
 def metric_bag(tmp_path: Path) -> tuple[Path, list[Any]]:
-    records = [make_record("drone-7", frame_index=i, seed=i, axes="seed") for i in range(3)]
+    # Depth at stride 2, as the default export serves it: a 32x24 grid of the 64x48 frames.
+    records = [make_record("drone-7", frame_index=i, seed=i, axes="seed", depth_stride=2) for i in range(3)]
     sink = BagSink(tmp_path)
     for record in records:
         sink.write(record)
@@ -168,10 +170,50 @@ def test_keypoints_carry_xyz_score_and_pixel(metric_bag: tuple[Path, list[Any]])
 
 def test_depth_image_is_32fc1_metres(metric_bag: tuple[Path, list[Any]]) -> None:
     bag, records = metric_bag
-    for (_, _, msg), record in zip(read_bag(bag)[f"/{NS}/depth"], records, strict=True):
-        assert (msg.encoding, msg.width, msg.height, msg.step, msg.is_bigendian) == ("32FC1", 64, 48, 256, 0)
-        depth = np.frombuffer(bytes(msg.data), "<f4").reshape(48, 64)
+    for (_, _, msg), record in zip(read_bag(bag)[f"/{NS}/depth/image"], records, strict=True):
+        assert (msg.encoding, msg.width, msg.height, msg.step, msg.is_bigendian) == ("32FC1", 32, 24, 128, 0)
+        depth = np.frombuffer(bytes(msg.data), "<f4").reshape(24, 32)
         np.testing.assert_array_equal(depth, record.result.depth)
+
+
+@pytest.mark.parametrize("depth_kind", ["metric", "relative"])
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_each_image_has_the_camera_info_of_its_size(tmp_path: Path, stride: int, depth_kind: str) -> None:
+    """The frame and the depth grid each beside their own camera_info: sizes equal, K the grid's (strided) one."""
+    record = make_record("drone-7", width=66, height=50, depth_stride=stride, depth_kind=depth_kind)
+    sink = BagSink(tmp_path)
+    sink.write(record)
+    bag = sink.bag_path("drone-7")
+    sink.close()
+    assert bag is not None
+    topics = read_bag(bag)
+    depth_ns = "depth" if depth_kind == "metric" else "depth_relative"
+    (_, _, info) = topics[f"/{NS}/camera_info"][0]
+    (_, _, jpeg) = topics[f"/{NS}/image/compressed"][0]
+    (_, _, depth_info) = topics[f"/{NS}/{depth_ns}/camera_info"][0]
+    (_, _, depth) = topics[f"/{NS}/{depth_ns}/image"][0]
+    image = cv2.imdecode(np.frombuffer(bytes(jpeg.data), np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[:2] == (info.height, info.width) == (50, 66)
+    grid = (-(-50 // stride), -(-66 // stride))  # every stride-th row and column from 0
+    assert (depth.height, depth.width) == (depth_info.height, depth_info.width) == grid
+    assert np.frombuffer(bytes(depth.data), "<f4").size == grid[0] * grid[1]
+    camera = record.camera
+    expected = np.array(
+        [[camera.fx / stride, 0, camera.cx / stride], [0, camera.fy / stride, camera.cy / stride], [0, 0, 1]]
+    )
+    np.testing.assert_allclose(np.reshape(depth_info.k, (3, 3)), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.reshape(depth_info.p, (3, 4))[:, :3], expected, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.reshape(info.k, (3, 3)), camera.matrix)
+    assert depth_info.distortion_model == info.distortion_model and list(depth_info.d) == list(info.d)
+    assert depth_info.header.frame_id == depth.header.frame_id == info.header.frame_id == f"{NS}/camera_optical_frame"
+
+
+def test_depth_that_does_not_fit_its_camera_is_refused() -> None:
+    record = make_record(depth_stride=2)
+    mismatched = dataclasses.replace(record.result, depth=np.ones((48, 64), np.float32))  # full size, grid camera
+    record = dataclasses.replace(record, result=mismatched)
+    with pytest.raises(ValueError, match=r"depth of shape \(48, 64\) does not fit its 32x24 camera"):
+        RosEncoder().encode(record, "depth")
 
 
 def test_camera_info_matches_the_camera(metric_bag: tuple[Path, list[Any]]) -> None:
@@ -202,8 +244,8 @@ def test_relative_depth_goes_to_its_own_topic(tmp_path: Path) -> None:
     sink.close()
     assert bag is not None
     topics = read_bag(bag)
-    assert "/d7/depth" not in topics, "relative depth is not metres: never on the depth topic"
-    (_, name, msg) = topics["/d7/depth_relative"][0]
+    assert not {"/d7/depth/image", "/d7/depth/camera_info"} & set(topics), "relative depth is not metres"
+    (_, name, msg) = topics["/d7/depth_relative/image"][0]
     assert name == "sensor_msgs/msg/Image" and msg.encoding == "32FC1"
     depth = np.frombuffer(bytes(msg.data), "<f4").reshape(48, 64)
     np.testing.assert_array_equal(depth, record.result.depth)  # NaN where invalid, as the pipeline gave it

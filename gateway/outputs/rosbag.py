@@ -6,18 +6,27 @@ ROS installation). :class:`BagSink` writes them, one rosbag2 per drone and
 session, and :class:`gateway.foxglove_live.FoxgloveSink` publishes the same
 bytes live. Topics, for a drone whose ROS name is ``<ns>`` (see :func:`ros_name`)::
 
-    /<ns>/camera_info       sensor_msgs/msg/CameraInfo
-    /<ns>/image/compressed  sensor_msgs/msg/CompressedImage   (jpeg)
-    /<ns>/depth             sensor_msgs/msg/Image 32FC1, metres (metric models only)
-    /<ns>/depth_relative    sensor_msgs/msg/Image 32FC1, NOT metres (relative models only)
-    /<ns>/points            sensor_msgs/msg/PointCloud2       x y z rgb
-    /<ns>/keypoints         sensor_msgs/msg/PointCloud2       x y z score u v
-    /<ns>/scale             std_msgs/msg/String               JSON: the result's depth_kind, scale, scale_check
-    /<ns>/obstacles         sensor_msgs/msg/LaserScan         metric frames with an obstacle profile
-    /tf                     tf2_msgs/msg/TFMessage            <world> → <ns>/base_link (with a pose),
-                                                              <ns>/base_link → <ns>/base_link_level
-    /tf_static              tf2_msgs/msg/TFMessage            <ns>/base_link → <ns>/camera_optical_frame
-    /map, /map_odom         sensor_msgs/msg/PointCloud2       x y z: the world map's occupied voxels (``--map``)
+    /<ns>/camera_info                 sensor_msgs/msg/CameraInfo        the frame's camera
+    /<ns>/image/compressed            sensor_msgs/msg/CompressedImage   (jpeg)
+    /<ns>/depth/camera_info           sensor_msgs/msg/CameraInfo        the depth grid's camera (metric models)
+    /<ns>/depth/image                 sensor_msgs/msg/Image 32FC1, metres (metric models only)
+    /<ns>/depth_relative/camera_info  sensor_msgs/msg/CameraInfo        the depth grid's camera (relative models)
+    /<ns>/depth_relative/image        sensor_msgs/msg/Image 32FC1, NOT metres (relative models only)
+    /<ns>/points                      sensor_msgs/msg/PointCloud2       x y z rgb
+    /<ns>/keypoints                   sensor_msgs/msg/PointCloud2       x y z score u v
+    /<ns>/scale                       std_msgs/msg/String               JSON: depth_kind, scale, scale_check
+    /<ns>/obstacles                   sensor_msgs/msg/LaserScan         metric frames with an obstacle profile
+    /tf                               tf2_msgs/msg/TFMessage            <world> → <ns>/base_link (with a pose),
+                                                                        <ns>/base_link → <ns>/base_link_level
+    /tf_static                        tf2_msgs/msg/TFMessage            <ns>/base_link → <ns>/camera_optical_frame
+    /map, /map_odom                   sensor_msgs/msg/PointCloud2       x y z: the world map's occupied voxels
+
+The depth image is on the model's depth grid (every ``s``-th pixel for a
+model of depth stride ``s``, see :func:`dronedepth.contract.depth_grid_shape`),
+so it has a camera_info of its own beside it (ROS's image/camera_info pairing:
+one namespace per camera), the grid's camera
+(:meth:`~dronedepth.protocol.CameraMessage.strided`); the frame's
+``camera_info`` describes the full-resolution image.
 
 Images and clouds are in frame ``<ns>/camera_optical_frame`` (REP-103: x
 right, y down, z forward) whatever the gateway's ``--axes``; the obstacles in
@@ -46,9 +55,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import cv2
 import numpy as np
-from dronedepth.gateway.obstacles import SOURCE_CAMERA, SOURCE_NONE, ObstacleProfile, level_from_body
-from dronedepth.gateway.outputs.recording import FaultHandler, RecordingBudget, RecordingLimits
-from dronedepth.gateway.outputs.sinks import FrameRecord
 from numpy.typing import NDArray
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
@@ -57,6 +63,9 @@ from rosbags.typesys import Stores, get_typestore
 
 from dronedepth.errors import ConfigError
 from dronedepth.frames import Transform, quaternion_from_matrix
+from dronedepth.gateway.obstacles import SOURCE_CAMERA, SOURCE_NONE, ObstacleProfile, level_from_body
+from dronedepth.gateway.outputs.recording import FaultHandler, RecordingBudget, RecordingLimits
+from dronedepth.gateway.outputs.sinks import FrameRecord
 from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, CameraMessage
 
 if TYPE_CHECKING:
@@ -86,7 +95,17 @@ log = logging.getLogger(__name__)
 OPTICAL_FRAME: Final = "camera_optical_frame"
 BODY_FRAME: Final = "base_link"
 LEVEL_FRAME: Final = "base_link_level"
-TOPIC_KINDS: Final = ("tf", "camera_info", "image", "depth", "points", "keypoints", "obstacles", "scale")
+TOPIC_KINDS: Final = (
+    "tf",
+    "camera_info",
+    "image",
+    "depth_camera_info",
+    "depth",
+    "points",
+    "keypoints",
+    "obstacles",
+    "scale",
+)
 """The kinds of message a frame may have, written in this order (see :meth:`RosEncoder.kinds`)."""
 TF_STATIC: Final = "tf_static"
 """The camera mount's kind: once per bag and mount (every frame on the live server, for late subscribers)."""
@@ -110,6 +129,7 @@ _TOPIC_TYPES: Final = {
     "obstacles": LASER_SCAN,
     "camera_info": CAMERA_INFO,
     "image": COMPRESSED_IMAGE,
+    "depth_camera_info": CAMERA_INFO,
     "depth": IMAGE,
     "points": POINT_CLOUD2,
     "keypoints": POINT_CLOUD2,
@@ -280,8 +300,10 @@ class RosEncoder:
         if kind in ("tf", TF_STATIC):
             return f"/{kind}"
         ns = ros_name(record.drone_id)
-        if kind == "depth" and record.message.depth_kind != "metric":
-            return f"/{ns}/depth_relative"
+        if kind in ("depth", "depth_camera_info"):
+            # Relative depth is not metres: never on the topics ROS tools read as metres (docs/outputs.md).
+            depth_ns = "depth" if record.message.depth_kind == "metric" else "depth_relative"
+            return f"/{ns}/{depth_ns}/{'image' if kind == 'depth' else 'camera_info'}"
         if kind == "image":
             return f"/{ns}/image/compressed"
         return f"/{ns}/{kind}"
@@ -455,6 +477,7 @@ class RosEncoder:
 
     def _build_depth(self, record: FrameRecord, header: Any) -> Any:
         depth = np.ascontiguousarray(record.result.depth, dtype="<f4")
+        _depth_camera(record)  # a depth image goes out only with a camera_info that fits it
         # REP-118: NaN marks "no measurement". The pipeline already uses NaN for
         # relative depth; zeros or negatives from a metric model would read as
         # real (if absurd) depths, so mark them too (a copy only when needed).
@@ -481,19 +504,42 @@ class RosEncoder:
         return self._compressed(header=header, format="jpeg", data=jpeg.reshape(-1))
 
     def _build_camera_info(self, record: FrameRecord, header: Any) -> Any:
-        camera = record.camera
-        height, width = record.rgb.shape[:2]
-        if (camera.width, camera.height) != (width, height):
-            camera = camera.scaled(width, height)
+        return self._camera_info_message(header, _frame_camera(record))
+
+    def _build_depth_camera_info(self, record: FrameRecord, header: Any) -> Any:
+        return self._camera_info_message(header, _depth_camera(record))
+
+    def _camera_info_message(self, header: Any, camera: CameraMessage) -> Any:
         return self._camera_info(
             header=header,
-            height=height,
-            width=width,
+            height=camera.height,
+            width=camera.width,
             binning_x=0,
             binning_y=0,
             roi=self._roi,
             **camera_info_fields(camera),
         )
+
+
+def _frame_camera(record: FrameRecord) -> CameraMessage:
+    """The camera of the record's image: its ``camera`` rescaled if that describes another frame size."""
+    camera = record.camera
+    height, width = record.rgb.shape[:2]
+    return camera if (camera.width, camera.height) == (width, height) else camera.scaled(width, height)
+
+
+def _depth_camera(record: FrameRecord) -> CameraMessage:
+    """The camera of the record's depth grid (the result's ``depth_camera``; None: the frame's own).
+
+    ValueError when the depth's shape is not that camera's size: a depth image
+    must never go out beside a camera_info that does not describe it.
+    """
+    camera = record.result.depth_camera or _frame_camera(record)
+    if record.result.depth.shape != (camera.height, camera.width):
+        raise ValueError(
+            f"depth of shape {record.result.depth.shape} does not fit its {camera.width}x{camera.height} camera"
+        )
+    return camera
 
 
 class _DroneBag:

@@ -64,6 +64,10 @@ class FrameData(Protocol):
     @property
     def depth(self) -> NDArray[np.float32]: ...
     @property
+    def depth_camera(self) -> CameraMessage | None:
+        """The camera of ``depth``'s grid (a model's strided depth); None: the frame's camera, full resolution."""
+
+    @property
     def cloud(self) -> Any:
         """The Open3D cloud or None; only :class:`RecorderSink` (its PLY files) reads it."""
 
