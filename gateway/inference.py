@@ -363,7 +363,8 @@ class TritonDepthClient:
         output = InferRequestedOutput(self._output_name)
         pair = await self._shm_pair(height * width)
         # Only a request Triton has answered frees its regions for reuse: after a timeout, a cancellation
-        # or a lost connection Triton may still read the frame or write the depth.
+        # or a lost connection Triton may still read the frame or write the depth. Regions Triton forgot
+        # (a restart) come back NOT_FOUND: unavailable, so the metadata reload registers new ones.
         answered = False
         try:
             if pair is None:
@@ -385,8 +386,6 @@ class TritonDepthClient:
                 answered = not isinstance(error, (InferenceTimeout, InferenceUnavailable)) or isinstance(
                     error, InferenceOverloaded
                 )
-                if pair is not None and "shared memory" in str(error):
-                    self._metadata_loaded = False  # Triton lost the regions (a restart): register them again
                 raise error from exc
             depth = result.as_numpy(self._output_name) if pair is None else self._read_shm_output(result, pair)
             answered = True

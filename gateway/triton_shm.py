@@ -220,7 +220,7 @@ class SharedMemoryPool:
         pair.output.destroy()
 
     async def _unregister_retired(self, *, final: bool = False) -> None:
-        live = {name for name in self.region_names}
+        live = set(self.region_names)
         pending = [name for name in self._unregister if name not in live]
         if not pending:
             return

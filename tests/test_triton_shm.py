@@ -20,7 +20,7 @@ from gateway_fixtures import photo
 from tritonclient.grpc.aio import InferenceServerClient
 
 from dronedepth.contract import MODEL_NAME
-from dronedepth.errors import ConfigError
+from dronedepth.errors import ConfigError, InferenceUnavailable
 from dronedepth.gateway.inference import TritonDepthClient
 from dronedepth.gateway.triton_shm import is_loopback_url
 from dronedepth.serving import EmbeddedTriton, find_free_port
@@ -166,6 +166,28 @@ async def test_a_cancelled_request_never_lends_its_regions_again(triton_server: 
     assert not _our_files()
 
 
+async def test_regions_triton_forgot_are_registered_again(triton_server: EmbeddedTriton) -> None:
+    shm = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30)
+    grpc = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30, shared_memory="off")
+    frame = _frame(120, 160, 7)
+    try:
+        assert await shm.ready()
+        admin = InferenceServerClient(triton_server.url)  # what a Triton restart does to the registrations
+        try:
+            for name in _our_files():
+                await admin.unregister_system_shared_memory(name)
+        finally:
+            await admin.close()
+        # Triton answers NOT_FOUND: unavailable, so the next request reads the metadata and registers anew.
+        with pytest.raises(InferenceUnavailable, match="Unable to find shared memory region"):
+            await shm.infer(frame)
+        assert np.array_equal(await shm.infer(frame), await grpc.infer(frame))
+        assert shm.transport == "shared memory"
+    finally:
+        await shm.close()
+        await grpc.close()
+
+
 def _private_shm_supported() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -240,3 +262,35 @@ async def test_a_refused_registration_falls_back_to_grpc(
         assert not _our_files()  # the refused pair was unlinked at once
     finally:
         await client.close()
+
+
+_HOLDER = """
+import asyncio, os, sys
+from dronedepth.gateway.inference import TritonDepthClient
+
+async def main() -> None:
+    client = TritonDepthClient(sys.argv[1])
+    assert await client.ready() and client.transport == "shared memory"
+    print(flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_gateway_leaves_no_region_behind(triton_server: EmbeddedTriton) -> None:
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLDER, triton_server.url, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert holder.stdout is not None
+        assert await holder.stdout.readline() == b"\n"  # its regions are registered
+        pattern = f"dronedepth-{holder.pid}-*"
+        assert len(list(_SHM_DIR.glob(pattern))) == 2
+    finally:
+        holder.kill()  # SIGKILL: no close, no finally
+        await holder.wait()
+    # multiprocessing's resource tracker, which outlives it, unlinks what it left.
+    async with asyncio.timeout(30):
+        while list(_SHM_DIR.glob(pattern)):
+            await asyncio.sleep(0.05)
