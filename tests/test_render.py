@@ -26,6 +26,30 @@ def test_depth_preview_is_frame_and_depth_side_by_side() -> None:
     assert panel[:, 64:].any()
 
 
+@pytest.mark.parametrize("stride", [2, 4])
+def test_depth_preview_draws_a_strided_depth_grid_at_the_frame_size(stride: int) -> None:
+    """A 65x49 frame's depth grid (every stride-th pixel from 0): each grid pixel fills the block it starts."""
+    rgb = np.zeros((49, 65, 3), np.uint8)
+    grid = (-(-49 // stride), -(-65 // stride))
+    depth = np.linspace(1, 5, grid[0] * grid[1], dtype=np.float32).reshape(grid)
+    depth[-1, -1] = np.nan  # the last grid pixel: its block is cut by the frame's edge
+    panel = depth_preview(rgb, depth, "metric")
+    assert panel.shape == (49, 130, 3)
+    coloured = panel[:, 65:]
+    expected = colorize_depth(depth, "metric")
+    label_rows = 22  # the range label's band darkens the top int(32 × 0.5) + 6 rows
+    for j in range(-(-label_rows // stride), grid[0]):
+        for i in range(grid[1]):
+            block = coloured[j * stride : (j + 1) * stride, i * stride : (i + 1) * stride]
+            assert (block == expected[j, i]).all(), (j, i)
+    assert not coloured[-1, -1].any(), "the invalid grid pixel stays black up to the frame's edge"
+
+
+def test_depth_preview_refuses_depth_of_another_size() -> None:
+    with pytest.raises(ValueError, match=r"depth of shape \(20, 20\) fits no depth stride"):
+        depth_preview(np.zeros((48, 64, 3), np.uint8), np.ones((20, 20), np.float32), "metric")
+
+
 @pytest.fixture
 def plane() -> tuple[np.ndarray, np.ndarray]:
     v, u = np.mgrid[0:60, 0:80]

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from dronedepth.contract import DepthKind
+from dronedepth.contract import DepthKind, depth_stride_of
 
 
 def colorize_depth(depth: NDArray[np.float32], depth_kind: DepthKind) -> NDArray[np.uint8]:
@@ -42,8 +42,18 @@ def depth_preview(
     *,
     note: str | None = None,
 ) -> NDArray[np.uint8]:
-    """The frame and its colourised depth side by side, labelled with range and units."""
+    """The frame and its colourised depth side by side, labelled with range and units.
+
+    ``depth`` is the model's output for ``rgb``: full resolution or on a strided
+    depth grid (:func:`~dronedepth.contract.depth_grid_shape`; ValueError for any
+    other shape). A grid is coloured, then each of its pixels drawn over the
+    ``s × s`` block of the frame it starts, so both halves have the frame's size.
+    """
+    height, width = rgb.shape[:2]
+    stride = depth_stride_of(height, width, depth.shape)
     coloured = colorize_depth(depth, depth_kind)
+    if stride > 1:
+        coloured = np.repeat(np.repeat(coloured, stride, axis=0), stride, axis=1)[:height, :width]
     valid = depth[np.isfinite(depth) & (depth > 0)]
     if depth_kind == "metric" and valid.size:
         label = f"depth {np.percentile(valid, 2):.1f}-{np.percentile(valid, 98):.1f} m"
