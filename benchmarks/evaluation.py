@@ -41,13 +41,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dronedepth.benchmarks.scenes import FPS, SCENES, Flight, SceneName
-from dronedepth.contract import DepthKind
+from dronedepth.contract import DepthKind, depth_stride_of
 from dronedepth.gateway.anchors import ground_grid, ground_samples
 from dronedepth.gateway.flicker import temporal_alignment_error
 from dronedepth.gateway.obstacles import ObstacleConfig, obstacle_profile_from_depth, sector_layout
 from dronedepth.gateway.projection import ray_grid, valid_depth_mask
 from dronedepth.gateway.scale import ScaleConfig, ScaleEstimator, check_metric_scale
-from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA
+from dronedepth.protocol import OBSTACLE_FREE, OBSTACLE_NO_DATA, CameraMessage
 
 __all__ = [
     "ABS_REL_TARGET",
@@ -169,7 +169,12 @@ class EvalGrid:
 
 @dataclass(frozen=True)
 class ModelOutputs:
-    """A real model's output per flight (key :func:`flight_key`), one ``(H, W)`` array per frame time."""
+    """A real model's output per flight (key :func:`flight_key`), one array per frame time.
+
+    Each array is on the model's depth grid: ``(H, W)`` or, for a model of depth
+    stride ``s``, the frame's depth at every ``s``-th pixel
+    (:func:`~dronedepth.contract.depth_grid_shape`); the model is scored on that grid.
+    """
 
     label: str
     depth_kind: DepthKind
@@ -205,9 +210,14 @@ def _score_flight(
     times: Sequence[float],
     scale_error: float | None,
     truth_flicker: float | None,
+    camera: CameraMessage,
 ) -> dict[str, Any]:
-    """One source over one flight: per-frame metrics through the gateway's code, then the run's summary."""
-    camera = flight.camera
+    """One source over one flight: per-frame metrics through the gateway's code, then the run's summary.
+
+    ``camera`` is the camera of the source's depth grid (``flight.camera``, or
+    its :meth:`~dronedepth.protocol.CameraMessage.strided` one for a strided
+    model), ``truths`` the true depth on that grid.
+    """
     rays = ray_grid(camera)
     grid = ground_grid(rays)
     h = flight.altitude_m
@@ -258,7 +268,7 @@ def _score_flight(
                 ),
             )
         )
-    return _summarise(flight, source, records, scale_error, truth_flicker)
+    return _summarise(flight, source, records, scale_error, truth_flicker, camera)
 
 
 def _convergence_s(records: Sequence[_Frame]) -> float | None:
@@ -278,11 +288,26 @@ def _median(values: Sequence[float | None]) -> float | None:
     return float(np.median(kept)) if kept else None
 
 
-def _flicker(depths: Sequence[NDArray[np.float32] | None], flight: Flight, times: Sequence[float]) -> float | None:
+def _flicker(
+    depths: Sequence[NDArray[np.float32] | None], flight: Flight, times: Sequence[float], camera: CameraMessage
+) -> float | None:
+    """TAE of the depths (on ``camera``'s grid) that exist, between consecutive ones."""
     pairs = [(d, flight.world_from_camera(t)) for d, t in zip(depths, times, strict=True) if d is not None]
     if len(pairs) < 2:
         return None
-    return temporal_alignment_error([d for d, _ in pairs], [p for _, p in pairs], flight.camera)
+    return temporal_alignment_error([d for d, _ in pairs], [p for _, p in pairs], camera)
+
+
+def _truth_flicker(
+    flight: Flight, truths: Sequence[NDArray[np.float64]], times: Sequence[float], camera: CameraMessage
+) -> float | None:
+    """The floor of TAE on ``camera``'s grid: exact depth's is the reprojection's nearest-pixel rounding."""
+    range_limit = EVAL_RANGE_FACTOR * flight.altitude_m
+    steady = [
+        np.where(z <= range_limit, z, np.nan).astype(np.float32) if t >= CONVERGE_WITHIN_S else None
+        for z, t in zip(truths, times, strict=True)
+    ]
+    return _flicker(steady, flight, times, camera)
 
 
 def _worst(ratios: Sequence[float | None], expected: float) -> float | None:
@@ -298,6 +323,7 @@ def _summarise(
     records: Sequence[_Frame],
     scale_error: float | None,
     truth_flicker: float | None,
+    camera: CameraMessage,
 ) -> dict[str, Any]:
     steady = [r for r in records if r.time_s >= CONVERGE_WITHIN_S]
     steady_times = [r.time_s for r in steady]
@@ -315,8 +341,8 @@ def _summarise(
         "delta1": _median([r.metrics.delta1 if r.metrics else None for r in steady]),
         "rmse_m": _median([r.metrics.rmse_m if r.metrics else None for r in steady]),
         "obstacle_error": _median([r.obstacles for r in steady]),
-        "flicker_tae": _flicker([r.depth for r in steady], flight, steady_times),
-        "flicker_tae_per_frame_fit": _flicker([r.per_frame_depth for r in steady], flight, steady_times),
+        "flicker_tae": _flicker([r.depth for r in steady], flight, steady_times, camera),
+        "flicker_tae_per_frame_fit": _flicker([r.per_frame_depth for r in steady], flight, steady_times, camera),
         "flicker_tae_truth": truth_flicker,
         "cost_ms": _median([r.cost_ms for r in records]),
         "series": {
@@ -350,21 +376,21 @@ def evaluate(
     started = time.perf_counter()
     for n, geometry in enumerate(flights, 1):
         truths = [geometry.true_depth(t) for t in times]
-        range_limit = EVAL_RANGE_FACTOR * geometry.altitude_m
-        truth_flicker = _flicker(
-            [
-                np.where(z <= range_limit, z, np.nan).astype(np.float32) if t >= CONVERGE_WITHIN_S else None
-                for z, t in zip(truths, times, strict=True)
-            ],
-            geometry,
-            times,
-        )  # the floor: exact depth's TAE is the reprojection's nearest-pixel rounding
+        # Per depth stride: the truth on that grid and its TAE floor (the oracles are full resolution).
+        on_grid: dict[int, tuple[list[NDArray[np.float64]], CameraMessage, float | None]] = {}
         sources = list(ORACLE_SOURCES) + (["model"] if model is not None else [])
         for source in sources:
             # A fresh flight per source: the same scene, its own reproducible noise draws.
             flight = Flight(geometry.altitude_m, geometry.pitch_deg, geometry.scene, seed=grid.seed)
-            frames, kind, scale_error = _source_frames(flight, source, times, model)
-            runs.append(_score_flight(flight, source, kind, frames, truths, times, scale_error, truth_flicker))
+            frames, kind, scale_error, stride = _source_frames(flight, source, times, model)
+            if stride not in on_grid:
+                grid_truths = [z[::stride, ::stride] for z in truths]
+                camera = geometry.camera.strided(stride)
+                on_grid[stride] = grid_truths, camera, _truth_flicker(geometry, grid_truths, times, camera)
+            grid_truths, camera, truth_flicker = on_grid[stride]
+            runs.append(
+                _score_flight(flight, source, kind, frames, grid_truths, times, scale_error, truth_flicker, camera)
+            )
         progress(f"[{n}/{len(flights)}] {flight_key(geometry)}: {len(sources)} sources scored")
     doc: dict[str, Any] = {
         "grid": {
@@ -393,18 +419,24 @@ def evaluate(
 def _source_frames(
     flight: Flight, source: str, times: Sequence[float], model: ModelOutputs | None
 ) -> tuple[
-    Callable[[int, NDArray[np.float64]], tuple[NDArray[np.float32], NDArray[np.bool_]]], DepthKind, float | None
+    Callable[[int, NDArray[np.float64]], tuple[NDArray[np.float32], NDArray[np.bool_]]],
+    DepthKind,
+    float | None,
+    int,
 ]:
+    """The source's output per frame (from the truth on its grid), its depth kind, scale error and depth stride."""
     if source == "relative":
-        return (lambda i, truth: flight.relative_output(truth, times[i])), "relative", None
+        return (lambda i, truth: flight.relative_output(truth, times[i])), "relative", None, 1
     if source in _SCALE_ERRORS:
         scale = _SCALE_ERRORS[source]
         if scale == 1.0:
-            return (lambda i, truth: (truth.astype(np.float32), np.zeros(truth.shape, bool))), "metric", scale
-        return (lambda i, truth: flight.metric_output(truth, scale)), "metric", scale
+            return (lambda i, truth: (truth.astype(np.float32), np.zeros(truth.shape, bool))), "metric", scale, 1
+        return (lambda i, truth: flight.metric_output(truth, scale)), "metric", scale, 1
     assert model is not None and source == "model"
     outputs = model.outputs[flight_key(flight)]
-    return (lambda i, truth: (outputs[i], np.zeros(truth.shape, bool))), model.depth_kind, None
+    camera = flight.camera
+    (stride,) = {depth_stride_of(camera.height, camera.width, output.shape) for output in outputs}
+    return (lambda i, truth: (outputs[i], np.zeros(truth.shape, bool))), model.depth_kind, None, stride
 
 
 def summarise_sources(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

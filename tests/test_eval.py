@@ -76,3 +76,23 @@ def test_eval_refuses_a_bad_grid(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "scenes must be among ground, boxes, walls" in done.stderr
+
+
+def test_a_strided_model_is_scored_on_its_depth_grid() -> None:
+    """A model of depth stride 2 returning the exact depth on its grid scores as exact depth does, on that grid."""
+    from dronedepth.benchmarks.evaluation import EvalGrid, ModelOutputs, evaluate, flight_key
+
+    grid = EvalGrid(scenes=("walls",), altitudes_m=(2.0,), pitches_deg=(0.0,), seconds=3.0)
+    (flight,) = grid.flights()
+    outputs = [flight.true_depth(t)[::2, ::2].astype(np.float32) for t in grid.times_s]
+    model = ModelOutputs("exact at stride 2", "metric", False, {flight_key(flight): outputs})
+    doc = evaluate(grid, model, progress=lambda _: None)
+    runs = {run["source"]: run for run in doc["runs"]}
+    strided, exact = runs["model"], runs["exact"]
+    # Only the scale fitted from the (noisy) sensed ground separates either from the truth.
+    assert strided["steady_frames_metric"] == exact["steady_frames_metric"] > 0 and strided["delta1"] == 1.0
+    assert strided["abs_rel"] == pytest.approx(exact["abs_rel"], abs=1e-3) and strided["abs_rel"] < 0.01
+    assert strided["obstacle_error"] == pytest.approx(exact["obstacle_error"], abs=1e-3)
+    # The flicker floor is the grid's own (coarser pixels round more), measured with the grid's camera.
+    assert strided["flicker_tae_truth"] > exact["flicker_tae_truth"]
+    assert strided["flicker_tae_truth"] <= strided["flicker_tae"] < 2 * strided["flicker_tae_truth"]
