@@ -102,8 +102,10 @@ def random_model(metric: str | None = None, seed: int = 0) -> LoadedModel:
 
 
 @functools.cache
-def exported(source: str, input_size: int = SMALL_INPUT, precision: str = "fp32") -> tuple[LoadedModel, OnnxExport]:
-    """Export once per session. ``source``: "random", "random-metric" or "hf-metric"."""
+def exported(
+    source: str, input_size: int = SMALL_INPUT, precision: str = "fp32", depth_stride: int = 1
+) -> tuple[LoadedModel, OnnxExport]:
+    """Export once per session. ``source``: "random", "random-metric" or "hf-metric"; stride 1 is the reference."""
     if source == "random":
         loaded = random_model()
     elif source == "random-metric":
@@ -114,8 +116,9 @@ def exported(source: str, input_size: int = SMALL_INPUT, precision: str = "fp32"
         raise ValueError(source)
     out = export_onnx(
         loaded,
-        workdir(f"onnx-{source}-{input_size}-{precision}") / "model.onnx",
+        workdir(f"onnx-{source}-{input_size}-{precision}-s{depth_stride}") / "model.onnx",
         input_size=input_size,
-        precision=precision,
-    )  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
+        depth_stride=depth_stride,
+    )
     return loaded, out

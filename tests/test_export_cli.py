@@ -32,6 +32,19 @@ def test_random_init_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert out.count(" ok ") == 5 and "written" in out and str(model_dir / "config.pbtxt") in out
     facts = read_model_facts(model_dir)
     assert facts.random_init and facts.input_size == 140 and facts.depth_kind == "relative"
+    # The default depth stride, 2, is written into config.pbtxt and the ONNX metadata, and said.
+    assert parse_parameters((model_dir / "config.pbtxt").read_text())["depth_stride"] == "2"
+    assert facts.depth_stride == 2 and read_model_facts(model_dir / "1" / "model.onnx").depth_stride == 2
+    assert "DEPTH float32 [B,ceil(H/2),ceil(W/2)]" in out and "depth stride 2" in out
+
+
+def test_depth_stride_other_than_1_2_4_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_cli(capsys, "--random-init", "--encoder", "vits", "--depth-stride", "3", "--out", str(tmp_path))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "dronedepth export: error: argument --depth-stride: invalid choice: 3 (choose from 1, 2, 4)" in err
+    assert "Traceback" not in err and not (tmp_path / "depth_anything_v2").exists()
 
 
 def test_fp16_metric_gpu_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

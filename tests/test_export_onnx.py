@@ -74,6 +74,26 @@ def test_unusual_sizes_work(h: int, w: int) -> None:
     assert nrmse(got, reference_depth(loaded.model, frames, SMALL_INPUT)) <= FP32_TOLERANCE
 
 
+@pytest.mark.parametrize("stride", [2, 4])
+def test_a_strided_export_is_the_full_resolution_export_sliced(stride: int) -> None:
+    """Real ONNX Runtime: depth stride s returns the stride-1 graph's depth at every s-th row and column from 0.
+
+    Odd sizes and a batch of two, so the grid's last row and column (ceil) and the batch axis are covered.
+    """
+    _, full = exported("random")
+    _, strided = exported("random", depth_stride=stride)
+    model = onnx.load(str(strided.path), load_external_data=False)
+    out_dims = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    assert out_dims == ["batch", "depth_rows", "depth_columns"]
+    assert read_onnx_facts(strided.path).depth_stride == stride
+    for h, w in [(97, 130), (480, 640)]:
+        frames = synthetic_frames(h, w, 2, seed=h + stride)
+        reference = run_onnx(onnx_session(full.path), frames)
+        got = run_onnx(onnx_session(strided.path), frames)
+        assert got.shape == (2, -(-h // stride), -(-w // stride)) and got.dtype == np.float32
+        np.testing.assert_allclose(got, reference[:, ::stride, ::stride], rtol=1e-4, atol=1e-5 * reference.max())
+
+
 def test_batch_items_are_independent() -> None:
     _, out = exported("random")
     frames = synthetic_frames(96, 128, 3, seed=4)
