@@ -48,7 +48,8 @@ def _encoder_frame(rgb: NDArray[np.uint8]) -> VideoFrame:
     height, width = rgb.shape[:2]
     if height % 2 or width % 2:
         return VideoFrame.from_ndarray(rgb, format="rgb24")
-    return VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+    i420 = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), dtype=np.uint8)  # (H·3/2, W): Y, then U, V
+    return VideoFrame.from_ndarray(i420, format="yuv420p")
 
 
 class SourceTrack(VideoStreamTrack):
