@@ -16,7 +16,15 @@ import tritonclient.grpc.aio as aioclient
 from serving_fixtures import TEST_MAX_BATCH_SIZE, make_test_repository, normalised_rmse, reference_depth
 from tritonclient.utils import InferenceServerException
 
-from dronedepth.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, PARAM_DEPTH_KIND
+from dronedepth.contract import (
+    DEFAULT_DEPTH_STRIDE,
+    INPUT_NAME,
+    MODEL_NAME,
+    OUTPUT_NAME,
+    PARAM_DEPTH_KIND,
+    PARAM_DEPTH_STRIDE,
+    depth_grid_shape,
+)
 from dronedepth.errors import ServingError
 from dronedepth.serving import AdapterSettings, EmbeddedTriton
 from dronedepth.serving.embedded import group_members
@@ -85,6 +93,7 @@ def test_serves_the_export_under_the_same_name_and_tensors(client: grpcclient.In
     config = client.get_model_config(MODEL_NAME).config
     assert config.max_batch_size == TEST_MAX_BATCH_SIZE
     assert config.parameters[PARAM_DEPTH_KIND].string_value == "relative"
+    assert config.parameters[PARAM_DEPTH_STRIDE].string_value == str(DEFAULT_DEPTH_STRIDE)
     assert config.dynamic_batching.default_queue_policy.max_queue_size > 0
 
 
@@ -94,7 +103,9 @@ def test_depth_matches_onnx_runtime(
 ) -> None:
     image = _frames(batch, height, width)
     depth = client.infer(MODEL_NAME, [_input(image)]).as_numpy(OUTPUT_NAME)
-    assert depth.dtype == np.float32 and depth.shape == (batch, height, width)
+    # The tiny model serves the default depth stride: every second row and column (ceil for odd sides).
+    grid = depth_grid_shape(height, width, DEFAULT_DEPTH_STRIDE)
+    assert depth.dtype == np.float32 and depth.shape == (batch, *grid)
     assert normalised_rmse(depth, reference_depth(triton_repository, image)) <= 1e-5
 
 
