@@ -15,7 +15,7 @@ import pytest
 from gateway_fixtures import TOKEN, camera_for, drones, photo
 
 from dronedepth import cli
-from dronedepth.contract import PARAM_DEPTH_KIND
+from dronedepth.contract import DEFAULT_DEPTH_STRIDE, PARAM_DEPTH_KIND, PARAM_DEPTH_STRIDE
 from dronedepth.errors import ConfigError
 from dronedepth.gateway import launch
 from dronedepth.gateway.inference import OnnxRuntimeDepthClient, TritonDepthClient
@@ -149,7 +149,8 @@ def test_bad_ice_server_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 async def test_gateway_process_serves_a_drone_and_exits_on_sigterm(tmp_path: Path) -> None:
     model = tiny_depth_model()
-    onnx.helper.set_model_props(model, {PARAM_DEPTH_KIND: "metric"})
+    # set_model_props replaces every property: keep the depth stride the tiny model declares.
+    onnx.helper.set_model_props(model, {PARAM_DEPTH_KIND: "metric", PARAM_DEPTH_STRIDE: str(DEFAULT_DEPTH_STRIDE)})
     onnx.save(model, tmp_path / "model.onnx")
     assert OnnxRuntimeDepthClient(tmp_path / "model.onnx").depth_kind == "metric"
     env = {**os.environ, "DRONEDEPTH_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}

@@ -19,7 +19,7 @@ from gateway_fixtures import TOKEN, TestDrone, camera_for, drones, photo
 from prometheus_client.parser import text_string_to_metric_families
 
 from dronedepth import cli
-from dronedepth.contract import PARAM_DEPTH_KIND
+from dronedepth.contract import DEFAULT_DEPTH_STRIDE, PARAM_DEPTH_KIND, PARAM_DEPTH_STRIDE
 from dronedepth.errors import ConfigError
 from dronedepth.gateway.cluster import choose_worker, worker_args
 from dronedepth.gateway.cluster_metrics import merge_expositions
@@ -103,7 +103,8 @@ async def _drone_list(http: ClientSession, url: str) -> dict[str, dict]:
 
 async def test_two_processes_behind_one_port(tmp_path: Path) -> None:
     model = tiny_depth_model()
-    onnx.helper.set_model_props(model, {PARAM_DEPTH_KIND: "metric"})
+    # set_model_props replaces every property: keep the depth stride the tiny model declares.
+    onnx.helper.set_model_props(model, {PARAM_DEPTH_KIND: "metric", PARAM_DEPTH_STRIDE: str(DEFAULT_DEPTH_STRIDE)})
     onnx.save(model, tmp_path / "model.onnx")
     env = {**os.environ, "DRONEDEPTH_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "dronedepth.cli", "gateway", "--onnx-model", str(tmp_path / "model.onnx")]
