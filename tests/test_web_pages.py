@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -59,6 +60,7 @@ class _Result:
     points: NDArray[np.float32]
     colors: NDArray[np.uint8]
     cloud: Any = None
+    depth_camera: Any = None
 
 
 def _record(drone_id: str = "d1", total_ms: float = 50.0, width: int = 640, height: int = 480) -> FrameRecord:
@@ -137,6 +139,17 @@ def test_hub_encodes_only_on_request_at_most_max_fps_per_drone_and_keeps_statist
 
     hub.close_drone("d1")
     assert hub.stats("d1") is None and hub.preview("d1") is None
+
+    # A model of depth stride 2: a 320x240 frame's depth is 160x120, and so is its preview, as announced.
+    full = _record("d3", width=320, height=240)
+    strided = dataclasses.replace(full.result, depth=np.ascontiguousarray(full.result.depth[::2, ::2]))
+    hub.write(dataclasses.replace(full, result=strided))
+    announced = hub.stats("d3")
+    assert announced is not None and announced["frame"] == {"width": 320, "height": 240}
+    preview = hub.preview("d3")
+    assert preview is not None
+    image = cv2.imdecode(np.frombuffer(preview[0], np.uint8), cv2.IMREAD_COLOR)
+    assert (announced["preview"]["width"], announced["preview"]["height"]) == (160, 120) == image.shape[1::-1]
     hub.write(_record("d1"))  # a frame that was still in a worker thread when its session closed
     hub.retain({"d2"})
     assert hub.stats("d1") is None and hub.stats("d2") is not None

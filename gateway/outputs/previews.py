@@ -211,7 +211,10 @@ class PreviewHub:
             if view is None:
                 return None
             results = list(view.results)
-            size = None if view.frame_size is None else preview_size(*view.frame_size, self.max_width)
+            # The preview is of the depth, on the model's grid (a strided model's is smaller than the frame).
+            size = (
+                None if view.depth is None else preview_size(view.depth.shape[1], view.depth.shape[0], self.max_width)
+            )
             out: dict[str, Any] = {
                 "depth_kind": view.depth_kind,
                 "frame": None
