@@ -211,12 +211,13 @@ def _score_flight(
     scale_error: float | None,
     truth_flicker: float | None,
     camera: CameraMessage,
+    depth_stride: int,
 ) -> dict[str, Any]:
     """One source over one flight: per-frame metrics through the gateway's code, then the run's summary.
 
     ``camera`` is the camera of the source's depth grid (``flight.camera``, or
     its :meth:`~dronedepth.protocol.CameraMessage.strided` one for a strided
-    model), ``truths`` the true depth on that grid.
+    model, of stride ``depth_stride``), ``truths`` the true depth on that grid.
     """
     rays = ray_grid(camera)
     grid = ground_grid(rays)
@@ -246,7 +247,14 @@ def _score_flight(
                 truth.astype(np.float32), rays, layout, flight.body_from_camera, level, obstacles, None, h
             )
             profile = obstacle_profile_from_depth(
-                depth, rays, layout, flight.body_from_camera, level, obstacles, valid_depth_mask(depth), h
+                depth,
+                rays,
+                layout,
+                flight.body_from_camera,
+                level,
+                obstacles,
+                valid_depth_mask(depth, depth_stride=depth_stride),
+                h,
             )
             obstacle = obstacle_error(profile.distances_m, true_profile.distances_m)
         records.append(
@@ -389,7 +397,9 @@ def evaluate(
                 on_grid[stride] = grid_truths, camera, _truth_flicker(geometry, grid_truths, times, camera)
             grid_truths, camera, truth_flicker = on_grid[stride]
             runs.append(
-                _score_flight(flight, source, kind, frames, grid_truths, times, scale_error, truth_flicker, camera)
+                _score_flight(
+                    flight, source, kind, frames, grid_truths, times, scale_error, truth_flicker, camera, stride
+                )
             )
         progress(f"[{n}/{len(flights)}] {flight_key(geometry)}: {len(sources)} sources scored")
     doc: dict[str, Any] = {

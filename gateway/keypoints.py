@@ -52,8 +52,9 @@ _MIN_DETECT_SIDE: Final = 64
 class KeypointConfig:
     """How keypoints are detected and lifted.
 
-    ``window`` is the side of the square of depth pixels whose median gives a
-    keypoint's depth (odd, ≥ 1). The image is split into ``grid_cols`` ×
+    ``window`` is the side, in image pixels, of the square of depth pixels
+    whose median gives a keypoint's depth (odd, ≥ 1; see :func:`lift_keypoints`
+    for a strided depth grid). The image is split into ``grid_cols`` ×
     ``grid_rows`` cells and no cell keeps more than
     ``ceil(max_keypoints / (grid_cols * grid_rows))`` keypoints.
 
@@ -315,12 +316,16 @@ def lift_keypoints(
     ``depth``, ``rays`` and ``valid`` are on the model's depth grid of stride
     ``depth_stride`` (grid pixel ``(i, j)`` is image pixel ``(s·i, s·j)``), the
     keypoints' pixels on the full-resolution image: a keypoint at image pixel
-    ``(u, v)`` sits at grid position ``(u / s, v / s)``, where the window is
-    taken (in grid pixels) and whose ray is exactly the image pixel's.
+    ``(u, v)`` sits at grid position ``(u / s, v / s)``, whose ray is exactly
+    the image pixel's. ``window`` is in image pixels: on a grid the window is
+    the widest odd run of grid pixels that spans no more image pixels (but at
+    least 3 when ``window`` is), so a strided model does not widen the patch a
+    keypoint's depth comes from (a wider patch straddles more depth edges and
+    rejects more keypoints: 5 × 5 grid pixels at stride 2 kept half as many).
 
     Returns the points and the indices into ``keypoints`` that were kept.
 
-    For each keypoint, the ``window`` × ``window`` depths around its rounded
+    For each keypoint, the window × window depths around its rounded
     pixel (clipped at the image border) are gathered, and only those marked in
     ``valid`` count:
 
@@ -349,7 +354,9 @@ def lift_keypoints(
         pixels /= depth_stride
     centre_u = np.clip(np.rint(pixels[:, 0]).astype(np.intp), 0, width - 1)
     centre_v = np.clip(np.rint(pixels[:, 1]).astype(np.intp), 0, height - 1)
-    half = window // 2
+    half = window // 2 // depth_stride
+    if window > 1:
+        half = max(half, 1)
     offsets = np.arange(-half, half + 1)
     du, dv = np.meshgrid(offsets, offsets)
     uu = centre_u[:, None] + du.ravel()[None, :]

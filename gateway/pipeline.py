@@ -273,7 +273,9 @@ class FrameProcessor:
             z = relative_depth(depth, config.min_disparity)
         else:
             z = np.asarray(depth, dtype=np.float32)
-        valid = valid_depth_mask(z, max_range=config.max_range, edge_threshold=config.edge_threshold)
+        valid = valid_depth_mask(
+            z, max_range=config.max_range, edge_threshold=config.edge_threshold, depth_stride=stride
+        )
         if rays.valid is not None:
             valid &= rays.valid
         points = points_from_depth(z, rays, valid)

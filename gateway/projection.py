@@ -226,6 +226,7 @@ def valid_depth_mask(
     min_depth: float = 1e-3,
     max_range: float | None = None,
     edge_threshold: float | None = 0.05,
+    depth_stride: int = 1,
 ) -> NDArray[np.bool_]:
     """Pixels whose depth can be trusted, as an ``(H, W)`` boolean mask.
 
@@ -241,6 +242,13 @@ def valid_depth_mask(
     pixel, so with the default 0.05 a plane is kept except in the 20 pixel rows
     next to its vanishing line, where it is seen at a grazing angle anyway.
     ``edge_threshold=None`` disables the rule.
+
+    ``edge_threshold`` is per image pixel. On a strided model's depth grid
+    (``depth_stride`` s, grid pixel ``(i, j)`` is image pixel ``(s·i, s·j)``)
+    neighbours are s image pixels apart, so a pair is a jump when its ratio
+    exceeds ``(1 + edge_threshold) ** s``: the same surfaces are kept as at
+    full resolution (a plane is not cut back twice as far from its horizon
+    at stride 2), and real discontinuities, far larger, are still removed.
     """
     depth = np.asarray(depth)
     if depth.ndim != 2:
@@ -253,7 +261,7 @@ def valid_depth_mask(
             ok &= depth < np.inf
     if edge_threshold is None:
         return ok
-    scale = np.float32(1.0 + edge_threshold)
+    scale = np.float32((1.0 + edge_threshold) ** depth_stride)
     with np.errstate(invalid="ignore", over="ignore"):
         # |a - b| > t * min(a, b)  <=>  max(a, b) > (1 + t) * min(a, b) for positive a, b.
         left, right = depth[:, :-1], depth[:, 1:]

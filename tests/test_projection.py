@@ -239,6 +239,22 @@ def test_flat_and_sloped_surfaces_are_kept():
     assert valid_depth_mask(np.full((120, 160), 7.0, np.float32)).all()
 
 
+def test_the_edge_threshold_is_per_image_pixel_on_a_strided_grid():
+    """Ground seen towards its horizon: at stride s the grid keeps the rows full resolution keeps."""
+    rows_below_horizon = np.arange(1, 241, dtype=np.float32)[:, None]
+    depth = np.repeat(300.0 / rows_below_horizon, 8, axis=1)  # z ∝ 1 / (v − v_horizon)
+    first_kept = valid_depth_mask(depth).all(axis=1).argmax()
+    for stride in (2, 4):
+        grid = depth[::stride, ::stride]
+        kept_rows = np.flatnonzero(valid_depth_mask(grid, depth_stride=stride).all(axis=1)) * stride
+        assert abs(kept_rows[0] - first_kept) <= stride and len(kept_rows) == len(grid) - kept_rows[0] // stride
+        # Per grid pixel the slope is s times steeper: the plane would be cut back s times as far.
+        assert valid_depth_mask(grid).all(axis=1).argmax() * stride > 1.7 * first_kept
+    jump = np.full((6, 12), 2.0, np.float32)
+    jump[:, 6:] = 2.0 * 1.25  # a 25 % step is still a discontinuity at stride 4 (threshold 1.05⁴ ≈ 1.22)
+    assert not valid_depth_mask(jump, depth_stride=4)[:, 5:7].any()
+
+
 def test_valid_depth_mask_needs_a_2d_map():
     with pytest.raises(ValueError, match="2-D"):
         valid_depth_mask(np.ones((2, 2, 2), np.float32))
