@@ -49,7 +49,7 @@ from dronedepth.benchmarks.harness import FRAME_HEIGHT, FRAME_WIDTH, BenchConfig
 from dronedepth.benchmarks.scaling import _difference, _get, gateway_process
 from dronedepth.benchmarks.stats import summarize
 from dronedepth.benchmarks.stream import Fleet, ResultSample, gateway_counts
-from dronedepth.errors import DroneDepthError
+from dronedepth.errors import DroneDepthError, InferenceUnavailable
 from dronedepth.protocol import (
     DATA_CHANNEL_LABEL,
     VIDEO_CLOCK_RATE,
@@ -83,6 +83,10 @@ KEYFRAME_INTERVAL: Final = 10
 CLIP_BITRATE: Final = 1_000_000
 """bits/s, between aiortc's VP8 start (0.5 Mbit/s) and its ceiling (1.5 Mbit/s)."""
 TIME_BASE: Final = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+CONNECT_TIMEOUT_S: Final = 60.0
+"""How long the drones of a step have to connect and get a first result before the step is measured anyway."""
+OFFER_RETRY_S: Final = 0.5
+"""The gateway admits a few ICE set-ups at a time and answers the rest 503 (retry later): a drone retries."""
 PROFILE_TOP: Final = 25
 LEVERS: Final = (
     ("keypoints on the half-resolution level", ("--keypoint-scale", "0.5")),
@@ -204,15 +208,17 @@ async def _replay_drone(
 
     try:
         await pc.setLocalDescription(await pc.createOffer())
+        offer = SessionDescription(sdp=pc.localDescription.sdp, type="offer")
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
         async with aiohttp.ClientSession() as http:
-            answer = await post_offer(
-                http,
-                offer_url(url),
-                token,
-                SessionDescription(sdp=pc.localDescription.sdp, type="offer"),
-                drone_id=name,
-                timeout=60.0,
-            )
+            while True:
+                try:
+                    answer = await post_offer(http, offer_url(url), token, offer, drone_id=name, timeout=60.0)
+                    break
+                except InferenceUnavailable:
+                    if time.monotonic() > deadline or stop.is_set():
+                        raise
+                    await asyncio.sleep(OFFER_RETRY_S)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.description.sdp, type="answer"))
         await stop.wait()
     finally:
@@ -280,6 +286,7 @@ async def _step(
         stop = asyncio.Event()
         fleet, running = await replay_drones(url, token, n, clip, camera, stop)
         try:
+            await _all_connected(fleet, running)
             await asyncio.sleep(config.warmup_s)
             counts_before = gateway_counts((await asyncio.to_thread(_get, f"{url}/metrics"))[1])
             triton_before = await asyncio.to_thread(stats.snapshot)
@@ -314,6 +321,7 @@ async def _step(
     cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
     step = {
         "drones": n,
+        "connected": sum(1 for name in fleet.sent if any(r.drone == name for r in window)),
         "window_s": round(elapsed, 2),
         "results": processed,
         "results_per_s": processed / elapsed,
@@ -337,6 +345,14 @@ async def _step(
         None if latency is None else round(latency.p95),
     )
     return step
+
+
+async def _all_connected(fleet: Fleet, running: asyncio.Future[Any]) -> None:
+    """Wait until every drone got a result (or one failed, or :data:`CONNECT_TIMEOUT_S`): the warm-up starts
+    with the whole fleet streaming, not with the first few drones the gateway admitted."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while len(fleet.latest) < len(fleet.sent) and not running.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
 
 
 def profile_summary(raw: str, results: float, top: int = PROFILE_TOP) -> dict[str, Any]:
@@ -390,8 +406,9 @@ async def _profile(
         token,
     ):
         stop = asyncio.Event()
-        _, running = await replay_drones(url, token, n, clip, camera, stop)
+        fleet, running = await replay_drones(url, token, n, clip, camera, stop)
         try:
+            await _all_connected(fleet, running)
             await asyncio.sleep(config.duration_s)
             results = gateway_counts((await asyncio.to_thread(_get, f"{url}/metrics"))[1])["processed"]
         finally:
@@ -472,6 +489,12 @@ def gateway_cost_section(config: BenchConfig) -> dict[str, Any]:
             steps, levers, profile = asyncio.run(measure())
     if not any(step["results"] > 0 for step in steps):
         raise DroneDepthError("the gateway-cost section measured no result: see logs/gateway-cost-*.log")
+    short = [f"{s['drones']} ({s['connected']} streamed)" for s in [*steps, *levers] if s["connected"] < s["drones"]]
+    if short:  # a figure for N drones measured with fewer would mislead whoever sizes a cluster with it
+        raise DroneDepthError(
+            f"gateway-cost: not every drone streamed in steps of {', '.join(short)} drones; "
+            "see the steps' failures and logs/gateway-cost-*.log"
+        )
     return {
         "fps_per_drone": FPS,
         "duration_s": config.duration_s,
