@@ -691,6 +691,46 @@ class ErrorMessage:
         return cls(code=exc.code, message=exc.message)
 
 
+MIN_ADVISED_FPS: Final = 0.5
+MAX_ADVISED_FPS: Final = 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRateMessage:
+    """Gateway → drone: the most frames per second worth sending now; ``max_fps`` None lifts the limit.
+
+    The gateway processes the newest frame of each drone and drops the ones
+    that arrive while it is busy; frames it would drop cost the drone's
+    encoder and radio and the gateway's decoder for nothing. A drone that
+    honours the advice skips frames at its source (before encoding) so that
+    at most ``max_fps`` reach the gateway. Advisory: a drone may ignore it.
+    """
+
+    max_fps: float | None
+
+    type: ClassVar[str] = "frame_rate"
+
+    def __post_init__(self) -> None:
+        if self.max_fps is not None and not (
+            isinstance(self.max_fps, int | float) and MIN_ADVISED_FPS <= self.max_fps <= MAX_ADVISED_FPS
+        ):
+            raise ProtocolError(
+                INVALID_MESSAGE,
+                f"frame_rate: max_fps must be null or between {MIN_ADVISED_FPS:g} and {MAX_ADVISED_FPS:g}, "
+                f"got {self.max_fps!r}",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "max_fps": None if self.max_fps is None else round(self.max_fps, 2)}
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> FrameRateMessage:
+        where = "frame_rate"
+        if "max_fps" not in payload:
+            raise ProtocolError(INVALID_MESSAGE, f"{where}: max_fps is missing (null lifts the limit)")
+        return cls(max_fps=None if payload["max_fps"] is None else _number(payload, "max_fps", where))
+
+
 PoseConvention = Literal["enu_flu", "ned_frd"]
 POSE_CONVENTIONS: Final[tuple[PoseConvention, ...]] = ("enu_flu", "ned_frd")
 WORLD_FRAMES: Final = ("map", "odom")
@@ -1312,7 +1352,14 @@ class LocalMapMessage:
 
 
 Message = (
-    CameraMessage | PoseMessage | AnchorsMessage | KeypointsMessage | ObstaclesMessage | LocalMapMessage | ErrorMessage
+    CameraMessage
+    | PoseMessage
+    | AnchorsMessage
+    | KeypointsMessage
+    | ObstaclesMessage
+    | LocalMapMessage
+    | FrameRateMessage
+    | ErrorMessage
 )
 _MESSAGE_TYPES: Final[
     dict[
@@ -1323,6 +1370,7 @@ _MESSAGE_TYPES: Final[
         | type[KeypointsMessage]
         | type[ObstaclesMessage]
         | type[LocalMapMessage]
+        | type[FrameRateMessage]
         | type[ErrorMessage],
     ]
 ] = {
@@ -1332,6 +1380,7 @@ _MESSAGE_TYPES: Final[
     KeypointsMessage.type: KeypointsMessage,
     ObstaclesMessage.type: ObstaclesMessage,
     LocalMapMessage.type: LocalMapMessage,
+    FrameRateMessage.type: FrameRateMessage,
     ErrorMessage.type: ErrorMessage,
 }
 
