@@ -77,6 +77,7 @@ from dronedepth.protocol import (
     VIDEO_CLOCK_RATE,
     CameraMessage,
     ErrorMessage,
+    FrameRateMessage,
     KeypointsMessage,
     LocalMapMessage,
     ObstaclesMessage,
@@ -235,6 +236,10 @@ class DroneSummary:
     """Whether a profile younger than ``obstacle_max_age`` is known (``False``: no picture, not free space)."""
     local_maps: int = 0
     """``local_map`` messages received (a gateway with ``--map``)."""
+    frames_skipped: int = 0
+    """Source frames not sent because the gateway advised a lower frame rate (``frame_rate``)."""
+    advised_fps: float | None = None
+    """The gateway's current frame-rate advice (None: no limit)."""
 
     def line(self) -> str:
         def ms(value: float | None) -> str:
@@ -253,6 +258,8 @@ class DroneSummary:
                 o = self.nearest_obstacle
                 nearest = f"nearest obstacle {o.distance_m:.1f} m @ {o.azimuth_deg:+.0f}°"
             text += f" · {nearest}"
+        if self.advised_fps is not None:
+            text += f" · gateway asks ≤ {self.advised_fps:g} fps ({self.frames_skipped} frames skipped)"
         return f"{text} · {self.state}"
 
 
@@ -301,6 +308,8 @@ class DroneClient:
         """The newest profile's nearest obstacle and its frame's capture time."""
         self._latency = LatencyStats()
         self._frames_sent = 0
+        self._frames_skipped = 0
+        self._advised_fps: float | None = None
         self._results = 0
         self._unmatched = 0
         self._error_codes: Counter[str] = Counter()
@@ -371,6 +380,8 @@ class DroneClient:
             nearest_obstacle=self._nearest[0] if current and self._nearest is not None else None,
             obstacle_profile_current=current,
             local_maps=self._local_maps,
+            frames_skipped=self._frames_skipped,
+            advised_fps=self._advised_fps,
         )
 
     @property
@@ -531,6 +542,7 @@ class DroneClient:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers(), iceTransportPolicy=policy))
         self._last_result_pts = -1  # a new track starts again at pts 0
         self._inference_down = False
+        self._advised_fps = None  # a new session starts without advice
         closed = asyncio.Event()
         reason: list[str] = []
         camera_sent = asyncio.Event()
@@ -543,6 +555,7 @@ class DroneClient:
             may_continue=self._may_continue,
             on_frame=lambda pts, frame: self._on_frame(channel, pts, frame),
             on_repeat=lambda pts, frame: self._on_repeat(channel, pts, frame),
+            on_skip=self._on_skip,
         )
         pc.addTrack(track)
 
@@ -743,7 +756,13 @@ class DroneClient:
         try:
             message = decode(
                 text,
-                accept=(KeypointsMessage.type, ObstaclesMessage.type, LocalMapMessage.type, ErrorMessage.type),
+                accept=(
+                    KeypointsMessage.type,
+                    ObstaclesMessage.type,
+                    LocalMapMessage.type,
+                    FrameRateMessage.type,
+                    ErrorMessage.type,
+                ),
             )
         except ProtocolError as exc:
             self._error_codes["bad_message"] += 1
@@ -755,11 +774,25 @@ class DroneClient:
             self._on_keypoints(message, track, received)
         elif isinstance(message, ObstaclesMessage):
             self._on_profile(message, track, received)
+        elif isinstance(message, FrameRateMessage):
+            self._on_frame_rate(message, track)
         elif isinstance(message, LocalMapMessage):
             self._local_maps += 1
             self.local_map = message
             if self._on_local_map is not None:
                 self._on_local_map(message)
+
+    def _on_frame_rate(self, message: FrameRateMessage, track: SourceTrack) -> None:
+        track.max_fps = self._advised_fps = message.max_fps
+        if message.max_fps is None:
+            log.info("gateway lifted its frame-rate advice: sending at %g fps", self.config.fps)
+        else:
+            log.info(
+                "gateway asks for at most %g fps (source %g fps): skipping frames", message.max_fps, self.config.fps
+            )
+
+    def _on_skip(self) -> None:
+        self._frames_skipped += 1
 
     def _on_error(self, message: ErrorMessage, channel: RTCDataChannel) -> None:
         self._error_codes[message.code] += 1

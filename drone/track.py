@@ -68,6 +68,13 @@ class SourceTrack(VideoStreamTrack):
 
     :attr:`ended` is set when the source ran out or ``may_continue`` said no
     (after one repeat of the last frame, see :meth:`_finish`).
+
+    :attr:`max_fps` (None: no limit; the gateway's ``frame_rate`` advice)
+    skips source frames before they are converted and encoded: a frame is
+    sent when at least ``1 / max_fps`` of capture time has passed since the
+    last one sent, less half a source period, so that a 30 fps source asked
+    for 15 sends every other frame; ``on_skip()`` (optional) is called for
+    each frame skipped.
     """
 
     kind = "video"
@@ -82,6 +89,7 @@ class SourceTrack(VideoStreamTrack):
         may_continue: Callable[[], bool] | None = None,
         on_frame: Callable[[int, CapturedFrame], None] | None = None,
         on_repeat: Callable[[int, CapturedFrame], None] | None = None,
+        on_skip: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         if not fps > 0:
@@ -90,11 +98,14 @@ class SourceTrack(VideoStreamTrack):
         self.period = 1.0 / fps
         self.ended = asyncio.Event()
         self.frames = 0
+        self.max_fps: float | None = None
+        self._last_sent_capture: float | None = None
         self._executor = executor
         self._gate = start
         self._may_continue = may_continue
         self._on_frame = on_frame
         self._on_repeat = on_repeat
+        self._on_skip = on_skip
         self._due: float | None = None
         self._origin: float | None = None
         self._last_pts = -1
@@ -128,10 +139,14 @@ class SourceTrack(VideoStreamTrack):
             del self._capture_times[old]
         return captured
 
-    def _read(self) -> tuple[CapturedFrame, VideoFrame] | None:
+    def _read(self) -> tuple[CapturedFrame, VideoFrame | None] | None:
+        """The next source frame and, unless :attr:`max_fps` skips it, its encoder frame; None at the end."""
         captured = self.source.read()
         if captured is None:
             return None
+        max_fps, last = self.max_fps, self._last_sent_capture
+        if max_fps is not None and last is not None and captured.capture_time - last < 1 / max_fps - 0.5 * self.period:
+            return captured, None
         return captured, _encoder_frame(captured.rgb)
 
     def _finish(self) -> VideoFrame:
@@ -175,13 +190,19 @@ class SourceTrack(VideoStreamTrack):
             raise MediaStreamError
         if self._gate is not None:
             await self._gate.wait()
-        await self._pace()
-        if self._flushed or (self._may_continue is not None and not self._may_continue()):
-            return self._finish()
-        result = await asyncio.get_running_loop().run_in_executor(self._executor, self._read)
-        if result is None:
-            return self._finish()
-        captured, frame = result
+        while True:
+            await self._pace()
+            if self._flushed or (self._may_continue is not None and not self._may_continue()):
+                return self._finish()
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._read)
+            if result is None:
+                return self._finish()
+            captured, frame = result
+            if frame is not None:
+                break
+            if self._on_skip is not None:
+                self._on_skip()
+        self._last_sent_capture = captured.capture_time
         if self._origin is None:
             self._origin = captured.capture_time
         ticks = _PTS_STEP * round((captured.capture_time - self._origin) * VIDEO_CLOCK_RATE / _PTS_STEP)

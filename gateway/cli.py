@@ -347,6 +347,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="close a session after this long without video (default: %(default)s)",
     )
+    lim.add_argument(
+        "--no-frame-rate-advice",
+        dest="frame_rate_advice",
+        action="store_false",
+        help="do not ask drones to send fewer frames when the gateway cannot process them all (by default each "
+        "drone gets 'frame_rate' messages: about 1.25x the rate its frames are processed; docs/protocol.md)",
+    )
     lim.add_argument("--workers", type=_positive_int, metavar="N", help="processing threads (default: one per core)")
     lim.add_argument(
         "--processes",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dronedepth.contract import GATEWAY_PORT
 from dronedepth.errors import ConfigError
+from dronedepth.gateway.frame_rate import FrameRateConfig
 from dronedepth.protocol import DRONE_ID_PATTERN, DRONE_ID_RULE
 
 if TYPE_CHECKING:
@@ -139,6 +140,10 @@ class GatewayConfig:
     (a metric model's is still checked); ``off``: no scale estimation at all (docs/scale.md)."""
     scale_correct: bool = False
     """Apply the recovered scale correction to metric models too (needs ``scale`` ``auto``)."""
+    frame_rate_advice: FrameRateConfig | None = field(default_factory=FrameRateConfig)
+    """Ask each drone for no more frames than the gateway processes for it (``frame_rate`` messages,
+    :mod:`~dronedepth.gateway.frame_rate`); ``None`` (``--no-frame-rate-advice``): every frame a drone sends
+    is decoded and the stale ones dropped."""
 
     def __post_init__(self) -> None:
         if self.token is None:

@@ -47,6 +47,7 @@ def build(args: argparse.Namespace) -> tuple[GatewayConfig, DepthClient]:
 def build_config(args: argparse.Namespace) -> GatewayConfig:
     """The gateway's config from parsed arguments; raises ConfigError."""
     from dronedepth.gateway.config import GatewayConfig, read_drone_tokens, read_ice_credential, read_token
+    from dronedepth.gateway.frame_rate import FrameRateConfig
     from dronedepth.gateway.ice import MediaPorts, parse_public_ip
     from dronedepth.gateway.keypoints import KeypointConfig
     from dronedepth.gateway.pipeline import ProcessingConfig
@@ -99,6 +100,7 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         world_map=_map_settings(args) if args.map else None,
         scale=args.scale,
         scale_correct=args.scale_correct,
+        frame_rate_advice=FrameRateConfig() if args.frame_rate_advice else None,
         record_dir=args.record,
         record_every=args.record_every,
         record_bag_dir=args.record_bag,

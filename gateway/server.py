@@ -509,8 +509,16 @@ class Gateway:
             "Confidence (0..1) of the scale of each drone's latest result; 0 = the model's own scale.",
             labels=["drone", "source"],
         )
+        advised = GaugeMetricFamily(
+            "dronedepth_drone_advised_fps",
+            "The frame rate each drone was last asked not to exceed ('frame_rate' advice); absent: no limit.",
+            labels=["drone"],
+        )
         for drone_id, session in sorted(self.sessions.items()):
-            scale = session.snapshot()["scale"]
+            snapshot = session.snapshot()
+            scale = snapshot["scale"]
+            if snapshot["advised_fps"] is not None:
+                advised.add_metric([drone_id], snapshot["advised_fps"])
             if scale["check"] is not None:
                 scale_ratio.add_metric([drone_id], scale["check"]["ratio"])
             if scale["scale"] is not None:
@@ -520,4 +528,4 @@ class Gateway:
             frames.add_metric([drone_id, "dropped"], sum(session.dropped.values()))
             if "total" in session.last_timing:
                 latency.add_metric([drone_id], session.last_timing["total"] / 1e3)
-        return [frames, latency, scale_ratio, scale_confidence]
+        return [frames, latency, scale_ratio, scale_confidence, advised]

@@ -63,6 +63,7 @@ from numpy.typing import NDArray
 from dronedepth import protocol
 from dronedepth.errors import InferenceError, InferenceTimeout, InferenceUnavailable, ProtocolError
 from dronedepth.gateway.config import GatewayConfig
+from dronedepth.gateway.frame_rate import FrameRateAdvisor
 from dronedepth.gateway.inference import DepthService
 from dronedepth.gateway.logthrottle import LogThrottle
 from dronedepth.gateway.metrics import GatewayMetrics
@@ -302,6 +303,8 @@ class DroneSession:
             max_gap_s=context.config.pose_max_gap,
             min_disparity=(context.config.processing or ProcessingConfig()).min_disparity,
         )
+        advice = context.config.frame_rate_advice
+        self._frame_rate = None if advice is None else FrameRateAdvisor(advice)
         self._tasks: set[asyncio.Task[None]] = set()
         self._video_track: MediaStreamTrack | None = None
         self._processor: FrameProcessor | None = None
@@ -352,6 +355,8 @@ class DroneSession:
         """Start the processing and watchdog tasks (the drain starts with the video track)."""
         self._spawn(self._process_loop(), "process")
         self._spawn(self._watchdog(), "watchdog")
+        if self._frame_rate is not None:
+            self._spawn(self._advise_frame_rate(self._frame_rate), "frame rate")
 
     @property
     def closed(self) -> bool:
@@ -639,6 +644,19 @@ class DroneSession:
             if quiet > idle:
                 await self.close(f"idle: no video for {quiet:.0f} s")
                 return
+
+    async def _advise_frame_rate(self, advisor: FrameRateAdvisor) -> None:
+        """Once a period, tell the drone the most frames per second worth sending (see :mod:`gateway.frame_rate`)."""
+        while True:
+            await asyncio.sleep(advisor.config.period_s)
+            channel = self.channel
+            if channel is None or channel.readyState != "open":
+                continue  # advice nobody can hear would only be believed to be in force
+            message = advisor.update(
+                time.monotonic(), self.frames_received, self.frames_processed, self.dropped[SUPERSEDED]
+            )
+            if message is not None and self._send(protocol.encode(message)):
+                log.debug("drone %s: frame rate advised: %s fps", self.drone_id, message.max_fps or "no limit")
 
     def _refuse_too_large(self, width: int, height: int) -> None:
         """Drop a frame over ``max_frame_pixels`` (by the receiver's gate, else once decoded); tell once a size."""
@@ -941,5 +959,6 @@ class DroneSession:
                 "frame_id": self._pose_frame_id,
             },
             "nearest_obstacle_m": self.nearest_obstacle_m,
+            "advised_fps": None if self._frame_rate is None else self._frame_rate.advised_fps,
             "scale": self._scale.snapshot(),
         }

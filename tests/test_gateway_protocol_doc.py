@@ -116,6 +116,7 @@ def test_documented_json_examples_decode(doc: str) -> None:
         protocol.AnchorsMessage,
         protocol.KeypointsMessage,
         protocol.ObstaclesMessage,
+        protocol.FrameRateMessage,
         protocol.ErrorMessage,
     }
 

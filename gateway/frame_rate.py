@@ -1,0 +1,123 @@
+"""Frame-rate advice: ask each drone for no more frames than the gateway processes for it.
+
+A session processes the newest frame and drops (``superseded``) the ones that
+arrive while it is busy. A dropped frame still cost the drone an encode and
+radio time, and the gateway an RTP receive and a VP8 decode (inter frames
+cannot be skipped): at 16 drones × 30 fps the gateway decoded 480 frames/s to
+process 60. :class:`FrameRateAdvisor` turns a session's counts, sampled once
+a period, into a ``frame_rate`` message (see
+:class:`~dronedepth.protocol.FrameRateMessage`):
+
+- **Frames superseded** (more than ``min_superseded`` of those received in
+  the period): advise ``headroom`` × the rate processed. The drone then sends
+  slightly more than the gateway takes, so the gateway never waits for a frame
+  and at most about ``1 − 1 / headroom`` of what arrives is dropped.
+- **Nothing superseded while the advice binds** (the drone sends about what
+  was advised): there is room, advise ``headroom`` × more, once a period, until
+  frames are superseded again.
+- **Nothing superseded and the drone sends well below the advice** (its own
+  rate is lower): the advice no longer matters; lift it (``max_fps`` null).
+
+A new advice is sent only when it differs from the last by more than
+``hysteresis``. Frames dropped for other reasons (an inference outage, no
+camera yet) say nothing about the gateway's pace and leave the advice alone.
+Pure: no clock, no I/O; the session calls :meth:`FrameRateAdvisor.update`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from dronedepth.errors import ConfigError
+from dronedepth.protocol import MAX_ADVISED_FPS, MIN_ADVISED_FPS, FrameRateMessage
+
+__all__ = ["FrameRateAdvisor", "FrameRateConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRateConfig:
+    """How the advice follows a session's pace (seconds, frames per second, fractions)."""
+
+    period_s: float = 1.0
+    headroom: float = 1.25
+    min_fps: float = 1.0
+    hysteresis: float = 0.15
+    min_superseded: float = 0.05
+    """Fraction of a period's received frames that must be superseded to count: frames held behind a repaired
+    loss arrive together, and one of them may be superseded on a gateway with room to spare."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "period_s": self.period_s > 0,
+            "headroom": self.headroom > 1,
+            "min_fps": MIN_ADVISED_FPS <= self.min_fps <= MAX_ADVISED_FPS,
+            "hysteresis": 0 <= self.hysteresis < 1,
+            "min_superseded": 0 <= self.min_superseded < 1,
+        }
+        for name, ok in checks.items():
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and ok):
+                raise ConfigError(f"frame rate advice: bad {name} {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    time_s: float
+    received: int
+    processed: int
+    superseded: int
+
+
+class FrameRateAdvisor:
+    """One session's frame-rate advice; feed it the session's running counts once per ``period_s``."""
+
+    def __init__(self, config: FrameRateConfig | None = None) -> None:
+        self.config = config or FrameRateConfig()
+        self.advised_fps: float | None = None
+        """The advice in force (None: no limit)."""
+        self._last: _Sample | None = None
+
+    def update(self, time_s: float, received: int, processed: int, superseded: int) -> FrameRateMessage | None:
+        """The advice to send now, or None when there is nothing new to say.
+
+        ``time_s`` is a monotonic clock in seconds; the counts are the
+        session's totals since it started (frames received from the drone,
+        processed into results, dropped as superseded).
+        """
+        sample = _Sample(time_s, received, processed, superseded)
+        last = self._last
+        if last is None or time_s - last.time_s < 0.5 * self.config.period_s:
+            self._last = last or sample
+            return None
+        self._last = sample
+        elapsed = time_s - last.time_s
+        arrived = received - last.received
+        received_fps = arrived / elapsed
+        processed_fps = (processed - last.processed) / elapsed
+        crowded = superseded - last.superseded > self.config.min_superseded * max(arrived, 1)
+        headroom = self.config.headroom
+        advised = self.advised_fps
+        target: float | None
+        if crowded:
+            if processed_fps <= 0:  # a stall (nothing processed at all) is not a pace to follow
+                return None
+            target = max(self.config.min_fps, processed_fps * headroom)
+        elif advised is None:
+            return None
+        elif received_fps * headroom >= advised:  # the drone sends about what was advised: there is room
+            target = advised * headroom
+        else:  # the drone sends well below the advice on its own: the advice no longer matters
+            target = None
+        return self._advise(target)
+
+    def _advise(self, target: float | None) -> FrameRateMessage | None:
+        advised = self.advised_fps
+        if target is not None:
+            target = min(target, MAX_ADVISED_FPS)
+            if advised is not None and abs(target - advised) <= self.config.hysteresis * advised:
+                return None
+        elif advised is None:
+            return None
+        self.advised_fps = target
+        return FrameRateMessage(max_fps=target)

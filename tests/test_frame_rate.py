@@ -1,0 +1,186 @@
+"""Frame-rate advice: the pure advisor, the drone's track honouring it, and both ends over real WebRTC."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from gateway_fixtures import TOKEN, FakeDepthClient, running_gateway
+from test_drone_track import ClockSource
+
+from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
+from dronedepth.drone.track import SourceTrack
+from dronedepth.errors import ConfigError, ProtocolError
+from dronedepth.gateway.frame_rate import FrameRateAdvisor, FrameRateConfig
+from dronedepth.protocol import FrameRateMessage, decode, encode
+
+# --------------------------------------------------------------------------------------------- the advisor
+
+
+class Counts:
+    """A session's running counts, advanced one period at a time."""
+
+    def __init__(self) -> None:
+        self.time_s = 0.0
+        self.received = self.processed = self.superseded = 0
+
+    def period(self, received: int, processed: int, superseded: int, seconds: float = 1.0) -> tuple:
+        self.time_s += seconds
+        self.received += received
+        self.processed += processed
+        self.superseded += superseded
+        return self.time_s, self.received, self.processed, self.superseded
+
+
+def test_a_drone_the_gateway_keeps_up_with_gets_no_advice() -> None:
+    advisor, counts = FrameRateAdvisor(), Counts()
+    assert advisor.update(*counts.period(0, 0, 0)) is None  # the first sample is the baseline
+    for _ in range(5):
+        assert advisor.update(*counts.period(30, 30, 0)) is None
+    assert advisor.advised_fps is None
+
+
+def test_superseded_frames_bring_advice_of_headroom_times_the_rate_processed() -> None:
+    advisor, counts = FrameRateAdvisor(), Counts()
+    advisor.update(*counts.period(0, 0, 0))
+    message = advisor.update(*counts.period(30, 10, 20))
+    assert message == FrameRateMessage(max_fps=12.5) and advisor.advised_fps == 12.5
+    # Saturated at the advice: about a fifth superseded, processed about the same: nothing new to say.
+    for _ in range(5):
+        assert advisor.update(*counts.period(12, 10, 2)) is None
+
+
+def test_room_raises_the_advice_and_a_drone_slower_than_it_lifts_it() -> None:
+    advisor, counts = FrameRateAdvisor(), Counts()
+    advisor.update(*counts.period(0, 0, 0))
+    advisor.update(*counts.period(30, 8, 22))
+    assert advisor.advised_fps == 10.0
+    raised = advisor.update(*counts.period(10, 10, 0))  # sends what it was advised, all processed: probe up
+    assert raised is not None and raised.max_fps == 12.5
+    raised = advisor.update(*counts.period(12, 12, 0))
+    assert raised is not None and raised.max_fps == pytest.approx(15.625)
+    lifted = advisor.update(*counts.period(12, 12, 0))  # 12 fps is all it has: the advice no longer binds
+    assert lifted == FrameRateMessage(max_fps=None) and advisor.advised_fps is None
+
+
+def test_an_outage_a_stall_and_a_stray_superseded_frame_leave_the_advice_alone() -> None:
+    advisor, counts = FrameRateAdvisor(), Counts()
+    advisor.update(*counts.period(0, 0, 0))
+    assert advisor.update(*counts.period(30, 29, 1)) is None  # one frame of 30 (a repaired loss's burst)
+    assert advisor.update(*counts.period(30, 0, 0)) is None  # inference down: dropped, not superseded
+    assert advisor.update(*counts.period(30, 0, 5)) is None  # nothing processed at all: no pace to follow
+    assert advisor.advised_fps is None
+
+
+def test_periods_shorter_than_half_the_configured_one_are_merged() -> None:
+    advisor, counts = FrameRateAdvisor(FrameRateConfig(period_s=1.0)), Counts()
+    advisor.update(*counts.period(0, 0, 0))
+    assert advisor.update(*counts.period(15, 5, 10, seconds=0.2)) is None  # too short to judge
+    message = advisor.update(*counts.period(15, 5, 10, seconds=0.8))  # judged over the whole second
+    assert message is not None and message.max_fps == 12.5
+
+
+def test_a_closed_loop_converges_without_chatter_and_lets_go_when_capacity_returns() -> None:
+    """A 30 fps drone that honours the advice, a gateway that processes at most ``capacity`` of its frames/s."""
+    advisor, counts = FrameRateAdvisor(), Counts()
+    advisor.update(*counts.period(0, 0, 0))
+    source_fps, messages = 30.0, []
+
+    def run(capacity: float, seconds: int) -> float:
+        superseded_share = 0.0
+        for _ in range(seconds):
+            sent = min(source_fps, advisor.advised_fps or source_fps)
+            processed = min(sent, capacity)
+            superseded_share = (sent - processed) / sent
+            message = advisor.update(*counts.period(round(sent), round(processed), round(sent - processed)))
+            if message is not None:
+                messages.append(message.max_fps)
+        return superseded_share
+
+    share = run(capacity=8.0, seconds=20)
+    assert advisor.advised_fps == pytest.approx(10.0) and share <= 0.2  # was 73 % dropped without advice
+    assert len(messages) == 1
+    run(capacity=40.0, seconds=20)  # the other drones left
+    assert advisor.advised_fps is None and messages[-1] is None and len(messages) <= 8
+
+
+@pytest.mark.parametrize(
+    "settings", [{"headroom": 1.0}, {"period_s": 0}, {"min_fps": 0.1}, {"hysteresis": 1.0}, {"min_superseded": -1}]
+)
+def test_bad_settings_are_refused(settings: dict) -> None:
+    with pytest.raises(ConfigError, match="frame rate advice"):
+        FrameRateConfig(**settings)
+
+
+def test_the_message_round_trips_and_refuses_nonsense() -> None:
+    assert decode(encode(FrameRateMessage(max_fps=7.5))) == FrameRateMessage(max_fps=7.5)
+    assert decode('{"type": "frame_rate", "max_fps": null}') == FrameRateMessage(max_fps=None)
+    for bad in (
+        '{"type": "frame_rate"}',
+        '{"type": "frame_rate", "max_fps": 0}',
+        '{"type": "frame_rate", "max_fps": "9"}',
+    ):
+        with pytest.raises(ProtocolError, match="max_fps"):
+            decode(bad)
+
+
+# --------------------------------------------------------------------------------------------- the drone's track
+
+
+async def test_the_track_skips_source_frames_to_honour_the_advice() -> None:
+    times = [i / 30 for i in range(61)]  # two seconds of a 30 fps camera
+    skipped: list[None] = []
+    with ThreadPoolExecutor(1) as executor:
+        track = SourceTrack(ClockSource(times), fps=1000, executor=executor, on_skip=lambda: skipped.append(None))
+        sent = [await track.recv() for _ in range(5)]  # no advice: every frame
+        track.max_fps = 10.0
+        sent += [await track.recv() for _ in range(10)]
+        track.max_fps = None
+        sent += [await track.recv() for _ in range(5)]
+    captured = [frame.pts / 90_000 for frame in sent]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(captured)]
+    assert all(0.032 <= g <= 0.035 for g in gaps[:4]), gaps
+    assert all(0.099 <= g <= 0.101 for g in gaps[5:14]), gaps  # every third frame at 10 fps
+    assert all(0.032 <= g <= 0.035 for g in gaps[15:]), gaps
+    assert len(skipped) == 2 * 10  # two source frames skipped before each of the 10 advised ones
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+async def _fly(advise: bool) -> tuple[DroneSummary, float | None]:
+    """A 30 fps drone against a gateway whose depth takes 0.1 s: it cannot process more than ~10 frames/s.
+
+    The advice comes after about two seconds (a baseline period, then one with frames superseded). Returns the
+    drone's summary and the advice the gateway's Prometheus registry showed for it meanwhile."""
+    overrides = {} if advise else {"frame_rate_advice": None}
+    async with running_gateway(FakeDepthClient(delay=0.1), **overrides) as gateway:
+        config = DroneConfig(
+            gateway=gateway.url, token=TOKEN, width=160, height=120, fps=30.0, max_frames=90, result_timeout=30.0
+        )
+        client = DroneClient(config)
+        flight = asyncio.create_task(client.run())
+        shown = None
+        async with asyncio.timeout(60):
+            while not flight.done():
+                metrics = gateway.metrics.render()
+                if found := re.search(r'dronedepth_drone_advised_fps\{drone="[^"]+"\} ([0-9.]+)', metrics):
+                    shown = float(found.group(1))
+                await asyncio.sleep(0.2)
+        return await flight, shown
+
+
+async def test_a_drone_faster_than_the_gateway_is_asked_to_slow_down_and_does() -> None:
+    summary, shown = await _fly(advise=True)
+    assert summary.results > 0
+    assert summary.advised_fps is not None and summary.advised_fps < 30.0, summary
+    assert shown == pytest.approx(summary.advised_fps, abs=0.01), "the advice in force is on /metrics"
+    assert summary.frames_skipped > 0, "the drone skipped source frames instead of sending them"
+
+
+async def test_without_advice_the_drone_sends_every_frame() -> None:
+    summary, shown = await _fly(advise=False)
+    assert summary.results > 0 and summary.advised_fps is None and summary.frames_skipped == 0 and shown is None
