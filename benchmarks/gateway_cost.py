@@ -9,11 +9,16 @@ first. The drones cost (almost) nothing either: a 640×480 VP8 clip is encoded
 once with PyAV (libvpx) and every simulated drone replays its packets with
 fresh timestamps (:class:`ReplayTrack`: aiortc packetises an ``av.Packet``
 without encoding it), so no encoder competes for the cores being measured.
+Like a real drone, a replayed one honours the gateway's frame-rate advice
+(:class:`~dronedepth.protocol.FrameRateMessage`): the clip is encoded once at
+each rate of :data:`CLIP_RATES` (sub-sampled from the same frames) and the
+track switches to the fastest clip within the advice, at a keyframe.
 
 Each step starts a fresh ``dronedepth gateway`` subprocess with its default
 outputs, streams N replayed drones at :data:`FPS` each (more than one gateway
 core can answer, so it saturates), and measures over the window after the
-warm-up: results/s (the gateway's processed counter), gateway CPU ms per
+warm-up: results/s (the gateway's processed counter), frames/s the drones sent
+(after the advice) and the gateway received, gateway CPU ms per
 result (psutil: user + system time of the gateway process over results),
 per-drone glass-to-result latency, and the mean of each stage of the
 messages' own ``timing``. A last run at the largest N is sampled by py-spy
@@ -36,6 +41,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,6 +61,7 @@ from dronedepth.protocol import (
     DATA_CHANNEL_LABEL,
     VIDEO_CLOCK_RATE,
     CameraMessage,
+    FrameRateMessage,
     KeypointsMessage,
     SessionDescription,
     decode,
@@ -61,11 +69,16 @@ from dronedepth.protocol import (
 )
 
 __all__ = [
+    "CLIP_RATES",
     "DRONES",
     "FPS",
     "QUICK_DRONES",
+    "Clip",
+    "ReplayFleet",
     "ReplayTrack",
+    "clip_for",
     "encode_clip",
+    "encode_clips",
     "gateway_cost_section",
     "profile_summary",
     "replay_drones",
@@ -76,8 +89,15 @@ log = logging.getLogger("dronedepth.benchmarks.gateway_cost")
 DRONES: Final = (1, 2, 4, 8, 16)
 QUICK_DRONES: Final = (2,)
 FPS: Final = 30.0
-"""Frames per second of each replayed drone: with 8 drones, more than the 2 cores can answer."""
+"""Frames per second of each replayed drone until the gateway advises fewer: with 8 drones, more than the 2
+cores can answer."""
 CLIP_FRAMES: Final = 60
+RATE_STEP: Final = 1.25
+CLIP_RATES: Final = tuple(FPS / RATE_STEP**i for i in range(13))
+"""Frames per second of the pre-encoded clips, 30 down to about 2, each 1/:data:`RATE_STEP` of the one above.
+The gateway advises about 1.25 × the rate it serves a drone; with steps no coarser than that, the fastest
+clip within the advice still sends at least what the gateway serves, and at most 1.25 × that: a coarser
+ladder (30, 15, 10, 7.5, 5, 3) would starve the gateway (advice 4.7 → 3 fps) and understate its throughput."""
 KEYFRAME_INTERVAL: Final = 10
 """A keyframe every 10 frames: a replayed drone cannot answer the receiver's keyframe requests."""
 CLIP_BITRATE: Final = 1_000_000
@@ -102,7 +122,8 @@ def encode_clip(frames: list[NDArray[np.uint8]], fps: float = FPS) -> list[bytes
     codec = av.CodecContext.create("libvpx", "w")
     height, width = frames[0].shape[:2]
     codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
-    codec.time_base = fractions.Fraction(1, round(fps))
+    # The real frame period (7.5 fps: 2/15 s), so libvpx spreads CLIP_BITRATE over the frames a second holds.
+    codec.time_base = 1 / fractions.Fraction(fps).limit_denominator(1000)
     codec.bit_rate = CLIP_BITRATE
     codec.gop_size = KEYFRAME_INTERVAL
     codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1"}
@@ -120,6 +141,46 @@ def encode_clip(frames: list[NDArray[np.uint8]], fps: float = FPS) -> list[bytes
     return packets
 
 
+@dataclass(frozen=True, slots=True)
+class Clip:
+    """One VP8 packet per frame at ``fps`` frames per second; packet 0 is a keyframe."""
+
+    fps: float
+    packets: list[bytes]
+
+    @property
+    def pts_step(self) -> int:
+        """90 kHz ticks between frames, whole milliseconds as the real drone's track counts them."""
+        return 90 * round(1000.0 / self.fps)
+
+
+def encode_clips(
+    frames: list[NDArray[np.uint8]], rates: Sequence[float] = CLIP_RATES, source_fps: float = FPS
+) -> list[Clip]:
+    """The frames (captured at ``source_fps``) encoded once per rate, as a drone skipping frames at its source.
+
+    The clip at ``rate`` keeps every (``source_fps / rate``)-th frame (rounded), so it spans the same flight
+    time as the source; each clip is encoded alone, with its own keyframe every :data:`KEYFRAME_INTERVAL`.
+    """
+    clips = []
+    for rate in rates:
+        if not 0 < rate <= source_fps:
+            raise DroneDepthError(f"a clip rate must be in (0, {source_fps:g}] fps, got {rate!r}")
+        count = max(1, round(len(frames) * rate / source_fps))
+        kept = [frames[min(len(frames) - 1, round(i * source_fps / rate))] for i in range(count)]
+        clips.append(Clip(rate, encode_clip(kept, rate)))
+    return clips
+
+
+def clip_for(clips: Sequence[Clip], max_fps: float | None) -> Clip:
+    """The fastest clip at most ``max_fps`` (the gateway's advice); the slowest if every clip is faster; the
+    fastest when ``max_fps`` is None (no limit)."""
+    within = [clip for clip in clips if max_fps is None or clip.fps <= max_fps]
+    if within:
+        return max(within, key=lambda clip: clip.fps)
+    return min(clips, key=lambda clip: clip.fps)
+
+
 def clip_frames(count: int = CLIP_FRAMES) -> tuple[list[NDArray[np.uint8]], CameraMessage]:
     """``count`` 640×480 frames of the synthetic flight (real motion between frames) and their camera."""
     from dronedepth.drone.sources import SyntheticSource
@@ -135,36 +196,54 @@ def clip_frames(count: int = CLIP_FRAMES) -> tuple[list[NDArray[np.uint8]], Came
 
 
 class ReplayTrack(MediaStreamTrack):
-    """Sends a pre-encoded VP8 clip in a loop at ``fps``; aiortc packetises the packets without encoding.
+    """Sends pre-encoded VP8 clips in a loop; aiortc packetises the packets without encoding.
 
-    pts start at 0 and step by whole milliseconds (as :class:`~dronedepth.drone.track.SourceTrack`), so the
-    ``pts`` a result echoes finds its frame; ``sent[pts]`` is the ``time.time()`` the frame was handed over.
+    Starts with the fastest clip and paces at the current clip's rate. :meth:`advise` switches to the clip
+    the gateway's advice allows; the new clip starts at its first packet, a keyframe, so the gateway's
+    decoder never gets a frame whose reference it lacks. pts start at 0 and step by the current clip's
+    period in whole milliseconds (as :class:`~dronedepth.drone.track.SourceTrack`), so the ``pts`` a result
+    echoes finds its frame; ``sent[pts]`` is the ``time.time()`` the frame was handed over.
     """
 
     kind = "video"
 
-    def __init__(self, clip: list[bytes], fps: float, sent: dict[int, float], times: list[float]) -> None:
+    def __init__(self, clips: Sequence[Clip], sent: dict[int, float], times: list[float]) -> None:
         super().__init__()
-        self._clip = clip
-        self._period = 1.0 / fps
-        self._step = 90 * round(1000.0 / fps)
+        self._clips = tuple(clips)
+        self._clip = clip_for(self._clips, None)
         self._sent = sent
         self._times = times
         self._index = 0
+        self._pts: int | None = None
         self._due: float | None = None
+
+    @property
+    def fps(self) -> float:
+        """The rate of the clip being sent."""
+        return self._clip.fps
+
+    def advise(self, max_fps: float | None) -> None:
+        """Follow the gateway's frame-rate advice (None: no limit) from the next frame on."""
+        chosen = clip_for(self._clips, max_fps)
+        if chosen is not self._clip:
+            self._clip = chosen
+            self._index = 0  # a keyframe: the decoder needs no frame of the previous clip
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
+        period = 1.0 / self._clip.fps
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self._due = now if self._due is None else self._due + self._period
+        self._due = now if self._due is None else self._due + period
         if self._due > now:
             await asyncio.sleep(self._due - now)
-        elif now - self._due > self._period:
+        elif now - self._due > period:
             self._due = now  # fell behind: do not burst to catch up
-        packet = av.Packet(self._clip[self._index % len(self._clip)])
-        packet.pts = self._index * self._step
+        packets = self._clip.packets
+        packet = av.Packet(packets[self._index % len(packets)])
+        self._pts = 0 if self._pts is None else self._pts + self._clip.pts_step
+        packet.pts = self._pts
         packet.time_base = TIME_BASE
         self._index += 1
         wall = time.time()
@@ -173,10 +252,45 @@ class ReplayTrack(MediaStreamTrack):
         return packet
 
 
-async def _replay_drone(
-    url: str, token: str, name: str, clip: list[bytes], camera: CameraMessage, fleet: Fleet, stop: asyncio.Event
+@dataclass
+class ReplayFleet(Fleet):
+    """A :class:`Fleet` of replayed drones, with the frame-rate advice each got."""
+
+    advised: dict[str, float | None] = field(default_factory=dict)
+    """Per drone, the last ``max_fps`` the gateway advised (None: no limit, or no advice yet)."""
+    advice_messages: int = 0
+
+
+def _on_gateway_message(
+    text: str | bytes, name: str, track: ReplayTrack, sent: dict[int, float], fleet: ReplayFleet
 ) -> None:
-    """One replayed drone: offer, camera message, the clip in a loop, a :class:`ResultSample` per result."""
+    """A replayed drone's data channel: results become :class:`ResultSample`; advice switches its clip."""
+    received = time.time()
+    message = decode(text)
+    if isinstance(message, FrameRateMessage):
+        track.advise(message.max_fps)
+        fleet.advised[name] = message.max_fps
+        fleet.advice_messages += 1
+        return
+    if not isinstance(message, KeypointsMessage) or message.pts not in sent:
+        return
+    captured = sent[message.pts]
+    fleet.results.append(
+        ResultSample(name, message.pts, captured, received, (received - captured) * 1e3, dict(message.timing))
+    )
+    fleet.latest[name] = max(fleet.latest.get(name, 0.0), captured)
+
+
+async def _replay_drone(
+    url: str,
+    token: str,
+    name: str,
+    clips: Sequence[Clip],
+    camera: CameraMessage,
+    fleet: ReplayFleet,
+    stop: asyncio.Event,
+) -> None:
+    """One replayed drone: offer, camera message, the clips in a loop, a :class:`ResultSample` per result."""
     import aiohttp
 
     from dronedepth.drone.signaling import offer_url, post_offer
@@ -184,7 +298,7 @@ async def _replay_drone(
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     channel = pc.createDataChannel(DATA_CHANNEL_LABEL)
     sent: dict[int, float] = {}
-    track = ReplayTrack(clip, FPS, sent, fleet.sent[name])
+    track = ReplayTrack(clips, sent, fleet.sent[name])
     transceiver = pc.addTransceiver(track, direction="sendonly")
     # The packets are VP8: the gateway must not pick another codec.
     vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")]
@@ -196,15 +310,7 @@ async def _replay_drone(
 
     @channel.on("message")
     def on_message(text: str | bytes) -> None:
-        received = time.time()
-        message = decode(text)
-        if not isinstance(message, KeypointsMessage) or message.pts not in sent:
-            return
-        captured = sent[message.pts]
-        fleet.results.append(
-            ResultSample(name, message.pts, captured, received, (received - captured) * 1e3, dict(message.timing))
-        )
-        fleet.latest[name] = max(fleet.latest.get(name, 0.0), captured)
+        _on_gateway_message(text, name, track, sent, fleet)
 
     try:
         await pc.setLocalDescription(await pc.createOffer())
@@ -226,17 +332,21 @@ async def _replay_drone(
 
 
 async def replay_drones(
-    url: str, token: str, count: int, clip: list[bytes], camera: CameraMessage, stop: asyncio.Event
-) -> tuple[Fleet, asyncio.Future[Any]]:
+    url: str, token: str, count: int, clips: Sequence[Clip], camera: CameraMessage, stop: asyncio.Event
+) -> tuple[ReplayFleet, asyncio.Future[Any]]:
     """Start ``count`` replayed drones; they run until ``stop`` is set (await the returned future after)."""
-    fleet = Fleet(started=time.time(), duration_s=0.0, warmup_s=0.0)
+    fleet = ReplayFleet(started=time.time(), duration_s=0.0, warmup_s=0.0)
     names = [f"replay-{i + 1}" for i in range(count)]
     for name in names:
         fleet.sent[name] = []
     running = asyncio.gather(
-        *(_replay_drone(url, token, name, clip, camera, fleet, stop) for name in names), return_exceptions=True
+        *(_replay_drone(url, token, name, clips, camera, fleet, stop) for name in names), return_exceptions=True
     )
     return fleet, running
+
+
+def _kbit_s(clip: Clip) -> int:
+    return round(sum(map(len, clip.packets)) * 8 * clip.fps / len(clip.packets) / 1e3)
 
 
 def _cpu_s(pid: int, children: bool = False) -> float:
@@ -270,7 +380,7 @@ async def _step(
     triton_url: str,
     triton_pid: int | None,
     n: int,
-    clip: list[bytes],
+    clips: Sequence[Clip],
     camera: CameraMessage,
     workdir: Path,
     label: str = "",
@@ -284,7 +394,7 @@ async def _step(
         token,
     ):
         stop = asyncio.Event()
-        fleet, running = await replay_drones(url, token, n, clip, camera, stop)
+        fleet, running = await replay_drones(url, token, n, clips, camera, stop)
         try:
             await _all_connected(fleet, running)
             await asyncio.sleep(config.warmup_s)
@@ -299,6 +409,7 @@ async def _step(
             await asyncio.sleep(config.duration_s - config.warmup_s)
             elapsed = time.monotonic() - start
             end_wall = time.time()
+            advised = {name: fleet.advised.get(name) for name in sorted(fleet.sent)}
             cpu_after = {
                 "gateway": _cpu_s(process.pid, children=True),
                 "drones (bench process)": _cpu_s(os.getpid()),
@@ -314,9 +425,11 @@ async def _step(
     processed = counts["processed"]
     window = [r for r in fleet.results if start_wall <= r.received <= end_wall]
     per_drone = {}
+    sent_per_s = {}
     for name in sorted(fleet.sent):
         latency = summarize(r.latency_ms for r in window if r.drone == name)
         per_drone[name] = None if latency is None else {"p50": round(latency.p50, 1), "p95": round(latency.p95, 1)}
+        sent_per_s[name] = sum(1 for t in fleet.sent[name] if start_wall <= t <= end_wall) / elapsed
     latency = summarize(r.latency_ms for r in window)
     cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
     step = {
@@ -325,7 +438,11 @@ async def _step(
         "window_s": round(elapsed, 2),
         "results": processed,
         "results_per_s": processed / elapsed,
+        "frames_sent_per_s": sum(sent_per_s.values()),
         "frames_received_per_s": counts["received"] / elapsed,
+        "per_drone_sent_fps": {name: round(rate, 2) for name, rate in sent_per_s.items()},
+        "advised_fps": {name: None if fps is None else round(fps, 2) for name, fps in advised.items()},
+        "advice_messages": fleet.advice_messages,
         "dropped": counts["dropped"],
         "gateway_cpu_ms_per_result": cpu["gateway"] * 1e3 / processed if processed else None,
         "gateway_cores_busy": cpu["gateway"] / elapsed,
@@ -388,7 +505,7 @@ def profile_summary(raw: str, results: float, top: int = PROFILE_TOP) -> dict[st
 
 
 async def _profile(
-    config: BenchConfig, triton_url: str, n: int, clip: list[bytes], camera: CameraMessage, workdir: Path
+    config: BenchConfig, triton_url: str, n: int, clips: Sequence[Clip], camera: CameraMessage, workdir: Path
 ) -> dict[str, Any]:
     """The largest step again with the gateway under py-spy (all its threads, 100 Hz, non-blocking)."""
     import psutil
@@ -406,7 +523,7 @@ async def _profile(
         token,
     ):
         stop = asyncio.Event()
-        fleet, running = await replay_drones(url, token, n, clip, camera, stop)
+        fleet, running = await replay_drones(url, token, n, clips, camera, stop)
         try:
             await _all_connected(fleet, running)
             await asyncio.sleep(config.duration_s)
@@ -455,7 +572,7 @@ def gateway_cost_section(config: BenchConfig) -> dict[str, Any]:
     drones = QUICK_DRONES if config.quick else DRONES
     frames, camera = clip_frames()
     started = time.perf_counter()
-    clip = encode_clip(frames)
+    clips = encode_clips(frames)
     encode_s = time.perf_counter() - started
     log_dir = config.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -476,14 +593,14 @@ def gateway_cost_section(config: BenchConfig) -> dict[str, Any]:
             async def measure() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
                 steps = []
                 for n in drones:
-                    steps.append(await _step(config, triton.grpc_url, triton.pid, n, clip, camera, Path(tmp)))
+                    steps.append(await _step(config, triton.grpc_url, triton.pid, n, clips, camera, Path(tmp)))
                 levers = []
                 for label, args in LEVERS:
                     lever = await _step(
-                        config, triton.grpc_url, triton.pid, drones[-1], clip, camera, Path(tmp), label, args
+                        config, triton.grpc_url, triton.pid, drones[-1], clips, camera, Path(tmp), label, args
                     )
                     levers.append({"lever": label, "gateway_args": list(args), **lever})
-                profile = await _profile(config, triton.grpc_url, drones[-1], clip, camera, Path(tmp))
+                profile = await _profile(config, triton.grpc_url, drones[-1], clips, camera, Path(tmp))
                 return steps, levers, profile
 
             steps, levers, profile = asyncio.run(measure())
@@ -501,9 +618,10 @@ def gateway_cost_section(config: BenchConfig) -> dict[str, Any]:
         "warmup_s": config.warmup_s,
         "frame": f"{FRAME_WIDTH}×{FRAME_HEIGHT}",
         "clip": {
-            "frames": len(clip),
+            "frames": len(frames),
             "keyframe_interval": KEYFRAME_INTERVAL,
-            "bitrate_kbit_s": round(sum(map(len, clip)) * 8 * FPS / len(clip) / 1e3),
+            "bitrate_kbit_s": _kbit_s(clip_for(clips, None)),
+            "rates": [{"fps": round(c.fps, 2), "frames": len(c.packets), "kbit_s": _kbit_s(c)} for c in clips],
             "encode_once_s": round(encode_s, 2),
         },
         "model": "tiny synthetic (depth = 0.5 + 4·luma/255, relative) through the embedded CPU Triton",

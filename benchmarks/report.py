@@ -352,12 +352,15 @@ def _gpu(section: dict[str, Any]) -> list[str]:
 def _gateway_cost(section: dict[str, Any]) -> list[str]:
     alone = section["triton_alone"]
     clip = section["clip"]
+    slower = "/".join(f"{r['fps']:g}" for r in clip.get("rates", [])[1:])  # the clips a drone switches to
     lines = [
         "## gateway cost (zero-cost model, replayed drones)",
         "",
         f"{section['frame']} VP8 clip of {clip['frames']} frames (keyframe every {clip['keyframe_interval']}, "
         f"{clip['bitrate_kbit_s']} kbit/s) encoded once and replayed by every drone at "
-        f"{section['fps_per_drone']:g} fps; model: {section['model']}. The model alone, one request at a time "
+        f"{section['fps_per_drone']:g} fps{f' (or {slower} fps, as the gateway advises)' if slower else ''}; "
+        f"model: {section['model']}. "
+        "The model alone, one request at a time "
         f"from a plain gRPC client: p50 {fmt(alone['latency_ms']['p50'])} ms per request (Triton server side "
         f"{fmt(alone['triton'].get('server_request_ms'), 2)} ms). Window: "
         f"{section['duration_s'] - section['warmup_s']:g} s after a {section['warmup_s']:g} s warm-up.",
@@ -369,11 +372,14 @@ def _gateway_cost(section: dict[str, Any]) -> list[str]:
         latency = step["latency_ms"] or {}
         worst = max((d["p95"] for d in step["per_drone_latency_ms"].values() if d), default=None)
         cores = step["cores_busy"]
+        advised = [fps for fps in (step.get("advised_fps") or {}).values() if fps is not None]
         rows.append(
             [
                 step["drones"],
                 fmt(step["results_per_s"]),
+                fmt(step.get("frames_sent_per_s")),
                 fmt(step["frames_received_per_s"]),
+                f"{min(advised):g}–{max(advised):g}" if advised else "-",  # at the end of the step
                 fmt(step["gateway_cpu_ms_per_result"]),
                 fmt(latency.get("p50"), 0),
                 fmt(latency.get("p95"), 0),
@@ -383,7 +389,8 @@ def _gateway_cost(section: dict[str, Any]) -> list[str]:
             ]
         )
     header = [
-        "drones", "results/s", "frames in/s", "gateway CPU ms/result", "p50 ms", "p95 ms", "worst drone p95",
+        "drones", "results/s", "frames sent/s", "frames in/s", "advised fps/drone", "gateway CPU ms/result",
+        "p50 ms", "p95 ms", "worst drone p95",
         "cores: gateway / Triton / drones", *(f"{k} ms" for k in stage_names),
     ]  # fmt: skip
     lines.append(markdown_table(header, rows))

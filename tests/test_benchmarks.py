@@ -274,10 +274,71 @@ def test_replay_clip_has_one_vp8_packet_per_frame_and_regular_keyframes() -> Non
     assert (camera.width, camera.height) == (640, 480)
 
 
+def test_clip_for_picks_the_fastest_clip_within_the_advice() -> None:
+    from dronedepth.benchmarks.gateway_cost import Clip, clip_for
+
+    clips = [Clip(fps, []) for fps in (30.0, 15.0, 7.5, 3.0)]
+    assert clip_for(clips, None).fps == 30.0, "no limit: full rate"
+    assert clip_for(clips, 100.0).fps == 30.0
+    assert clip_for(clips, 15.0).fps == 15.0, "a rate equal to the advice is within it"
+    assert clip_for(clips, 14.9).fps == 7.5
+    assert clip_for(clips, 1.0).fps == 3.0, "below every clip: the slowest"
+
+
+def test_replay_clip_ladder_steps_finer_than_the_advice_headroom_and_starts_each_clip_on_a_keyframe() -> None:
+    from dronedepth.benchmarks.gateway_cost import CLIP_RATES, FPS, RATE_STEP, encode_clips
+
+    assert CLIP_RATES[0] == FPS and min(CLIP_RATES) <= 2.5
+    assert np.all(np.array(CLIP_RATES[:-1]) / np.array(CLIP_RATES[1:]) <= RATE_STEP + 1e-9)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(20)]
+    clips = encode_clips(frames, rates=(20.0, 10.0, 4.0), source_fps=20.0)
+    assert [(c.fps, len(c.packets)) for c in clips] == [(20.0, 20), (10.0, 10), (4.0, 4)], "same flight time"
+    for clip in clips:  # VP8 frame tag: bit 0 clear on keyframes
+        assert [i for i, p in enumerate(clip.packets) if p[0] & 1 == 0] == list(range(0, len(clip.packets), 10))
+
+
+async def test_replay_track_follows_frame_rate_advice_switching_clips_at_a_keyframe() -> None:
+    """The advice reaches the track through the drone's data channel handler; the track then sends the
+    slower clip from its keyframe on, at that clip's period, with pts still increasing; null lifts it."""
+    from dronedepth.benchmarks.gateway_cost import ReplayFleet, ReplayTrack, _on_gateway_message, encode_clips
+    from dronedepth.protocol import FrameRateMessage, encode
+
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(40)]
+    # Fast clips keep the test short; the switching does not depend on the rates.
+    clips = encode_clips(frames, rates=(1000.0, 500.0, 250.0, 125.0), source_fps=1000.0)
+    fast, quarter = clips[0], clips[2]
+    sent: dict[int, float] = {}
+    fleet = ReplayFleet(started=0.0, duration_s=0.0, warmup_s=0.0)
+    fleet.sent["d"] = []
+    track = ReplayTrack(clips, sent, fleet.sent["d"])
+
+    async def packets(count: int) -> list[tuple[bytes, int]]:
+        return [(bytes(p), int(p.pts)) for p in [await track.recv() for _ in range(count)]]
+
+    first = await packets(5)  # a few frames in: a switch lands mid-GOP of the clip being sent
+    _on_gateway_message(encode(FrameRateMessage(max_fps=300.0)), "d", track, sent, fleet)
+    advised = await packets(12)  # past the end of that clip's 10 packets: it loops
+    _on_gateway_message(encode(FrameRateMessage(max_fps=None)), "d", track, sent, fleet)
+    lifted = await packets(3)
+
+    assert fleet.advised == {"d": None} and fleet.advice_messages == 2
+    assert [data for data, _ in first] == fast.packets[:5]
+    assert [data for data, _ in advised] == quarter.packets + quarter.packets[:2], "the fastest within 300 fps"
+    assert advised[0][0][0] & 1 == 0 and lifted[0][0][0] & 1 == 0, "each switch starts on a keyframe"
+    assert [data for data, _ in lifted] == fast.packets[:3], "null: back to the full rate"
+    pts = [p for _, p in first + advised + lifted]
+    assert np.diff(pts).tolist() == [90] * 4 + [360] * 12 + [90] * 3, (
+        "pts step by the sending clip's period, in whole ms"
+    )
+    assert sorted(sent) == pts and len(fleet.sent["d"]) == len(pts)
+
+
 async def test_replayed_drones_retry_until_the_gateway_admits_every_one() -> None:
     """The gateway answers offers beyond its ICE set-up budget 503: a replayed fleet larger than the budget
     must still stream whole, or a step's "N drones" would measure fewer (it did: 16 meant 4)."""
-    from dronedepth.benchmarks.gateway_cost import _all_connected, encode_clip, replay_drones
+    from dronedepth.benchmarks.gateway_cost import _all_connected, encode_clips, replay_drones
     from dronedepth.protocol import CameraMessage
 
     rng = np.random.default_rng(0)
@@ -285,7 +346,7 @@ async def test_replayed_drones_retry_until_the_gateway_admits_every_one() -> Non
     camera = CameraMessage(width=128, height=96, fx=100.0, fy=100.0, cx=63.5, cy=47.5)
     async with running_gateway(max_pending_offers=1, max_pending_per_remote=1) as gateway:
         stop = asyncio.Event()
-        fleet, running = await replay_drones(gateway.url, TOKEN, 3, encode_clip(frames), camera, stop)
+        fleet, running = await replay_drones(gateway.url, TOKEN, 3, encode_clips(frames), camera, stop)
         try:
             await asyncio.wait_for(_all_connected(fleet, running), 60)
         finally:
@@ -311,6 +372,9 @@ def test_quick_gateway_cost_run_measures_cpu_per_result_stages_levers_and_a_prof
     assert step["drones"] == step["connected"] == 2 and step["results"] > 0 and not step["failures"]
     assert step["gateway_cpu_ms_per_result"] > 0 and step["cores_busy"]["gateway"] > 0
     assert all(step["per_drone_latency_ms"].values()), "every replayed drone got results"
+    assert step["frames_sent_per_s"] == pytest.approx(sum(step["per_drone_sent_fps"].values()), abs=0.1)
+    assert step["frames_sent_per_s"] > 0 and sorted(step["advised_fps"]) == ["replay-1", "replay-2"]
+    assert [r["fps"] for r in section["clip"]["rates"]][:2] == [30.0, 24.0]
     for stage in ("queue", "convert", "inference", "projection", "keypoints", "processing"):
         assert step["stages_ms"][stage] >= 0, stage
     half, processes = section["levers"]
@@ -319,4 +383,5 @@ def test_quick_gateway_cost_run_measures_cpu_per_result_stages_levers_and_a_prof
     assert all(processes["per_drone_latency_ms"].values()), "drones on both processes got results"
     profile = section["profile"]
     assert profile.get("skipped") or (profile["rows"] and (out / "gateway_cost_profile.txt").is_file())
-    assert "## gateway cost" in (out / "benchmark.md").read_text()
+    report = (out / "benchmark.md").read_text()
+    assert "## gateway cost" in report and "frames sent/s" in report
