@@ -93,11 +93,12 @@ FPS: Final = 30.0
 cores can answer."""
 CLIP_FRAMES: Final = 60
 RATE_STEP: Final = 1.25
-CLIP_RATES: Final = tuple(FPS / RATE_STEP**i for i in range(13))
-"""Frames per second of the pre-encoded clips, 30 down to about 2, each 1/:data:`RATE_STEP` of the one above.
-The gateway advises about 1.25 × the rate it serves a drone; with steps no coarser than that, the fastest
-clip within the advice still sends at least what the gateway serves, and at most 1.25 × that: a coarser
-ladder (30, 15, 10, 7.5, 5, 3) would starve the gateway (advice 4.7 → 3 fps) and understate its throughput."""
+CLIP_RATES: Final = tuple(FPS / RATE_STEP**i for i in range(16))
+"""Frames per second of the pre-encoded clips, 30 down to about 1 (the gateway's lowest advice by default),
+each 1/:data:`RATE_STEP` of the one above. The gateway advises 1.25 × the rate it serves a drone; with steps
+no coarser than that, the fastest clip within the advice still sends at least what the gateway serves (and
+at most 1.25 × that): a coarser ladder (30, 15, 10, 7.5, 5, 3) would starve the gateway (advice 4.7 → 3 fps)
+and understate its throughput. 16 clips, 292 frames: about 2 s of CPU (1.5-3 s here), once per run."""
 KEYFRAME_INTERVAL: Final = 10
 """A keyframe every 10 frames: a replayed drone cannot answer the receiver's keyframe requests."""
 CLIP_BITRATE: Final = 1_000_000

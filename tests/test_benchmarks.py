@@ -287,8 +287,10 @@ def test_clip_for_picks_the_fastest_clip_within_the_advice() -> None:
 
 def test_replay_clip_ladder_steps_finer_than_the_advice_headroom_and_starts_each_clip_on_a_keyframe() -> None:
     from dronedepth.benchmarks.gateway_cost import CLIP_RATES, FPS, RATE_STEP, encode_clips
+    from dronedepth.gateway.frame_rate import FrameRateConfig
 
-    assert CLIP_RATES[0] == FPS and min(CLIP_RATES) <= 2.5
+    lowest_advice = FrameRateConfig().min_fps
+    assert CLIP_RATES[0] == FPS and lowest_advice <= min(CLIP_RATES) <= RATE_STEP * lowest_advice
     assert np.all(np.array(CLIP_RATES[:-1]) / np.array(CLIP_RATES[1:]) <= RATE_STEP + 1e-9)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(20)]
