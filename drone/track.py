@@ -70,11 +70,14 @@ class SourceTrack(VideoStreamTrack):
     (after one repeat of the last frame, see :meth:`_finish`).
 
     :attr:`max_fps` (None: no limit; the gateway's ``frame_rate`` advice)
-    skips source frames before they are converted and encoded: a frame is
-    sent when at least ``1 / max_fps`` of capture time has passed since the
-    last one sent, less half a source period, so that a 30 fps source asked
-    for 15 sends every other frame; ``on_skip()`` (optional) is called for
-    each frame skipped.
+    skips source frames before they are converted and encoded. Frames are due
+    every ``1 / max_fps`` of capture time from the last one sent; the first
+    frame captured no earlier than a quarter interval before its due time is
+    sent and the next due time is one interval on (not one interval after the
+    frame), so the rate averages at most ``max_fps`` whatever the source's rate
+    (a 30 fps source asked for 24 skips one frame in five, for 15 every other
+    one) and camera jitter neither adds up nor costs frames. ``on_skip()``
+    (optional) is called for each frame skipped.
     """
 
     kind = "video"
@@ -100,6 +103,8 @@ class SourceTrack(VideoStreamTrack):
         self.frames = 0
         self.max_fps: float | None = None
         self._last_sent_capture: float | None = None
+        self._rate_due: tuple[float, float] | None = None
+        """The capture time the next frame is due at under :attr:`max_fps`, and that max_fps."""
         self._executor = executor
         self._gate = start
         self._may_continue = may_continue
@@ -144,10 +149,25 @@ class SourceTrack(VideoStreamTrack):
         captured = self.source.read()
         if captured is None:
             return None
-        max_fps, last = self.max_fps, self._last_sent_capture
-        if max_fps is not None and last is not None and captured.capture_time - last < 1 / max_fps - 0.5 * self.period:
+        if self._over_rate(captured.capture_time):
             return captured, None
         return captured, _encoder_frame(captured.rgb)
+
+    def _over_rate(self, capture_time: float) -> bool:
+        """Whether a frame captured at ``capture_time`` comes before its due time under :attr:`max_fps`."""
+        max_fps, last = self.max_fps, self._last_sent_capture
+        if max_fps is None or last is None:
+            self._rate_due = None
+            return False
+        interval = 1.0 / max_fps
+        if self._rate_due is None or self._rate_due[1] != max_fps:
+            self._rate_due = (last + interval, max_fps)
+        due = self._rate_due[0]
+        if capture_time < due - 0.25 * interval:  # a frame a little early is taken: due times do not move
+            return True
+        # Due times step by the interval (the average holds); after a stall the next is due at once, not in a burst.
+        self._rate_due = (max(due + interval, capture_time), max_fps)
+        return False
 
     def _finish(self) -> VideoFrame:
         """After the last frame: one repeat of it, then the end.

@@ -15,8 +15,11 @@ a period, into a ``frame_rate`` message (see
 - **Nothing superseded while the advice binds** (the drone sends about what
   was advised): there is room, advise ``headroom`` × more, once a period, until
   frames are superseded again.
-- **Nothing superseded and the drone sends well below the advice** (its own
-  rate is lower): the advice no longer matters; lift it (``max_fps`` null).
+- **Nothing superseded and the drone sends well below the advice** (under
+  ``1 / headroom²`` of it: its own rate is lower): the advice no longer
+  matters; lift it (``max_fps`` null). In between, hold: a drone whose source
+  can only step its rate (every 2nd, 3rd frame) may sit a step below the advice
+  without that meaning room, and lifting there would flip-flop.
 
 A new advice is sent only when it differs from the last by more than
 ``hysteresis``. Frames dropped for other reasons (an inference outage, no
@@ -107,6 +110,8 @@ class FrameRateAdvisor:
             return None
         elif received_fps * headroom >= advised:  # the drone sends about what was advised: there is room
             target = advised * headroom
+        elif received_fps * headroom * headroom >= advised:  # a step below the advice: hold
+            return None
         else:  # the drone sends well below the advice on its own: the advice no longer matters
             target = None
         return self._advise(target)

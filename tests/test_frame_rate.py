@@ -62,7 +62,9 @@ def test_room_raises_the_advice_and_a_drone_slower_than_it_lifts_it() -> None:
     assert raised is not None and raised.max_fps == 12.5
     raised = advisor.update(*counts.period(12, 12, 0))
     assert raised is not None and raised.max_fps == pytest.approx(15.625)
-    lifted = advisor.update(*counts.period(12, 12, 0))  # 12 fps is all it has: the advice no longer binds
+    # 12 fps is all it has, a step below the advice (a source that halves, thirds...): hold, no flip-flop.
+    assert advisor.update(*counts.period(12, 12, 0)) is None and advisor.advised_fps == pytest.approx(15.625)
+    lifted = advisor.update(*counts.period(9, 9, 0))  # well below: the advice no longer matters
     assert lifted == FrameRateMessage(max_fps=None) and advisor.advised_fps is None
 
 
@@ -103,8 +105,12 @@ def test_a_closed_loop_converges_without_chatter_and_lets_go_when_capacity_retur
     share = run(capacity=8.0, seconds=20)
     assert advisor.advised_fps == pytest.approx(10.0) and share <= 0.2  # was 73 % dropped without advice
     assert len(messages) == 1
-    run(capacity=40.0, seconds=20)  # the other drones left
-    assert advisor.advised_fps is None and messages[-1] is None and len(messages) <= 8
+    run(capacity=40.0, seconds=20)  # the other drones left: the advice climbs past the drone's own 30 fps
+    assert advisor.advised_fps is not None and advisor.advised_fps > source_fps and len(messages) <= 7
+    assert messages == sorted(messages), "it only climbed: no flip-flop"
+    source_fps = 10.0  # the drone slows down on its own: the limit is lifted
+    run(capacity=40.0, seconds=3)
+    assert advisor.advised_fps is None and messages[-1] is None
 
 
 @pytest.mark.parametrize(
@@ -146,6 +152,21 @@ async def test_the_track_skips_source_frames_to_honour_the_advice() -> None:
     assert all(0.099 <= g <= 0.101 for g in gaps[5:14]), gaps  # every third frame at 10 fps
     assert all(0.032 <= g <= 0.035 for g in gaps[15:]), gaps
     assert len(skipped) == 2 * 10  # two source frames skipped before each of the 10 advised ones
+
+
+@pytest.mark.parametrize(("advised", "expected"), [(24.0, 24), (15.0, 15), (20.0, 20), (7.0, 7)])
+async def test_the_track_averages_at_most_the_advice_from_a_faster_source(advised: float, expected: int) -> None:
+    """A 30 fps camera with a few milliseconds of jitter: over 4 s, the advised rate on average, never more."""
+    jitter = [0.004, -0.003, 0.0, 0.002, -0.004]
+    times = [i / 30 + jitter[i % 5] for i in range(121)]
+    with ThreadPoolExecutor(1) as executor:
+        track = SourceTrack(ClockSource(times), fps=1000, executor=executor)
+        await track.recv()
+        track.max_fps = advised
+        while (frame := await track.recv()) and frame.pts / 90_000 < 4.0 - 1e-6:
+            pass
+        sent = track.frames  # including the first, unadvised frame and the one past 4 s
+    assert expected - 1 <= (sent - 2) / 4.0 <= expected, sent
 
 
 # --------------------------------------------------------------------------------------------- end to end

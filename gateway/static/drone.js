@@ -34,6 +34,7 @@
     keypointsDrawn: 0,
     depthKind: null,
     latencyMs: null,
+    maxFramerate: null, // the gateway's frame_rate advice applied to the encoder (null: no limit)
     errors: [],
   };
   window.dronedepth = { stats, start: () => start(), stop: () => stop("stopped") };
@@ -42,6 +43,7 @@
   let channel = null;
   let stream = null;
   let track = null;
+  let sender = null; // the video RTCRtpSender: the gateway's frame_rate advice caps its encoder
   let camera = null; // the camera message last sent
   let arrivals = [];
   let lastMessage = null;
@@ -234,7 +236,7 @@
     channel.addEventListener("close", () => {
       if (channel === ours) stop("the gateway closed the session");
     });
-    const sender = pc.addTrack(track, stream);
+    sender = pc.addTrack(track, stream);
     pc.addEventListener("connectionstatechange", () => {
       if (!pc) return;
       const state = pc.connectionState;
@@ -326,6 +328,7 @@
     if (stream) stream.getTracks().forEach((t) => t.stop());
     stream = null;
     track = null;
+    sender = null;
     camera = null;
     video.srcObject = null;
     window.clearInterval(housekeeping);
@@ -356,7 +359,7 @@
   function resetStats() {
     Object.assign(stats, {
       droneId: null, camera: null, resultsReceived: 0, resultsPerSecond: 0, lastKeypoints: 0,
-      keypointsDrawn: 0, depthKind: null, latencyMs: null, errors: [],
+      keypointsDrawn: 0, depthKind: null, latencyMs: null, maxFramerate: null, errors: [],
     });
     arrivals = [];
     lastMessage = null;
@@ -372,9 +375,31 @@
     }
     if (message.type === "keypoints") {
       onKeypoints(message);
+    } else if (message.type === "frame_rate") {
+      onFrameRate(message.max_fps);
     } else if (message.type === "error") {
       stats.errors.push({ code: message.code, message: message.message });
       log(message.code + ": " + message.message, message.code === "inference_resumed" ? "ok" : "error");
+    }
+  }
+
+  // The gateway cannot process more of this drone's frames: the encoder sends no more than it asks
+  // (RTCRtpEncodingParameters.maxFramerate), sparing the uplink and the gateway's decoder.
+  async function onFrameRate(maxFps) {
+    const ours = sender;
+    if (!ours || (maxFps !== null && !(Number.isFinite(maxFps) && maxFps > 0))) return;
+    try {
+      const parameters = ours.getParameters();
+      if (!parameters.encodings || !parameters.encodings.length) return;
+      if (maxFps === null) delete parameters.encodings[0].maxFramerate;
+      else parameters.encodings[0].maxFramerate = maxFps;
+      await ours.setParameters(parameters);
+      if (ours !== sender) return; // stopped meanwhile
+      const applied = ours.getParameters().encodings[0].maxFramerate;
+      stats.maxFramerate = applied === undefined ? null : applied;
+      log(maxFps === null ? "The gateway lifted its frame-rate limit" : "The gateway asks for at most " + maxFps + " fps", "info");
+    } catch (e) {
+      log("Frame-rate advice not applied: " + ((e && e.message) || e), "error");
     }
   }
 
