@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "sections: stages (per-stage latency), efficiency (pipeline vs bare ONNX Runtime), baseline (naive\n"
         "PyTorch loop), projection (ours vs Open3D), scaling (1-8 drones), gateway-cost (the gateway's CPU\n"
-        "per result with a zero-cost model and replayed drones, 1-16 drones, py-spy profile), receiver (aiortc's\n"
+        "per result with a zero-cost model and replayed drones, 1-16 drones, py-spy profile), fleet (M gateway\n"
+        "processes x K Tritons x 2-16 replayed drones: the drones-per-gateway curve and sizing), receiver (aiortc's\n"
         "frame release against release at the marker packet, clean and 1 % RTP loss), gpu (only with an NVIDIA\n"
         "GPU)\n\n"
         "examples:\n"

@@ -431,6 +431,62 @@ def _gateway_cost(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _fleet(section: dict[str, Any]) -> list[str]:
+    lines = [
+        "## fleet (M gateways × K Tritons × N replayed drones, zero-cost model)",
+        "",
+        f"{section['frame']} replayed VP8 drones at {section['fps_per_drone']:g} fps each until the gateway advises "
+        f"fewer; model: {section['model']}; {section['split']}. Window: "
+        f"{section['duration_s'] - section['warmup_s']:g} s after a {section['warmup_s']:g} s warm-up.",
+        "",
+    ]
+    rows = []
+    for c in section["configurations"]:
+        latency = c["latency_ms"] or {}
+        advice = c["advised_fps"]
+        rows.append(
+            [
+                c["gateways"],
+                c["tritons"],
+                f"{c['streamed']}/{c['drones']}",
+                fmt(c["results_per_s"]),
+                f"{fmt(c['per_drone_results_per_s']['mean'])} / {fmt(c['per_drone_results_per_s']['min'])}",
+                fmt(c["frames_sent_per_s"]),
+                fmt(c["frames_decoded_per_s"]),
+                f"{advice['min']:g}–{advice['max']:g}" if advice else "-",
+                fmt(latency.get("p50"), 0),
+                fmt(latency.get("p95"), 0),
+                fmt(c["worst_drone_p95_ms"], 0),
+                fmt(c["gateway_cpu_ms_per_result"]),
+                " / ".join(fmt(c["cores_busy"][k], 2) for k in ("gateways", "tritons", "drones (bench process)")),
+                len(c["failures"]),
+            ]
+        )
+    header = [
+        "gateways", "Tritons", "drones streamed", "results/s", "per drone results/s mean / min", "frames sent/s",
+        "frames decoded/s", "advised fps/drone", "p50 ms", "p95 ms", "worst drone p95", "gateway CPU ms/result",
+        "cores: gateways / Tritons / drones", "failures",
+    ]  # fmt: skip
+    lines.append(markdown_table(header, rows, "rrrrrrrrrrrrrr"))
+    block = section["sizing"]
+    per_core = ", ".join(
+        f"{c['gateways']}×{c['tritons']}×{c['drones']}: {fmt(c['results_per_s_per_gateway_core'])}"
+        for c in block["per_configuration"]
+    )
+    lines += [
+        "",
+        f"Sizing rule: {block['rule']}.",
+        "",
+        f"- results/s per gateway core (1000 / gateway CPU ms per result), gateways×Tritons×drones: {per_core}",
+    ]
+    lines += [
+        f"- {c['gateways']} gateway(s), {c['tritons']} Triton(s): carries {c['drones']} drones "
+        f"({fmt(c['drones_per_gateway'], 2)} per gateway)"
+        for c in block["carried"]
+    ]
+    return lines
+
+
 def _receiver(section: dict[str, Any]) -> list[str]:
     setup = section["setup"]
     rows = []
@@ -475,6 +531,7 @@ def markdown_report(doc: dict[str, Any]) -> str:
         "projection": _projection,
         "scaling": _scaling,
         "gateway-cost": _gateway_cost,
+        "fleet": _fleet,
         "receiver": _receiver,
         "gpu": _gpu,
     }
@@ -543,6 +600,29 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(out / "scaling_latency.png", dpi=110)
         plt.close(fig)
         written.append("scaling_latency.png")
+    if "fleet" in sections:
+        fig, (rate_ax, latency_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+        layouts: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for c in sections["fleet"]["configurations"]:
+            layouts.setdefault((c["gateways"], c["tritons"]), []).append(c)
+        for (gateways, tritons), steps in layouts.items():
+            label = f"{gateways} gateway(s) × {tritons} Triton(s)"
+            drones = [c["drones"] for c in steps]
+            rate_ax.plot(drones, [c["results_per_s"] for c in steps], "o-", label=label)
+            worst = [math.nan if c["worst_drone_p95_ms"] is None else c["worst_drone_p95_ms"] for c in steps]
+            latency_ax.plot(drones, worst, "o-", label=label)
+        limit = sections["fleet"]["sizing"]["latency_limit_ms"]
+        latency_ax.axhline(limit, color="tab:gray", linestyle="--", label=f"{limit:g} ms")
+        for ax, ylabel in ((rate_ax, "results/s (all drones)"), (latency_ax, "worst drone p95 glass-to-result (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("replayed drones (N)")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"Fleet: zero-cost model, {sections['fleet']['frame']} replayed drones")
+        fig.tight_layout()
+        fig.savefig(out / "fleet_curve.png", dpi=110)
+        plt.close(fig)
+        written.append("fleet_curve.png")
     bars: list[tuple[str, float]] = []
     if "efficiency" in sections:
         bars.append(("bare ONNX Runtime", sections["efficiency"]["bare_onnxruntime"]["fps"]))

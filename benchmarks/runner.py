@@ -189,6 +189,10 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         from dronedepth.benchmarks.gateway_cost import gateway_cost_section
 
         _section(doc, "gateway-cost", lambda: gateway_cost_section(config))
+    if config.wants("fleet"):
+        from dronedepth.benchmarks.fleet import fleet_section
+
+        _section(doc, "fleet", lambda: fleet_section(config))
     if config.wants("receiver"):
         from dronedepth.benchmarks.receiver import receiver_section
 

@@ -7,4 +7,4 @@ from __future__ import annotations
 
 __all__ = ["SECTIONS"]
 
-SECTIONS = ("stages", "efficiency", "baseline", "projection", "scaling", "gateway-cost", "receiver", "gpu")
+SECTIONS = ("stages", "efficiency", "baseline", "projection", "scaling", "gateway-cost", "fleet", "receiver", "gpu")

@@ -387,3 +387,136 @@ def test_quick_gateway_cost_run_measures_cpu_per_result_stages_levers_and_a_prof
     assert profile.get("skipped") or (profile["rows"] and (out / "gateway_cost_profile.txt").is_file())
     report = (out / "benchmark.md").read_text()
     assert "## gateway cost" in report and "frames sent/s" in report
+
+
+# ----------------------------------------------------------------------------------------- fleet
+
+
+def test_fleet_splits_drones_round_robin_each_to_one_gateway() -> None:
+    from dronedepth.benchmarks.fleet import split_round_robin
+
+    assert split_round_robin(5, 2) == [[1, 3, 5], [2, 4]]
+    assert split_round_robin(2, 1) == [[1, 2]]
+    assert split_round_robin(1, 3) == [[1], [], []], "more gateways than drones: some idle"
+    split = split_round_robin(16, 3)
+    assert sorted(d for drones in split for d in drones) == list(range(1, 17)), "every drone once"
+    assert max(map(len, split)) - min(map(len, split)) == 1
+
+
+def test_fleet_layout_refuses_a_triton_no_gateway_asks() -> None:
+    from dronedepth.benchmarks.fleet import Layout
+
+    assert [Layout(2, 2, 4).triton_of(m) for m in range(2)] == [0, 1]
+    assert [Layout(2, 1, 4).triton_of(m) for m in range(2)] == [0, 0]
+    with pytest.raises(ConfigError, match="2 Tritons for 1 gateway"):
+        Layout(1, 2, 4)
+    with pytest.raises(ConfigError, match="at least one gateway"):
+        Layout(1, 1, 0)
+
+
+def _fleet_step(gateways: int, tritons: int, drones: int, slowest: float, worst_p95: float | None) -> dict[str, object]:
+    return {
+        "gateways": gateways,
+        "tritons": tritons,
+        "drones": drones,
+        "streamed": drones,
+        "failures": {},
+        "gateway_cpu_ms_per_result": 25.0,
+        "per_drone_results_per_s": {"mean": slowest + 1.0, "min": slowest},
+        "worst_drone_p95_ms": worst_p95,
+    }
+
+
+def test_fleet_sizing_carries_the_largest_n_up_to_which_every_step_meets_the_rule() -> None:
+    from dronedepth.benchmarks.fleet import LATENCY_LIMIT_MS, MIN_RESULTS_PER_S, sizing
+
+    lost_one = {**_fleet_step(1, 1, 2, 30.0, 40.0), "gateways": 3, "tritons": 3, "streamed": 1}
+    failed = {**_fleet_step(1, 1, 2, 30.0, 40.0), "gateways": 4, "tritons": 4, "failures": {"drone-2": "boom"}}
+    grid = [
+        _fleet_step(1, 1, 2, 30.0, 40.0),
+        _fleet_step(1, 1, 4, MIN_RESULTS_PER_S, LATENCY_LIMIT_MS),  # both bounds exactly: still carried
+        _fleet_step(1, 1, 8, 12.0, LATENCY_LIMIT_MS + 0.1),
+        _fleet_step(1, 1, 16, 11.0, 90.0),  # passes after a failed step: noise, not capacity
+        _fleet_step(2, 1, 2, MIN_RESULTS_PER_S - 0.1, 30.0),
+        _fleet_step(2, 1, 4, 20.0, 30.0),
+        _fleet_step(2, 2, 2, 30.0, 30.0),
+        _fleet_step(2, 2, 4, 20.0, None),  # no latency measured: not carried
+        lost_one,
+        failed,
+    ]
+    block = sizing(grid)
+    carried = {(c["gateways"], c["tritons"]): (c["drones"], c["drones_per_gateway"]) for c in block["carried"]}
+    assert carried == {(1, 1): (4, 4.0), (2, 1): (0, 0.0), (2, 2): (2, 1.0), (3, 3): (0, 0.0), (4, 4): (0, 0.0)}
+    meets = [c["meets_rule"] for c in block["per_configuration"]]
+    assert meets == [True, True, False, True, False, True, True, False, False, False]
+    assert {c["results_per_s_per_gateway_core"] for c in block["per_configuration"]} == {40.0}
+    assert "every smaller N" in block["rule"] and block["latency_limit_ms"] == LATENCY_LIMIT_MS
+
+
+def test_fleet_report_renders_the_grid_and_the_sizing_lines() -> None:
+    from dronedepth.benchmarks.fleet import sizing
+
+    steps = [_fleet_step(1, 1, 2, 30.0, 40.0), _fleet_step(2, 1, 2, 30.0, 50.0)]
+    for step in steps:
+        step |= {
+            "results_per_s": 60.0,
+            "frames_sent_per_s": 60.0,
+            "frames_decoded_per_s": 59.0,
+            "advised_fps": {"min": 24.0, "max": 30.0},
+            "latency_ms": {"p50": 20.0, "p95": 40.0},
+            "cores_busy": {"gateways": 1.1, "tritons": 0.4, "drones (bench process)": 0.3},
+        }
+    section = {
+        "frame": "640×480",
+        "fps_per_drone": 30.0,
+        "model": "tiny",
+        "split": "round-robin",
+        "duration_s": 14.0,
+        "warmup_s": 4.0,
+        "configurations": steps,
+        "sizing": sizing(steps),
+    }
+    doc = {
+        "quick": False,
+        "config": {"duration_s": 14.0, "frames": 6, "sections": ["fleet"]},
+        "machine": {"cpu": "CPU", "cores_usable": 2, "cores_total": 2, "memory_gib": 4.0, "os": "Linux", "python": "3"},
+        "versions": {},
+        "frames": "4 photos",
+        "warmup_note": "none",
+        "created": "today",
+        "elapsed_s": 1.0,
+        "sections": {"fleet": section},
+        "skipped": {},
+    }
+    text = markdown_report(doc)
+    assert "## fleet" in text and "| 2 | 1 | 2/2 | 60.0 | 31.0 / 30.0 |" in text
+    assert "1 gateway(s), 1 Triton(s): carries 2 drones (2.00 per gateway)" in text
+    assert "2 gateway(s), 1 Triton(s): carries 2 drones (1.00 per gateway)" in text
+    assert "1×1×2: 40.0" in text and "Sizing rule: the largest N" in text
+
+
+@pytest.mark.slow
+def test_quick_fleet_run_streams_every_drone_through_every_gateway(tmp_path: Path) -> None:
+    """Replayed drones → 1 and 2 gateway subprocesses → one embedded Triton, as small as it gets."""
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "dronedepth.cli", "bench", "--quick", "--only", "fleet"]
+    command += ["--duration", "3", "--warmup", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    section = json.loads((out / "benchmark.json").read_text())["sections"]["fleet"]
+    one, two = section["configurations"]
+    assert (one["gateways"], one["tritons"], two["gateways"], two["tritons"]) == (1, 1, 2, 1)
+    for step in (one, two):
+        assert step["drones"] == step["streamed"] == 2 and step["results"] > 0 and not step["failures"], step
+        assert all(d["results_per_s"] > 0 for d in step["per_drone"].values()), "every drone got results"
+        assert step["gateway_cpu_ms_per_result"] > 0 and step["cores_busy"]["gateways"] > 0
+    assert [g["drones"] for g in two["per_gateway"]] == [1, 1] and all(
+        g["results_per_s"] > 0 for g in two["per_gateway"]
+    )
+    assert {d["gateway"] for d in two["per_drone"].values()} == {1, 2}, "one drone on each gateway"
+    assert len(section["sizing"]["carried"]) == 2
+    report = (out / "benchmark.md").read_text()
+    assert "## fleet" in report and "Sizing rule" in report
+    assert (out / "fleet_curve.png").stat().st_size > 1000
