@@ -204,7 +204,8 @@ def _running_gateways(
                 pool.submit(manager.__exit__, None, None, None)
 
 
-def _cores(pids: Sequence[int], children: bool) -> list[float]:
+def _cpu_seconds(pids: Sequence[int], children: bool) -> list[float]:
+    """User + system CPU seconds of each process so far (with its children: Triton's stubs, gateway workers)."""
     return [_cpu_s(pid, children) for pid in pids]
 
 
@@ -234,13 +235,13 @@ async def _stream(
         await asyncio.gather(*(_all_connected(fleet, running) for fleet, running in started))
         await asyncio.sleep(config.warmup_s)
         counts_before = await counts()
-        gateways_before, tritons_before = _cores(gateway_pids, True), _cores(triton_pids, True)
+        gateways_before, tritons_before = _cpu_seconds(gateway_pids, True), _cpu_seconds(triton_pids, True)
         bench_before = _cpu_s(os.getpid())
         start_wall, start = time.time(), time.monotonic()
         await asyncio.sleep(config.duration_s - config.warmup_s)
         elapsed = time.monotonic() - start
         end_wall = time.time()
-        gateways_after, tritons_after = _cores(gateway_pids, True), _cores(triton_pids, True)
+        gateways_after, tritons_after = _cpu_seconds(gateway_pids, True), _cpu_seconds(triton_pids, True)
         bench_after = _cpu_s(os.getpid())
         counts_after = await counts()
         advised = [dict(fleet.advised) for fleet in fleets]
