@@ -11,7 +11,7 @@ from aiohttp import web
 from dronedepth.contract import depth_grid_shape
 from dronedepth.gateway.outputs.sinks import FrameRecord
 from dronedepth.gateway.outputs.stream import StreamHub
-from dronedepth.gateway.pipeline import FrameResult
+from dronedepth.gateway.pipeline import DensePoints, FrameResult
 from dronedepth.gateway.stream_route import add_stream_routes
 from dronedepth.protocol import CameraMessage, KeypointsMessage
 
@@ -64,8 +64,7 @@ def make_record(
     result = FrameResult(
         message=message,
         cloud=None,
-        points=optical,
-        colors=rng.integers(0, 256, (n, 3), dtype=np.uint8),
+        dense=DensePoints.of(optical, rng.integers(0, 256, (n, 3), dtype=np.uint8)),
         depth=depth,
         depth_camera=None if depth_stride == 1 else camera.strided(depth_stride),
     )

@@ -77,6 +77,22 @@ def test_all_points_colors_and_cloud(rgb):
     np.testing.assert_allclose(np.asarray(result.cloud.colors), rgb[valid] / 255.0)
 
 
+def test_the_dense_cloud_is_made_only_when_read_and_then_once(rgb):
+    depth = scene_depth(CAMERA)
+    processor = FrameProcessor(ProcessingConfig(build_cloud=False), "metric")
+    result = processor.process(rgb, depth, CAMERA, pts=0, frame_index=0)
+    assert not result.dense.made, "no sink asked: no per-pixel arrays were gathered"
+    points = result.points
+    assert result.dense.made and result.points is points and result.colors is result.dense.colors
+    np.testing.assert_array_equal(result.colors, rgb[result.valid])
+    np.testing.assert_array_equal(points[:, 2], depth[result.valid])
+    # Made after the next frame was processed, the arrays are still this frame's.
+    late = processor.process(rgb, depth, CAMERA, pts=1, frame_index=1)
+    processor.process(np.ascontiguousarray(rgb[::-1]), depth[::-1] * 2, CAMERA, pts=2, frame_index=2)
+    np.testing.assert_array_equal(late.points, points)
+    np.testing.assert_array_equal(late.colors, result.colors)
+
+
 def test_distorted_camera_keypoints_project_back_with_the_lens_model(rgb):
     depth = scene_depth(DISTORTED)
     processor = FrameProcessor(ProcessingConfig(build_cloud=False), "metric")

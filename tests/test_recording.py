@@ -9,7 +9,7 @@ from gateway_fixtures import PhotoTrack, camera_for, drones, photo, running_gate
 from dronedepth.errors import ConfigError
 from dronedepth.gateway.outputs.recording import KEYPOINTS_FILE, Recorder, cloud_filename, session_folders
 from dronedepth.gateway.outputs.sinks import CaptureClock
-from dronedepth.gateway.pipeline import FrameProcessor, FrameResult, ProcessingConfig
+from dronedepth.gateway.pipeline import DensePoints, FrameProcessor, FrameResult, ProcessingConfig
 from dronedepth.gateway.pointcloud import make_point_cloud
 from dronedepth.protocol import DRONE_ID_PATTERN, VIDEO_CLOCK_RATE, CameraMessage, KeypointsMessage, decode
 
@@ -61,9 +61,7 @@ def test_keypoints_jsonl_and_binary_ply_every_nth_frame(tmp_path, results):
 
 def test_frames_without_a_cloud_get_one_from_their_points(tmp_path, results):
     result = results[0]
-    bare = FrameResult(
-        message=result.message, cloud=None, points=result.points, colors=result.colors, depth=result.depth
-    )
+    bare = FrameResult(message=result.message, cloud=None, dense=result.dense, depth=result.depth)
     with Recorder(tmp_path, "d1", cloud_every=1) as recorder:
         recorder.write(bare, stamp_ns=STAMP_NS)
     cloud = o3d.io.read_point_cloud(str(recorder.path / "cloud_000010.ply"))
@@ -77,8 +75,7 @@ def test_cloud_every_zero_writes_no_clouds_and_empty_clouds_are_skipped(tmp_path
     empty = FrameResult(
         message=results[0].message,
         cloud=make_point_cloud(np.empty((0, 3), np.float32), None),
-        points=np.empty((0, 3), np.float32),
-        colors=np.empty((0, 3), np.uint8),
+        dense=DensePoints.of(np.empty((0, 3), np.float32), np.empty((0, 3), np.uint8)),
         depth=results[0].depth,
     )
     with Recorder(tmp_path, "d3") as recorder:

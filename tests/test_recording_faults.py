@@ -34,9 +34,7 @@ STAMP_NS = 1_700_000_000_000_000_000
 def frame(frame_index: int, n: int = 2000) -> FrameResult:
     record = make_record(n=n, frame_index=frame_index, seed=frame_index)
     message = record.message
-    return FrameResult(
-        message=message, cloud=None, points=record.result.points, colors=record.result.colors, depth=record.result.depth
-    )
+    return FrameResult(message=message, cloud=None, dense=record.result.dense, depth=record.result.depth)
 
 
 class Faults:
