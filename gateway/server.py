@@ -118,7 +118,6 @@ class Gateway:
         self.refusal_log = refusal_log()
         """One WARNING per remote address and endpoint every 10 s for refused requests, with the count."""
         self._executor: ThreadPoolExecutor | None = None
-        self._convert_executor: ThreadPoolExecutor | None = None
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -171,9 +170,6 @@ class Gateway:
             raise RuntimeError("the gateway is already started")
         ssl_context = self.config.ssl_context()
         self._executor = ThreadPoolExecutor(self.config.worker_count, thread_name_prefix="gateway-worker")
-        # Frames go to RGB on a thread of their own: 0.1-0.6 ms each, not worth queueing behind other drones'
-        # processing (at 16 drones that wait was 28 ms of every result's latency).
-        self._convert_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-convert")
         loop = asyncio.get_running_loop()
         try:
             # In a worker: the outputs import Open3D, rosbags or foxglove and open files and ports.
@@ -250,7 +246,8 @@ class Gateway:
                 )
             except Exception as exc:
                 log.error("closing the outputs failed: %r", exc)
-        self._shutdown_executors()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("gateway stopped")
 
     def _open_sinks(self) -> SinkSet:
@@ -342,13 +339,9 @@ class Gateway:
         if self.world_map is not None:
             world_map, self.world_map = self.world_map, None
             await asyncio.get_running_loop().run_in_executor(self._executor, world_map.close, 1.0)
-        self._shutdown_executors()
-
-    def _shutdown_executors(self) -> None:
-        for executor in (self._executor, self._convert_executor):
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = self._convert_executor = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -471,7 +464,6 @@ class Gateway:
             config=self.config,
             depth=self.depth,
             executor=self.executor,
-            convert_executor=self._convert_executor,
             metrics=self.metrics,
             make_processor=self._make_processor,
             on_closed=self._session_closed,

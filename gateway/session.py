@@ -258,8 +258,6 @@ class SessionContext:
     make_processor: Callable[[str], FrameProcessor]
     """``depth_kind`` → a new FrameProcessor."""
     on_closed: Callable[[DroneSession], None] | None = None
-    convert_executor: Executor | None = None
-    """Where decoded frames go to RGB (None: ``executor``): a thread that no drone's processing queues ahead of."""
     sink: ResultSink | None = None
     """Gets every processed frame and ``close_drone`` when the session ends (called in the executor).
 
@@ -740,7 +738,7 @@ class DroneSession:
         loop = asyncio.get_running_loop()
         executor = self._ctx.executor
         started = time.monotonic()
-        rgb = await loop.run_in_executor(self._ctx.convert_executor or executor, _rgb24, frame)
+        rgb = await loop.run_in_executor(executor, _rgb24, frame)
         converted = time.monotonic()
         try:
             # The request slot is held for the inference alone: CPU work never keeps it from other drones.

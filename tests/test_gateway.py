@@ -8,7 +8,6 @@ import itertools
 import json
 import subprocess
 import sys
-import threading
 import weakref
 from pathlib import Path
 
@@ -145,23 +144,6 @@ async def test_slow_inference_keeps_only_the_newest_frame() -> None:
         pending = 1 if session._slot._item is not None else 0
         in_progress = received - processed - sum(session.dropped.values()) - pending
         assert in_progress in (0, 1)  # every frame is accounted for
-
-
-async def test_frames_go_to_rgb_on_the_convert_thread_not_behind_other_drones_processing(monkeypatch) -> None:
-    from dronedepth.gateway import session as session_module
-
-    threads: list[str] = []
-    convert = session_module._rgb24
-
-    def recording_convert(frame):  # type: ignore[no-untyped-def]
-        threads.append(threading.current_thread().name)
-        return convert(frame)
-
-    monkeypatch.setattr(session_module, "_rgb24", recording_convert)
-    async with running_gateway(FakeDepthClient()) as gateway, drones(2, photo()) as fleet:
-        await asyncio.gather(*(d.connect(gateway.url, camera=camera_for()) for d in fleet))
-        await asyncio.gather(*(d.wait_for(lambda d: len(d.keypoints) >= 3, what="3 results") for d in fleet))
-    assert threads and all(name.startswith("gateway-convert") for name in threads), set(threads)
 
 
 async def test_max_in_flight_bounds_requests_and_drones_take_turns() -> None:
