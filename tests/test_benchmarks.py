@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,26 @@ from dronedepth.benchmarks.stream import Fleet, ResultSample
 from dronedepth.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_quick_bench(out: Path, sections: str, *flags: str) -> dict[str, Any]:
+    """``dronedepth bench --quick --only SECTIONS FLAGS --out OUT`` in a subprocess; its benchmark.json."""
+    command = [
+        sys.executable,
+        "-m",
+        "dronedepth.cli",
+        "bench",
+        "--quick",
+        "--only",
+        sections,
+        *flags,
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "benchmark.json").read_text())
 
 
 # ----------------------------------------------------------------------------------------- statistics
@@ -214,13 +235,7 @@ def test_gpu_mode_skips_with_a_reason_without_a_gpu() -> None:
 def test_quick_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     """The real thing, as small as it gets: export, embedded Triton, one drone, projection."""
     out = tmp_path / "results"
-    command = [sys.executable, "-m", "dronedepth.cli", "bench", "--quick", "--only", "stages,projection"]
-    command += ["--duration", "6", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    doc = json.loads((out / "benchmark.json").read_text())
+    doc = run_quick_bench(out, "stages,projection", "--duration", "6")
     assert doc["quick"] is True and not doc["skipped"]
     assert set(doc["sections"]) == {"stages", "projection"}
     assert doc["machine"]["cores_usable"] >= 1 and doc["machine"]["cpu"]
@@ -362,13 +377,7 @@ async def test_replayed_drones_retry_until_the_gateway_admits_every_one() -> Non
 def test_quick_gateway_cost_run_measures_cpu_per_result_stages_levers_and_a_profile(tmp_path: Path) -> None:
     """Replayed drones → gateway subprocess → embedded Triton with the zero-cost model, as small as it gets."""
     out = tmp_path / "results"
-    command = [sys.executable, "-m", "dronedepth.cli", "bench", "--quick", "--only", "gateway-cost"]
-    command += ["--duration", "3", "--warmup", "1", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    section = json.loads((out / "benchmark.json").read_text())["sections"]["gateway-cost"]
+    section = run_quick_bench(out, "gateway-cost", "--duration", "3", "--warmup", "1")["sections"]["gateway-cost"]
     assert section["triton_alone"]["latency_ms"]["p50"] > 0
     (step,) = section["steps"]
     assert step["drones"] == step["connected"] == 2 and step["results"] > 0 and not step["failures"]
@@ -499,13 +508,7 @@ def test_fleet_report_renders_the_grid_and_the_sizing_lines() -> None:
 def test_quick_fleet_run_streams_every_drone_through_every_gateway(tmp_path: Path) -> None:
     """Replayed drones → 1 and 2 gateway subprocesses → one embedded Triton, as small as it gets."""
     out = tmp_path / "results"
-    command = [sys.executable, "-m", "dronedepth.cli", "bench", "--quick", "--only", "fleet"]
-    command += ["--duration", "3", "--warmup", "1", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    section = json.loads((out / "benchmark.json").read_text())["sections"]["fleet"]
+    section = run_quick_bench(out, "fleet", "--duration", "3", "--warmup", "1")["sections"]["fleet"]
     one, two = section["configurations"]
     assert (one["gateways"], one["tritons"], two["gateways"], two["tritons"]) == (1, 1, 2, 1)
     for step in (one, two):

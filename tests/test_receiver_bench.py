@@ -3,19 +3,14 @@ the section in ``dronedepth bench``."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from test_benchmarks import run_quick_bench
 
 from dronedepth.benchmarks.harness import load_frames
 from dronedepth.benchmarks.receiver import receiver_run, table
 from dronedepth.gateway.receiver import MarkerJitterBuffer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_each_receiver_is_measured_on_a_lossy_link() -> None:
@@ -36,13 +31,7 @@ async def test_each_receiver_is_measured_on_a_lossy_link() -> None:
 def test_quick_bench_runs_the_receiver_section(tmp_path: Path) -> None:
     """``dronedepth bench --quick --only receiver``, short: both receivers, clean and lossy, in JSON and Markdown."""
     out = tmp_path / "results"
-    command = [sys.executable, "-m", "dronedepth.cli", "bench", "--quick", "--only", "receiver"]
-    command += ["--duration", "3", "--warmup", "1", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    doc = json.loads((out / "benchmark.json").read_text())
+    doc = run_quick_bench(out, "receiver", "--duration", "3", "--warmup", "1")
     assert not doc["skipped"] and set(doc["sections"]) == {"receiver"}
     assert "model" not in doc  # no export, no Triton: the section brings its own zero-cost depth
     runs = doc["sections"]["receiver"]["runs"]
