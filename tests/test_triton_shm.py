@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,64 +71,65 @@ def test_shared_memory_mode_is_validated() -> None:
         TritonDepthClient("127.0.0.1:8001", shared_memory="yes")  # type: ignore[arg-type]
 
 
-async def test_shared_memory_gives_the_grpc_depth_bit_for_bit(triton_server: EmbeddedTriton) -> None:
-    shm = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30)  # auto, 127.0.0.1: shared memory
+@pytest.fixture
+async def clients(triton_server: EmbeddedTriton) -> AsyncIterator[tuple[TritonDepthClient, TritonDepthClient]]:
+    """A client through shared memory (``auto``: Triton is on 127.0.0.1) and one through gRPC payloads."""
+    shm = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30)
     grpc = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30, shared_memory="off")
     try:
-        assert await shm.ready() and await grpc.ready()
-        assert shm.transport == "shared memory" and "via shared memory" in str(shm)
-        assert grpc.transport == "gRPC" and "via gRPC" in str(grpc)
-        frame = photo(640, 480)
-        through_shm, through_grpc = await shm.infer(frame), await grpc.infer(frame)
-        assert through_shm.dtype == through_grpc.dtype == np.float32
-        assert through_shm.shape == through_grpc.shape
-        assert np.array_equal(through_shm, through_grpc)
-        assert _our_files()  # it really went through /dev/shm
+        yield shm, grpc
     finally:
         await shm.close()
         await grpc.close()
 
 
-async def test_concurrent_requests_each_get_their_own_depth(triton_server: EmbeddedTriton) -> None:
-    shm = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30)
-    grpc = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30, shared_memory="off")
+async def test_shared_memory_gives_the_grpc_depth_bit_for_bit(
+    clients: tuple[TritonDepthClient, TritonDepthClient],
+) -> None:
+    shm, grpc = clients
+    assert await shm.ready() and await grpc.ready()
+    assert shm.transport == "shared memory" and "via shared memory" in str(shm)
+    assert grpc.transport == "gRPC" and "via gRPC" in str(grpc)
+    frame = photo(640, 480)
+    through_shm, through_grpc = await shm.infer(frame), await grpc.infer(frame)
+    assert through_shm.dtype == through_grpc.dtype == np.float32
+    assert through_shm.shape == through_grpc.shape
+    assert np.array_equal(through_shm, through_grpc)
+    assert _our_files()  # it really went through /dev/shm
+
+
+async def test_concurrent_requests_each_get_their_own_depth(
+    clients: tuple[TritonDepthClient, TritonDepthClient], triton_server: EmbeddedTriton
+) -> None:
+    shm, grpc = clients
     frames = [_frame(120, 160, seed) for seed in range(6)]
-    try:
-        assert await shm.ready()
-        expected = [await grpc.infer(frame) for frame in frames]
-        # All six are written to their regions before the first answer comes: a shared region would mix them up.
-        got = await asyncio.gather(*(shm.infer(frame) for frame in frames))
-        for depth, reference in zip(got, expected, strict=True):
-            assert np.array_equal(depth, reference)
-        assert shm.transport == "shared memory"
-        regions = [
-            name for name in await _registered(triton_server.url) if name.startswith(f"dronedepth-{os.getpid()}")
-        ]
-        assert len(regions) == 2 * len(frames)  # one input and one output region per request in flight
-    finally:
-        await shm.close()
-        await grpc.close()
+    assert await shm.ready()
+    expected = [await grpc.infer(frame) for frame in frames]
+    # All six are written to their regions before the first answer comes: a shared region would mix them up.
+    got = await asyncio.gather(*(shm.infer(frame) for frame in frames))
+    for depth, reference in zip(got, expected, strict=True):
+        assert np.array_equal(depth, reference)
+    assert shm.transport == "shared memory"
+    regions = [name for name in await _registered(triton_server.url) if name.startswith(f"dronedepth-{os.getpid()}")]
+    assert len(regions) == 2 * len(frames)  # one input and one output region per request in flight
 
 
-async def test_a_larger_frame_gets_larger_regions(triton_server: EmbeddedTriton) -> None:
-    shm = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30)
-    grpc = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30, shared_memory="off")
-    try:
-        small, large = _frame(240, 320, 1), _frame(720, 1280, 2)
-        assert np.array_equal(await shm.infer(small), await grpc.infer(small))
-        before = set(await _registered(triton_server.url))
-        assert np.array_equal(await shm.infer(large), await grpc.infer(large))
-        after = {
-            name: size
-            for name, size in (await _registered(triton_server.url)).items()
-            if name.startswith(f"dronedepth-{os.getpid()}")
-        }
-        assert len(after) == 2 and not before & set(after)  # the small pair was replaced, not kept
-        assert sorted(after.values()) == [1280 * 720 * 3, 1280 * 720 * 4]
-        assert _our_files() == set(after)
-    finally:
-        await shm.close()
-        await grpc.close()
+async def test_a_larger_frame_gets_larger_regions(
+    clients: tuple[TritonDepthClient, TritonDepthClient], triton_server: EmbeddedTriton
+) -> None:
+    shm, grpc = clients
+    small, large = _frame(240, 320, 1), _frame(720, 1280, 2)
+    assert np.array_equal(await shm.infer(small), await grpc.infer(small))
+    before = set(await _registered(triton_server.url))
+    assert np.array_equal(await shm.infer(large), await grpc.infer(large))
+    after = {
+        name: size
+        for name, size in (await _registered(triton_server.url)).items()
+        if name.startswith(f"dronedepth-{os.getpid()}")
+    }
+    assert len(after) == 2 and not before & set(after)  # the small pair was replaced, not kept
+    assert sorted(after.values()) == [1280 * 720 * 3, 1280 * 720 * 4]
+    assert _our_files() == set(after)
 
 
 async def test_regions_are_gone_after_close(triton_server: EmbeddedTriton) -> None:
@@ -141,51 +142,46 @@ async def test_regions_are_gone_after_close(triton_server: EmbeddedTriton) -> No
     assert not names & set(await _registered(triton_server.url))
 
 
-async def test_a_cancelled_request_never_lends_its_regions_again(triton_server: EmbeddedTriton) -> None:
-    shm = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30)
-    grpc = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30, shared_memory="off")
-    try:
-        assert await shm.ready()
-        first = _our_files()
-        assert len(first) == 2
-        request = asyncio.create_task(shm.infer(_frame(120, 160, 4)))
-        await asyncio.sleep(0)  # the request takes the free pair and waits for Triton's answer
-        request.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await request
-        # Triton may still write that pair's output region: its files are gone and the next request gets new ones.
-        assert not first & _our_files()
-        frame = _frame(120, 160, 5)
-        assert np.array_equal(await shm.infer(frame), await grpc.infer(frame))
-        second = _our_files()
-        assert len(second) == 2 and not first & second
-        assert not first & set(await _registered(triton_server.url))  # unregistered before the new pair
-    finally:
-        await shm.close()
-        await grpc.close()
+async def test_a_cancelled_request_never_lends_its_regions_again(
+    clients: tuple[TritonDepthClient, TritonDepthClient], triton_server: EmbeddedTriton
+) -> None:
+    shm, grpc = clients
+    assert await shm.ready()
+    first = _our_files()
+    assert len(first) == 2
+    request = asyncio.create_task(shm.infer(_frame(120, 160, 4)))
+    await asyncio.sleep(0)  # the request takes the free pair and waits for Triton's answer
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    # Triton may still write that pair's output region: its files are gone and the next request gets new ones.
+    assert not first & _our_files()
+    frame = _frame(120, 160, 5)
+    assert np.array_equal(await shm.infer(frame), await grpc.infer(frame))
+    second = _our_files()
+    assert len(second) == 2 and not first & second
+    assert not first & set(await _registered(triton_server.url))  # unregistered before the new pair
+    await shm.close()  # and again by the fixture: closing is idempotent
     assert not _our_files()
 
 
-async def test_regions_triton_forgot_are_registered_again(triton_server: EmbeddedTriton) -> None:
-    shm = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30)
-    grpc = TritonDepthClient(triton_server.url, MODEL_NAME, timeout=30, shared_memory="off")
+async def test_regions_triton_forgot_are_registered_again(
+    clients: tuple[TritonDepthClient, TritonDepthClient], triton_server: EmbeddedTriton
+) -> None:
+    shm, grpc = clients
     frame = _frame(120, 160, 7)
+    assert await shm.ready()
+    admin = InferenceServerClient(triton_server.url)  # what a Triton restart does to the registrations
     try:
-        assert await shm.ready()
-        admin = InferenceServerClient(triton_server.url)  # what a Triton restart does to the registrations
-        try:
-            for name in _our_files():
-                await admin.unregister_system_shared_memory(name)
-        finally:
-            await admin.close()
-        # Triton answers NOT_FOUND: unavailable, so the next request reads the metadata and registers anew.
-        with pytest.raises(InferenceUnavailable, match="Unable to find shared memory region"):
-            await shm.infer(frame)
-        assert np.array_equal(await shm.infer(frame), await grpc.infer(frame))
-        assert shm.transport == "shared memory"
+        for name in _our_files():
+            await admin.unregister_system_shared_memory(name)
     finally:
-        await shm.close()
-        await grpc.close()
+        await admin.close()
+    # Triton answers NOT_FOUND: unavailable, so the next request reads the metadata and registers anew.
+    with pytest.raises(InferenceUnavailable, match="Unable to find shared memory region"):
+        await shm.infer(frame)
+    assert np.array_equal(await shm.infer(frame), await grpc.infer(frame))
+    assert shm.transport == "shared memory"
 
 
 def _private_shm_supported() -> bool:
