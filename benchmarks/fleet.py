@@ -40,14 +40,14 @@ from dronedepth.benchmarks.gateway_cost import (
     FPS,
     Clip,
     ReplayFleet,
-    _all_connected,
-    _cpu_s,
+    all_streaming,
     clip_frames,
     encode_clips,
+    process_cpu_s,
     replay_drones,
 )
 from dronedepth.benchmarks.harness import FRAME_HEIGHT, FRAME_WIDTH, BenchConfig
-from dronedepth.benchmarks.scaling import _difference, _get, gateway_process
+from dronedepth.benchmarks.scaling import counts_difference, gateway_process, http_get
 from dronedepth.benchmarks.stats import summarize
 from dronedepth.benchmarks.stream import gateway_counts
 from dronedepth.errors import ConfigError, DroneDepthError
@@ -206,7 +206,7 @@ def _running_gateways(
 
 def _cpu_seconds(pids: Sequence[int], children: bool) -> list[float]:
     """User + system CPU seconds of each process so far (with its children: Triton's stubs, gateway workers)."""
-    return [_cpu_s(pid, children) for pid in pids]
+    return [process_cpu_s(pid, children) for pid in pids]
 
 
 async def _stream(
@@ -228,28 +228,28 @@ async def _stream(
     gateway_pids = [process.pid for process, _, _ in gateways]
 
     async def counts() -> list[dict[str, Any]]:
-        texts = await asyncio.gather(*(asyncio.to_thread(_get, f"{url}/metrics") for _, url, _ in gateways))
+        texts = await asyncio.gather(*(asyncio.to_thread(http_get, f"{url}/metrics") for _, url, _ in gateways))
         return [gateway_counts(text) for _, text in texts]
 
     try:
-        await asyncio.gather(*(_all_connected(fleet, running) for fleet, running in started))
+        await asyncio.gather(*(all_streaming(fleet, running) for fleet, running in started))
         await asyncio.sleep(config.warmup_s)
         counts_before = await counts()
         gateways_before, tritons_before = _cpu_seconds(gateway_pids, True), _cpu_seconds(triton_pids, True)
-        bench_before = _cpu_s(os.getpid())
+        bench_before = process_cpu_s(os.getpid())
         start_wall, start = time.time(), time.monotonic()
         await asyncio.sleep(config.duration_s - config.warmup_s)
         elapsed = time.monotonic() - start
         end_wall = time.time()
         gateways_after, tritons_after = _cpu_seconds(gateway_pids, True), _cpu_seconds(triton_pids, True)
-        bench_after = _cpu_s(os.getpid())
+        bench_after = process_cpu_s(os.getpid())
         counts_after = await counts()
         advised = [dict(fleet.advised) for fleet in fleets]
     finally:
         stop.set()
         outcomes = [await running for _, running in started]
     gateway_cpu = [after - before for before, after in zip(gateways_before, gateways_after, strict=True)]
-    differences = [_difference(b, a) for b, a in zip(counts_before, counts_after, strict=True)]
+    differences = [counts_difference(b, a) for b, a in zip(counts_before, counts_after, strict=True)]
     return _summary(
         layout,
         assignment,

@@ -53,7 +53,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from numpy.typing import NDArray
 
 from dronedepth.benchmarks.harness import FRAME_HEIGHT, FRAME_WIDTH, BenchConfig, TritonStats
-from dronedepth.benchmarks.scaling import _difference, _get, gateway_process
+from dronedepth.benchmarks.scaling import counts_difference, gateway_process, http_get
 from dronedepth.benchmarks.stats import summarize
 from dronedepth.benchmarks.stream import Fleet, ResultSample, gateway_counts
 from dronedepth.errors import DroneDepthError, InferenceUnavailable
@@ -76,10 +76,12 @@ __all__ = [
     "Clip",
     "ReplayFleet",
     "ReplayTrack",
+    "all_streaming",
     "clip_for",
     "encode_clip",
     "encode_clips",
     "gateway_cost_section",
+    "process_cpu_s",
     "profile_summary",
     "replay_drones",
 ]
@@ -350,7 +352,7 @@ def _kbit_s(clip: Clip) -> int:
     return round(sum(map(len, clip.packets)) * 8 * clip.fps / len(clip.packets) / 1e3)
 
 
-def _cpu_s(pid: int, children: bool = False) -> float:
+def process_cpu_s(pid: int, children: bool = False) -> float:
     """User + system CPU seconds of a process (and its children, e.g. Triton's backend stubs)."""
     import psutil
 
@@ -397,14 +399,14 @@ async def _step(
         stop = asyncio.Event()
         fleet, running = await replay_drones(url, token, n, clips, camera, stop)
         try:
-            await _all_connected(fleet, running)
+            await all_streaming(fleet, running)
             await asyncio.sleep(config.warmup_s)
-            counts_before = gateway_counts((await asyncio.to_thread(_get, f"{url}/metrics"))[1])
+            counts_before = gateway_counts((await asyncio.to_thread(http_get, f"{url}/metrics"))[1])
             triton_before = await asyncio.to_thread(stats.snapshot)
             cpu_before = {
-                "gateway": _cpu_s(process.pid, children=True),
-                "drones (bench process)": _cpu_s(os.getpid()),
-                **({"triton": _cpu_s(triton_pid, True)} if triton_pid else {}),
+                "gateway": process_cpu_s(process.pid, children=True),
+                "drones (bench process)": process_cpu_s(os.getpid()),
+                **({"triton": process_cpu_s(triton_pid, True)} if triton_pid else {}),
             }
             start_wall, start = time.time(), time.monotonic()
             await asyncio.sleep(config.duration_s - config.warmup_s)
@@ -412,17 +414,17 @@ async def _step(
             end_wall = time.time()
             advised = {name: fleet.advised.get(name) for name in sorted(fleet.sent)}
             cpu_after = {
-                "gateway": _cpu_s(process.pid, children=True),
-                "drones (bench process)": _cpu_s(os.getpid()),
-                **({"triton": _cpu_s(triton_pid, True)} if triton_pid else {}),
+                "gateway": process_cpu_s(process.pid, children=True),
+                "drones (bench process)": process_cpu_s(os.getpid()),
+                **({"triton": process_cpu_s(triton_pid, True)} if triton_pid else {}),
             }
-            counts_after = gateway_counts((await asyncio.to_thread(_get, f"{url}/metrics"))[1])
+            counts_after = gateway_counts((await asyncio.to_thread(http_get, f"{url}/metrics"))[1])
             triton = TritonStats.delta(triton_before, await asyncio.to_thread(stats.snapshot))
         finally:
             stop.set()
             outcomes = await running
     failures = {f"replay-{i + 1}": repr(o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)}
-    counts = _difference(counts_before, counts_after)
+    counts = counts_difference(counts_before, counts_after)
     processed = counts["processed"]
     window = [r for r in fleet.results if start_wall <= r.received <= end_wall]
     per_drone = {}
@@ -465,7 +467,7 @@ async def _step(
     return step
 
 
-async def _all_connected(fleet: Fleet, running: asyncio.Future[Any]) -> None:
+async def all_streaming(fleet: Fleet, running: asyncio.Future[Any]) -> None:
     """Wait until every drone got a result (or one failed, or :data:`CONNECT_TIMEOUT_S`): the warm-up starts
     with the whole fleet streaming, not with the first few drones the gateway admitted."""
     deadline = time.monotonic() + CONNECT_TIMEOUT_S
@@ -526,9 +528,9 @@ async def _profile(
         stop = asyncio.Event()
         fleet, running = await replay_drones(url, token, n, clips, camera, stop)
         try:
-            await _all_connected(fleet, running)
+            await all_streaming(fleet, running)
             await asyncio.sleep(config.duration_s)
-            results = gateway_counts((await asyncio.to_thread(_get, f"{url}/metrics"))[1])["processed"]
+            results = gateway_counts((await asyncio.to_thread(http_get, f"{url}/metrics"))[1])["processed"]
         finally:
             stop.set()
             await running

@@ -31,14 +31,14 @@ from dronedepth.benchmarks.harness import BenchConfig, Frames, ResourceSampler, 
 from dronedepth.benchmarks.stats import summarize, trend
 from dronedepth.benchmarks.stream import Fleet, fly, gateway_counts
 
-__all__ = ["scaling_section", "scaling_step"]
+__all__ = ["counts_difference", "gateway_process", "http_get", "scaling_section", "scaling_step"]
 
 log = logging.getLogger("dronedepth.benchmarks.scaling")
 
 _READY_TIMEOUT_S = 60.0
 
 
-def _get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read().decode("utf-8")
@@ -100,7 +100,7 @@ def gateway_process(
             if process.poll() is not None:
                 raise RuntimeError(f"the gateway exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
             with contextlib.suppress(OSError):
-                if _get(f"{url}/ready", timeout=2.0)[0] == 200:
+                if http_get(f"{url}/ready", timeout=2.0)[0] == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the gateway was not ready after {_READY_TIMEOUT_S:.0f} s")
@@ -116,7 +116,7 @@ def gateway_process(
                 process.wait()
 
 
-def _difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+def counts_difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("received", "processed"):
         out[key] = after[key] - before[key]
@@ -168,7 +168,7 @@ async def scaling_step(
     log_path = config.out / "logs" / f"gateway-{n}-drones.log"
     stats = TritonStats(triton_url)
     with gateway_process(triton_url, workdir, log_path, max(8, n), config.max_in_flight) as (process, url, token):
-        before = gateway_counts(_get(f"{url}/metrics")[1])
+        before = gateway_counts(http_get(f"{url}/metrics")[1])
         triton_before = stats.snapshot()
         processes = {"gateway": (process.pid, True), "drones (bench process)": (os.getpid(), False)}
         if triton_pid is not None:
@@ -184,9 +184,9 @@ async def scaling_step(
                 warmup_s=config.warmup_s,
                 tail_s=tail_s,
             )
-        after = gateway_counts(_get(f"{url}/metrics")[1])
+        after = gateway_counts(http_get(f"{url}/metrics")[1])
         triton = TritonStats.delta(triton_before, stats.snapshot())
-    step = _step_summary(n, fleet, _difference(before, after), sampler.summary())
+    step = _step_summary(n, fleet, counts_difference(before, after), sampler.summary())
     step["triton"] = {k: round(v, 3) for k, v in triton.items()}
     step["resource_series"] = {
         name: {"t": s.times, "cpu_percent": s.cpu_percent, "rss_mib": s.rss_mib} for name, s in sampler.series.items()

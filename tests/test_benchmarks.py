@@ -355,7 +355,7 @@ async def test_replay_track_follows_frame_rate_advice_switching_clips_at_a_keyfr
 async def test_replayed_drones_retry_until_the_gateway_admits_every_one() -> None:
     """The gateway answers offers beyond its ICE set-up budget 503: a replayed fleet larger than the budget
     must still stream whole, or a step's "N drones" would measure fewer (it did: 16 meant 4)."""
-    from dronedepth.benchmarks.gateway_cost import _all_connected, encode_clips, replay_drones
+    from dronedepth.benchmarks.gateway_cost import all_streaming, encode_clips, replay_drones
     from dronedepth.protocol import CameraMessage
 
     rng = np.random.default_rng(0)
@@ -365,7 +365,7 @@ async def test_replayed_drones_retry_until_the_gateway_admits_every_one() -> Non
         stop = asyncio.Event()
         fleet, running = await replay_drones(gateway.url, TOKEN, 3, encode_clips(frames), camera, stop)
         try:
-            await asyncio.wait_for(_all_connected(fleet, running), 60)
+            await asyncio.wait_for(all_streaming(fleet, running), 60)
         finally:
             stop.set()
             outcomes = await running
