@@ -230,6 +230,7 @@ class _WebRoutes:
                 "preview": None,
                 "pose": _pose_status(snapshot["pose"]),
                 "scale": snapshot["scale"],
+                "advised_fps": snapshot["advised_fps"],
                 "nearest_obstacle": _nearest_obstacle(session.last_obstacles, now_wall),
             }
             stats = hub.stats(drone_id) if hub is not None else None

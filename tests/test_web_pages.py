@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from test_gateway_poses import FPS, send_poses
 
 from dronedepth.contract import MODEL_NAME
+from dronedepth.gateway.frame_rate import FrameRateAdvisor
 from dronedepth.gateway.inference import TritonDepthClient
 from dronedepth.gateway.outputs.previews import PreviewHub, encode_preview, find_preview_hub
 from dronedepth.gateway.outputs.sinks import FrameRecord
@@ -284,6 +285,7 @@ async def test_api_reports_a_connected_drone_and_serves_its_preview():
             assert entry["frames"]["received"] >= entry["frames"]["processed"] >= 3
             assert entry["frames"]["dropped"] == sum(entry["dropped"].values())
             assert entry["result_rate"] > 0 and entry["depth_kind"] == "metric" and entry["keypoints"] > 0
+            assert entry["advised_fps"] is None, "one drone a gateway keeps up with is not asked to slow down"
             assert entry["latency_ms"]["p50"] > 0 and entry["latency_ms"]["p95"] >= entry["latency_ms"]["p50"]
             assert entry["connected_s"] >= 0 and entry["connected_since"].endswith("+00:00")
             assert entry["preview"]["seq"] >= 1 and entry["preview"]["width"] == 320
@@ -405,6 +407,13 @@ async def test_browser_drone_streams_and_the_operator_page_shows_it(triton_serve
         )
         await operator.wait_for_function(f"() => document.querySelector('{card} .p50').textContent !== '—'")
         assert "browser-1" in await operator.inner_text("#grid")
+        # The frame-rate advice in force shows under the results/s (this gateway's own advice is off).
+        assert await operator.evaluate(f"() => document.querySelector('{card} .rate .sub')") is None
+        session._frame_rate = FrameRateAdvisor()
+        session._frame_rate.advised_fps = 6.25
+        await operator.wait_for_function(
+            f"() => (document.querySelector('{card} .rate .sub') || {{}}).textContent === 'asked ≤ 6.3 fps'"
+        )
         width = await operator.evaluate(f"() => document.querySelector('{card} .preview-img').naturalWidth")
         assert 0 < width <= 320
         await operator.screenshot(path=str(ARTIFACTS / "web-operator.png"))

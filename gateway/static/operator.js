@@ -120,7 +120,11 @@
     pill.className = "pill state " + (stateClass[d.state] || "");
 
     const rate = d.result_rate === null ? "—" : DD.number(d.result_rate, 1);
-    setValue(el, ".rate", rate, null, null);
+    const advised = d.advised_fps === null || d.advised_fps === undefined ? null : d.advised_fps;
+    const rateCell = setValue(el, ".rate", rate, null, advised === null ? null : "asked ≤ " + DD.number(advised, 1) + " fps");
+    rateCell.title = advised === null ? "" :
+      "the gateway asks this drone to send at most " + DD.number(advised, 1) + " frames/s ('frame_rate'): " +
+      "it cannot process more of them, and frames it would drop still cost the drone's encoder and radio";
     setValue(el, ".p50", ms(d.latency_ms.p50), "ms", null);
     setValue(el, ".p95", ms(d.latency_ms.p95), "ms", null);
     setValue(el, ".received", DD.number(d.frames.received), null, null);
