@@ -396,6 +396,14 @@ async def _step(
         url,
         token,
     ):
+
+        def cpu_seconds() -> dict[str, float]:
+            return {
+                "gateway": process_cpu_s(process.pid, children=True),
+                "drones (bench process)": process_cpu_s(os.getpid()),
+                **({"triton": process_cpu_s(triton_pid, True)} if triton_pid else {}),
+            }
+
         stop = asyncio.Event()
         fleet, running = await replay_drones(url, token, n, clips, camera, stop)
         try:
@@ -403,21 +411,13 @@ async def _step(
             await asyncio.sleep(config.warmup_s)
             counts_before = gateway_counts((await asyncio.to_thread(http_get, f"{url}/metrics"))[1])
             triton_before = await asyncio.to_thread(stats.snapshot)
-            cpu_before = {
-                "gateway": process_cpu_s(process.pid, children=True),
-                "drones (bench process)": process_cpu_s(os.getpid()),
-                **({"triton": process_cpu_s(triton_pid, True)} if triton_pid else {}),
-            }
+            cpu_before = cpu_seconds()
             start_wall, start = time.time(), time.monotonic()
             await asyncio.sleep(config.duration_s - config.warmup_s)
             elapsed = time.monotonic() - start
             end_wall = time.time()
             advised = {name: fleet.advised.get(name) for name in sorted(fleet.sent)}
-            cpu_after = {
-                "gateway": process_cpu_s(process.pid, children=True),
-                "drones (bench process)": process_cpu_s(os.getpid()),
-                **({"triton": process_cpu_s(triton_pid, True)} if triton_pid else {}),
-            }
+            cpu_after = cpu_seconds()
             counts_after = gateway_counts((await asyncio.to_thread(http_get, f"{url}/metrics"))[1])
             triton = TritonStats.delta(triton_before, await asyncio.to_thread(stats.snapshot))
         finally:

@@ -151,7 +151,7 @@ class DensePoints:
     and gathering the arrays costs ~0.8 ms at 320×240, a tenth of a frame's
     processing: they are made when a sink first reads them (in whichever thread
     that is; two threads racing both get equal arrays). :meth:`of` wraps arrays
-    made already.
+    made already (reading them costs nothing).
     """
 
     __slots__ = ("_arrays", "_make")
@@ -162,9 +162,7 @@ class DensePoints:
 
     @classmethod
     def of(cls, points: NDArray[np.float32], colors: NDArray[np.uint8]) -> DensePoints:
-        dense = cls(lambda: (points, colors))
-        dense._arrays, dense._make = (points, colors), None
-        return dense
+        return cls(lambda: (points, colors))
 
     def _get(self) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
         arrays = self._arrays
@@ -177,7 +175,7 @@ class DensePoints:
 
     @property
     def made(self) -> bool:
-        """Whether the arrays exist (a sink has read them, or :meth:`of` gave them)."""
+        """Whether the arrays exist (a sink has read them)."""
         return self._arrays is not None
 
     @property
