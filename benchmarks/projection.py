@@ -154,7 +154,7 @@ def pipeline_rows(runs: int) -> list[dict[str, Any]]:
     rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
     depth = scene_depth(camera)
     processor = FrameProcessor(ProcessingConfig(), "metric")  # ORB, 200 keypoints, cloud on, no voxel
-    stages: dict[str, list[float]] = {"projection": [], "keypoints": [], "pointcloud": [], "total": []}
+    stages: dict[str, list[float]] = {"projection": [], "detection": [], "keypoints": [], "pointcloud": [], "total": []}
     keypoints = []
     for i in range(runs + 5):
         timing: dict[str, float] = {}
@@ -162,7 +162,7 @@ def pipeline_rows(runs: int) -> list[dict[str, Any]]:
         result = processor.process(rgb, depth, camera, pts=i, frame_index=i, timing=timing)
         total = (time.perf_counter() - start) * 1e3
         if i >= 5:
-            for stage in ("projection", "keypoints", "pointcloud"):
+            for stage in ("projection", "detection", "keypoints", "pointcloud"):
                 stages[stage].append(timing[stage])
             stages["total"].append(total)
             keypoints.append(len(result.message.points))

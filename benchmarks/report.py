@@ -366,7 +366,7 @@ def _gateway_cost(section: dict[str, Any]) -> list[str]:
         f"{section['duration_s'] - section['warmup_s']:g} s after a {section['warmup_s']:g} s warm-up.",
         "",
     ]
-    stage_names = ("queue", "convert", "inference", "projection", "keypoints", "pointcloud", "message")
+    stage_names = ("queue", "convert", "inference", "detection", "projection", "keypoints", "pointcloud", "message")
     rows = []
     for step in section["steps"]:
         latency = step["latency_ms"] or {}
@@ -402,13 +402,13 @@ def _gateway_cost(section: dict[str, Any]) -> list[str]:
                 f"{lever['lever']} (`{' '.join(lever['gateway_args'])}`)",
                 f"{fmt(base['results_per_s'])} → {fmt(lever['results_per_s'])}",
                 f"{fmt(base['gateway_cpu_ms_per_result'])} → {fmt(lever['gateway_cpu_ms_per_result'])}",
-                f"{fmt(base['stages_ms'].get('keypoints'))} → {fmt(lever['stages_ms'].get('keypoints'))}",
+                f"{fmt(base['stages_ms'].get('detection'))} → {fmt(lever['stages_ms'].get('detection'))}",
                 f"{fmt((base['latency_ms'] or {}).get('p95'), 0)} → {fmt((lever['latency_ms'] or {}).get('p95'), 0)}",
             ]
             for lever in section["levers"]
         ]
         lines.append(
-            markdown_table(["lever", "results/s", "gateway CPU ms/result", "keypoints ms", "p95 ms"], lever_rows)
+            markdown_table(["lever", "results/s", "gateway CPU ms/result", "detection ms", "p95 ms"], lever_rows)
         )
     profile = section.get("profile") or {}
     if profile.get("skipped"):

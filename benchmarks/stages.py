@@ -34,7 +34,8 @@ _GATEWAY_STAGES = (
     ("convert", "convert (decoded frame → RGB)"),
     ("inference", "Triton request (gateway's gRPC client)"),
     ("projection", "projection (depth → points)"),
-    ("keypoints", "keypoints (ORB + lift to 3D)"),
+    ("detection", "keypoint detection (ORB; during the Triton request)"),
+    ("keypoints", "keypoints (lift to 3D)"),
     ("pointcloud", "point cloud (Open3D)"),
 )
 
@@ -55,7 +56,17 @@ def stage_rows(run: PipelineRun) -> list[dict[str, Any]]:
     measured = run.fleet.measured()
     timing = {
         key: [r.timing[key] for r in measured if key in r.timing]
-        for key in ("queue", "convert", "inference", "projection", "keypoints", "pointcloud", "processing", "total")
+        for key in (
+            "queue",
+            "convert",
+            "inference",
+            "projection",
+            "detection",
+            "keypoints",
+            "pointcloud",
+            "processing",
+            "total",
+        )
     }
     fps = next(iter(run.fleet.summaries.values()), {}).get("fps")
     arrival, send = [], []

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OUTPUT_FRAMES",
     "DensePoints",
+    "DetectedKeypoints",
     "FramePose",
     "FrameProcessor",
     "FrameResult",
@@ -187,6 +188,14 @@ class DensePoints:
         return self._get()[1]
 
 
+@dataclass(frozen=True, slots=True)
+class DetectedKeypoints:
+    """A frame's 2D keypoints from :meth:`FrameProcessor.detect_keypoints`, and the milliseconds it took."""
+
+    keypoints: Keypoints
+    elapsed_ms: float
+
+
 @dataclass(slots=True)
 class FrameResult:
     """Everything computed for one frame.
@@ -271,6 +280,18 @@ class FrameProcessor:
 
             self._make_point_cloud = make_point_cloud
 
+    def detect_keypoints(self, rgb: NDArray[np.uint8]) -> DetectedKeypoints:
+        """The 2D keypoints of ``rgb`` (``(H, W, 3)`` uint8 RGB), for :meth:`process`.
+
+        Detection needs only the image, so a caller may run it while the
+        frame's depth request is in flight and pass it to :meth:`process`
+        instead of letting that detect after depth came back.
+        """
+        started = time.perf_counter()
+        gray = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)  # uint8 in, out: no copy
+        keypoints = self._detector.detect(gray)
+        return DetectedKeypoints(keypoints, (time.perf_counter() - started) * 1e3)
+
     def process(
         self,
         rgb: NDArray[np.uint8],
@@ -282,6 +303,7 @@ class FrameProcessor:
         timing: dict[str, float] | None = None,
         pose: FramePose | None = None,
         scale: FrameScale | None = None,
+        detected: DetectedKeypoints | None = None,
     ) -> FrameResult:
         """Process one frame; ``rgb`` is ``(H, W, 3)`` uint8 RGB, ``depth`` the model's output on its depth grid.
 
@@ -295,13 +317,15 @@ class FrameProcessor:
         obstacle profile its attitude and height above ground. ``scale`` (the
         session's :class:`FrameScale`) puts its ``scale`` and
         ``scale_check`` on the message; its ``metric_depth``, when given,
-        replaces the model's output: the frame is then metric.
+        replaces the model's output: the frame is then metric. ``detected``
+        (:meth:`detect_keypoints` of this ``rgb``) saves detecting again.
 
         Raises ``ProtocolError(CAMERA_MISMATCH)`` when the frame is not
         ``camera.width`` × ``camera.height`` (see :meth:`CameraMessage.scaled`).
-        Adds ``projection``, ``keypoints`` and ``pointcloud`` milliseconds to
-        ``timing`` (which may already hold other stages) and puts a copy of it
-        in the message.
+        Adds ``projection``, ``detection`` (wherever it ran), ``keypoints``
+        (lifting them to 3D) and ``pointcloud`` milliseconds to ``timing``
+        (which may already hold other stages) and puts a copy of it in the
+        message.
         """
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"rgb must be a uint8 (H, W, 3) array, got {rgb.dtype} {rgb.shape}")
@@ -335,8 +359,10 @@ class FrameProcessor:
         after_projection = time.perf_counter()
         timing["projection"] = (after_projection - start) * 1e3
 
-        gray = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)  # uint8 in, out: no copy
-        keypoints = self._detector.detect(gray)
+        if detected is None:
+            detected = self.detect_keypoints(rgb)
+        keypoints = detected.keypoints
+        lifting = time.perf_counter()
         keypoint_points, kept = lift_keypoints(
             keypoints, z, rays, valid, window=config.keypoints.window, depth_stride=stride
         )
@@ -345,7 +371,8 @@ class FrameProcessor:
             keypoint_points, kept = keypoint_points[finite], kept[finite]
         keypoints = keypoints.subset(kept)
         after_keypoints = time.perf_counter()
-        timing["keypoints"] = (after_keypoints - after_projection) * 1e3
+        timing["detection"] = detected.elapsed_ms
+        timing["keypoints"] = (after_keypoints - lifting) * 1e3
 
         cloud = None
         if self._make_point_cloud is not None:

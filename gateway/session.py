@@ -68,7 +68,7 @@ from dronedepth.gateway.inference import DepthService
 from dronedepth.gateway.logthrottle import LogThrottle
 from dronedepth.gateway.metrics import GatewayMetrics
 from dronedepth.gateway.outputs.sinks import CaptureClock, FrameRecord
-from dronedepth.gateway.pipeline import FramePose, FrameProcessor, FrameResult, ProcessingConfig
+from dronedepth.gateway.pipeline import DetectedKeypoints, FramePose, FrameProcessor, FrameResult, ProcessingConfig
 from dronedepth.gateway.receiver import FrameSizeGate
 from dronedepth.gateway.receiver import install as install_receiver
 from dronedepth.gateway.scaling import SessionScale
@@ -168,6 +168,7 @@ def _finish_frame(
     captured: float,
     scaling: SessionScale,
     anchors: AnchorsMessage | None,
+    detected: DetectedKeypoints | None,
 ) -> tuple[FrameResult, str, str | None]:
     """Worker-thread part of a frame after inference: scale, process, complete the timing, encode.
 
@@ -179,7 +180,7 @@ def _finish_frame(
     if scale is not None:
         timing["scale"] = (time.perf_counter() - started) * 1e3
     result = processor.process(
-        rgb, depth, camera, pts=pts, frame_index=item.index, timing=timing, pose=pose, scale=scale
+        rgb, depth, camera, pts=pts, frame_index=item.index, timing=timing, pose=pose, scale=scale, detected=detected
     )
     obstacles = None
     if result.obstacles is not None:
@@ -740,6 +741,9 @@ class DroneSession:
         started = time.monotonic()
         rgb = await loop.run_in_executor(executor, _rgb24, frame)
         converted = time.monotonic()
+        processor = self._processor_for(self._ctx.depth.depth_kind)
+        detecting: asyncio.Future[DetectedKeypoints] | None = None
+        depth: NDArray[np.float32] | None = None
         try:
             # The request slot is held for the inference alone: CPU work never keeps it from other drones.
             admission_asked = time.monotonic()
@@ -751,6 +755,9 @@ class DroneSession:
                     # frame is being processed, not waiting, and the newer one waits its turn in the slot.
                     self._drop(SUPERSEDED)
                     return
+                if self._ctx.depth.available:  # in an outage the request fails at once: detect only for a result
+                    # Keypoints need only the image: a worker detects them while the depth request is in flight.
+                    detecting = loop.run_in_executor(executor, processor.detect_keypoints, rgb)
                 depth = await self._ctx.depth.infer(rgb)
         except InferenceUnavailable as exc:
             if self._ctx.depth.available:  # a busy server rejected this one frame: no outage to report
@@ -771,6 +778,9 @@ class DroneSession:
             if not self._told_inference_error:
                 self._told_inference_error = self.send_error(protocol.INTERNAL, f"depth inference failed: {exc}")
             return
+        finally:
+            if depth is None and detecting is not None:
+                detecting.cancel()  # no depth, no result: a detection under way ends on its worker, unheard
         inferred = time.monotonic()
         self._told_inference_error = False
         if self._degraded:
@@ -790,9 +800,23 @@ class DroneSession:
         anchors = self._scale.take_anchors(int(item.frame.pts or 0))
         # Stamped with the drone's capture clock (the frame's pts), not this frame's arrival.
         captured = self._capture_clock.capture_time(int(item.frame.pts or 0), item.received_wall)
+        detected = None if detecting is None else await detecting
+        # The first answer may reveal the depth kind (a model's metadata): the processor follows it.
         processor = self._processor_for(self._ctx.depth.depth_kind)
         work = functools.partial(
-            _finish_frame, processor, rgb, depth, camera, item, timing, inferred, pose, captured, self._scale, anchors
+            _finish_frame,
+            processor,
+            rgb,
+            depth,
+            camera,
+            item,
+            timing,
+            inferred,
+            pose,
+            captured,
+            self._scale,
+            anchors,
+            detected,
         )
         result, text, obstacles = await loop.run_in_executor(executor, work)
         message = result.message

@@ -11,6 +11,7 @@ import sys
 import weakref
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from gateway_fixtures import (
@@ -66,6 +67,8 @@ async def test_three_drones_get_keypoints_that_project_onto_their_pixels() -> No
         assert client.max_in_flight >= 2
         assert len(gateway.sessions) == 3
         assert gateway.metrics.frames_processed.value() >= 9
+        # Parallelism comes from the workers, each OpenCV call runs on the worker's own thread.
+        assert cv2.getNumThreads() == 1
 
 
 async def test_bad_messages_get_errors_and_the_previous_camera_stays() -> None:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -154,9 +156,29 @@ def test_timing_is_merged_and_copied_into_the_message(rgb):
     result = FrameProcessor(ProcessingConfig(), "metric").process(
         rgb, scene_depth(CAMERA), CAMERA, pts=0, frame_index=0, timing=timing
     )
-    assert set(timing) == {"inference", "projection", "keypoints", "pointcloud", "obstacles"}
+    assert set(timing) == {"inference", "projection", "detection", "keypoints", "pointcloud", "obstacles"}
     assert all(value >= 0 for value in timing.values())
     assert dict(result.message.timing) == timing
+
+
+def test_keypoints_detected_apart_give_the_same_message_and_count_in_the_keypoints_stage(rgb):
+    depth = scene_depth(CAMERA)
+    inline = FrameProcessor(ProcessingConfig(build_cloud=False), "metric").process(
+        rgb, depth, CAMERA, pts=0, frame_index=0
+    )
+    processor = FrameProcessor(ProcessingConfig(build_cloud=False), "metric")
+    detections = []
+    detect = processor._detector.detect
+    processor._detector.detect = lambda gray: detections.append(gray.shape) or detect(gray)  # type: ignore[method-assign]
+    detected = processor.detect_keypoints(rgb)
+    slow = dataclasses.replace(detected, elapsed_ms=1000.0)  # as if the detection (elsewhere) took a second
+    apart = processor.process(rgb, depth, CAMERA, pts=0, frame_index=0, detected=slow)
+    assert detections == [(480, 640)], "process uses the keypoints it is given"
+    for name in ("points", "pixels", "scores", "descriptors"):
+        np.testing.assert_array_equal(getattr(apart.message, name), getattr(inline.message, name))
+    assert len(apart.message.points) > 60
+    assert apart.message.timing["detection"] == 1000.0, "the detection's own time, wherever it ran"
+    assert apart.message.timing["keypoints"] < 1000.0, "lifting alone"
 
 
 def test_message_round_trips_through_the_protocol_and_fits_a_data_channel_message(rgb):

@@ -31,7 +31,7 @@ from dronedepth.errors import InferenceOverloaded
 from dronedepth.gateway import session as session_module
 from dronedepth.gateway.inference import DepthService
 from dronedepth.gateway.metrics import GatewayMetrics
-from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
+from dronedepth.gateway.pipeline import DetectedKeypoints, FrameProcessor, ProcessingConfig
 from dronedepth.gateway.session import DroneSession, LatestFrame, SessionContext
 
 
@@ -285,6 +285,69 @@ async def test_rejections_by_a_busy_server_drop_frames_without_an_error() -> Non
         seen = len(drone.keypoints)
         await drone.wait_for(lambda d: len(d.keypoints) >= seen + 2, what="results once the server has room")
         assert drone.errors == [], "a busy server's rejections drop frames silently"
+
+
+async def test_keypoints_are_detected_while_the_depth_request_is_in_flight() -> None:
+    """The depth server answers a frame only once its keypoints are being detected; in an outage none are."""
+    detecting = threading.Event()
+    detections = 0
+
+    class WatchedProcessor(FrameProcessor):
+        def detect_keypoints(self, rgb: np.ndarray) -> DetectedKeypoints:
+            nonlocal detections
+            detections += 1
+            detecting.set()
+            return super().detect_keypoints(rgb)
+
+    class WaitingClient(FakeDepthClient):
+        overlapped = 0
+        wait_for_detection = True
+
+        async def infer(self, rgb: np.ndarray) -> np.ndarray:
+            if self.available and self.wait_for_detection and await asyncio.to_thread(detecting.wait, 4):
+                self.overlapped += 1
+            detecting.clear()
+            return await super().infer(rgb)
+
+    executor = ThreadPoolExecutor(2)
+    client = WaitingClient()
+    context = SessionContext(
+        config=gateway_config(max_frame_pixels=320 * 240, idle_timeout=60),
+        depth=DepthService(client, min_backoff=0.05, max_backoff=0.1),
+        executor=executor,
+        metrics=GatewayMetrics(),
+        make_processor=lambda kind: WatchedProcessor(ProcessingConfig(build_cloud=False), kind),  # type: ignore[arg-type]
+    )
+    session = DroneSession("overlap", RTCPeerConnection(RTCConfiguration(iceServers=[])), context)
+    channel = FakeChannel()
+    session._on_datachannel(channel)  # type: ignore[arg-type]
+    track = FakeTrack()
+    session._on_track(track)  # type: ignore[arg-type]
+    session.start()
+    try:
+        channel.receive(protocol.encode(camera_for()))
+        rgb = photo()
+        for i in range(2):
+            track.push(rgb, pts=i * 3000)
+            await channel.wait_for(lambda n=i + 1: len(channel.keypoints()) == n)
+        assert client.overlapped == 2 and detections == 2, "each frame's depth came back while it was detected"
+        assert len(channel.keypoints()[-1]["points"]) > 10
+        client.available = False
+        for i in range(2, 6):
+            track.push(rgb, pts=i * 3000)
+            await channel.wait_for(lambda n=i - 1: session.dropped["inference_unavailable"] == n)
+        # Only the outage's first frame may have been detected (the server was not known to be down yet; its
+        # detection is cancelled unless a worker already took it), none of the three after it.
+        assert detections in (2, 3) and len(channel.keypoints()) == 2
+        # The probe that ends the outage is detected after its depth came back.
+        client.available, client.wait_for_detection = True, False
+        await asyncio.sleep(0.15)  # past the backoff
+        track.push(rgb, pts=6 * 3000)
+        await channel.wait_for(lambda: len(channel.keypoints()) == 3)
+        assert len(channel.keypoints()[-1]["points"]) > 10
+    finally:
+        await session.close("test over")
+        executor.shutdown()
 
 
 async def test_close_drone_comes_after_the_last_write_returns() -> None:
