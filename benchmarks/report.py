@@ -403,12 +403,15 @@ def _gateway_cost(section: dict[str, Any]) -> list[str]:
                 f"{fmt(base['results_per_s'])} → {fmt(lever['results_per_s'])}",
                 f"{fmt(base['gateway_cpu_ms_per_result'])} → {fmt(lever['gateway_cpu_ms_per_result'])}",
                 f"{fmt(base['stages_ms'].get('detection'))} → {fmt(lever['stages_ms'].get('detection'))}",
+                f"{fmt((base['latency_ms'] or {}).get('p50'), 0)} → {fmt((lever['latency_ms'] or {}).get('p50'), 0)}",
                 f"{fmt((base['latency_ms'] or {}).get('p95'), 0)} → {fmt((lever['latency_ms'] or {}).get('p95'), 0)}",
             ]
             for lever in section["levers"]
         ]
         lines.append(
-            markdown_table(["lever", "results/s", "gateway CPU ms/result", "detection ms", "p95 ms"], lever_rows)
+            markdown_table(
+                ["lever", "results/s", "gateway CPU ms/result", "detection ms", "p50 ms", "p95 ms"], lever_rows
+            )
         )
     profile = section.get("profile") or {}
     if profile.get("skipped"):

@@ -354,6 +354,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not ask drones to send fewer frames when the gateway cannot process them all (by default each "
         "drone gets 'frame_rate' messages: about 1.25x the rate its frames are processed; docs/protocol.md)",
     )
+    lim.add_argument(
+        "--latency-budget",
+        type=_positive_float,
+        metavar="MS",
+        help="keep frames' mean time in the gateway (decoded -> result ready) under MS: past it, the frame-rate "
+        "advice asks drones for fewer frames until the gateway runs below saturation (fewer, fresher results); "
+        "set it above a frame's latency on an idle gateway with your model (default: none, throughput first)",
+    )
     lim.add_argument("--workers", type=_positive_int, metavar="N", help="processing threads (default: one per core)")
     lim.add_argument(
         "--processes",

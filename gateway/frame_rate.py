@@ -21,6 +21,18 @@ a period, into a ``frame_rate`` message (see
   can only step its rate (every 2nd, 3rd frame) may sit a step below the advice
   without that meaning room, and lifting there would flip-flop.
 
+With a **latency budget** (``latency_budget_ms``), the advice also keeps the
+drone's frames young: a frame's time in the gateway (decoded → result ready,
+``timing.total``) grows once the gateway's cores are saturated, because every
+frame then waits for CPU, not only for the newest-frame slot. Over the budget
+(the period's mean), the advice is ``latency_backoff`` × the rate processed;
+between ``latency_room`` × the budget and the budget it may fall but not rise;
+below, the rules above apply. All drones share the cores, so all see the
+latency and back off together until the gateway runs below saturation: fewer
+results per second, each fresher. The right budget depends on the model and
+the hardware (it must exceed a frame's latency on an idle gateway), so there
+is none by default.
+
 A new advice is sent only when it differs from the last by more than
 ``hysteresis``. Frames dropped for other reasons (an inference outage, no
 camera yet) say nothing about the gateway's pace and leave the advice alone.
@@ -49,6 +61,10 @@ class FrameRateConfig:
     min_superseded: float = 0.05
     """Fraction of a period's received frames that must be superseded to count: frames held behind a repaired
     loss arrive together, and one of them may be superseded on a gateway with room to spare."""
+    latency_budget_ms: float | None = None
+    """The most a frame should spend in the gateway, on average over a period (None: no budget)."""
+    latency_backoff: float = 0.8
+    latency_room: float = 0.75
 
     def __post_init__(self) -> None:
         checks = {
@@ -57,9 +73,14 @@ class FrameRateConfig:
             "min_fps": MIN_ADVISED_FPS <= self.min_fps <= MAX_ADVISED_FPS,
             "hysteresis": 0 <= self.hysteresis < 1,
             "min_superseded": 0 <= self.min_superseded < 1,
+            "latency_budget_ms": self.latency_budget_ms is None or self.latency_budget_ms > 0,
+            "latency_backoff": 0 < self.latency_backoff < 1 - self.hysteresis,  # a backoff the hysteresis lets out
+            "latency_room": 0 < self.latency_room < 1,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
+            if value is None and ok:
+                continue
             if not (isinstance(value, int | float) and math.isfinite(value) and ok):
                 raise ConfigError(f"frame rate advice: bad {name} {value!r}")
 
@@ -70,6 +91,7 @@ class _Sample:
     received: int
     processed: int
     superseded: int
+    latency_ms: float
 
 
 class FrameRateAdvisor:
@@ -81,14 +103,17 @@ class FrameRateAdvisor:
         """The advice in force (None: no limit)."""
         self._last: _Sample | None = None
 
-    def update(self, time_s: float, received: int, processed: int, superseded: int) -> FrameRateMessage | None:
+    def update(
+        self, time_s: float, received: int, processed: int, superseded: int, latency_ms: float = 0.0
+    ) -> FrameRateMessage | None:
         """The advice to send now, or None when there is nothing new to say.
 
         ``time_s`` is a monotonic clock in seconds; the counts are the
         session's totals since it started (frames received from the drone,
-        processed into results, dropped as superseded).
+        processed into results, dropped as superseded), ``latency_ms`` the
+        sum of the processed frames' times in the gateway (``timing.total``).
         """
-        sample = _Sample(time_s, received, processed, superseded)
+        sample = _Sample(time_s, received, processed, superseded, latency_ms)
         last = self._last
         if last is None or time_s - last.time_s < 0.5 * self.config.period_s:
             self._last = last or sample
@@ -99,22 +124,38 @@ class FrameRateAdvisor:
         received_fps = arrived / elapsed
         processed_fps = (processed - last.processed) / elapsed
         crowded = superseded - last.superseded > self.config.min_superseded * max(arrived, 1)
+        over_budget, near_budget = self._latency(last, sample)
         headroom = self.config.headroom
         advised = self.advised_fps
         target: float | None
-        if crowded:
+        if over_budget:
+            target = max(self.config.min_fps, processed_fps * self.config.latency_backoff)
+        elif crowded:
             if processed_fps <= 0:  # a stall (nothing processed at all) is not a pace to follow
                 return None
             target = max(self.config.min_fps, processed_fps * headroom)
+            if near_budget and advised is not None:
+                target = min(target, advised)
         elif advised is None:
             return None
         elif received_fps * headroom >= advised:  # the drone sends about what was advised: there is room
+            if near_budget:
+                return None
             target = advised * headroom
         elif received_fps * headroom * headroom >= advised:  # a step below the advice: hold
             return None
         else:  # the drone sends well below the advice on its own: the advice no longer matters
             target = None
         return self._advise(target)
+
+    def _latency(self, last: _Sample, now: _Sample) -> tuple[bool, bool]:
+        """Whether the period's mean gateway latency is over the budget, and whether it is near it."""
+        budget = self.config.latency_budget_ms
+        processed = now.processed - last.processed
+        if budget is None or processed <= 0:  # no frame, no latency: nothing to say about it
+            return False, False
+        mean_ms = (now.latency_ms - last.latency_ms) / processed
+        return mean_ms > budget, mean_ms > budget * self.config.latency_room
 
     def _advise(self, target: float | None) -> FrameRateMessage | None:
         advised = self.advised_fps

@@ -63,6 +63,8 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         )
     if token is not None and args.insecure_no_auth:
         log.warning("--insecure-no-auth is ignored: a token is configured")
+    if args.latency_budget is not None and not args.frame_rate_advice:
+        raise ConfigError("--latency-budget works through the frame-rate advice: drop --no-frame-rate-advice")
     try:
         processing = ProcessingConfig(
             keypoints=KeypointConfig(
@@ -100,7 +102,7 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         world_map=_map_settings(args) if args.map else None,
         scale=args.scale,
         scale_correct=args.scale_correct,
-        frame_rate_advice=FrameRateConfig() if args.frame_rate_advice else None,
+        frame_rate_advice=FrameRateConfig(latency_budget_ms=args.latency_budget) if args.frame_rate_advice else None,
         record_dir=args.record,
         record_every=args.record_every,
         record_bag_dir=args.record_bag,

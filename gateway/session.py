@@ -331,6 +331,8 @@ class DroneSession:
         # Counts.
         self.frames_received = 0
         self.frames_processed = 0
+        self._gateway_ms_sum = 0.0
+        """The processed frames' times in the gateway (``timing.total``), summed: the advice's latency."""
         self.dropped: Counter[str] = Counter()
         self.messages_received = 0
         self.errors_sent: Counter[str] = Counter()
@@ -654,7 +656,11 @@ class DroneSession:
             if channel is None or channel.readyState != "open":
                 continue  # advice nobody can hear would only be believed to be in force
             message = advisor.update(
-                time.monotonic(), self.frames_received, self.frames_processed, self.dropped[SUPERSEDED]
+                time.monotonic(),
+                self.frames_received,
+                self.frames_processed,
+                self.dropped[SUPERSEDED],
+                self._gateway_ms_sum,
             )
             if message is not None and self._send(protocol.encode(message)):
                 log.debug("drone %s: frame rate advised: %s fps", self.drone_id, message.max_fps or "no limit")
@@ -923,6 +929,7 @@ class DroneSession:
             self._drop(SESSION_CLOSED if self._closing else SEND_FAILED)
             return False
         self.frames_processed += 1
+        self._gateway_ms_sum += message.timing.get("total", 0.0)
         self.last_timing = dict(message.timing)
         self._metrics.frames_processed.inc()
         if self.frames_processed == 1:

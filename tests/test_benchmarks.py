@@ -386,12 +386,15 @@ def test_quick_gateway_cost_run_measures_cpu_per_result_stages_levers_and_a_prof
     assert step["frames_sent_per_s"] == pytest.approx(sum(step["per_drone_sent_fps"].values()), abs=0.1)
     assert step["frames_sent_per_s"] > 0 and sorted(step["advised_fps"]) == ["replay-1", "replay-2"]
     assert [r["fps"] for r in section["clip"]["rates"]][:2] == [30.0, 24.0]
-    for stage in ("queue", "convert", "inference", "projection", "keypoints", "processing"):
+    for stage in ("queue", "convert", "inference", "detection", "projection", "keypoints", "processing"):
         assert step["stages_ms"][stage] >= 0, stage
-    half, processes = section["levers"]
+    half, processes, budget, floor = section["levers"]
     assert half["gateway_args"] == ["--keypoint-scale", "0.5"] and half["results"] > 0
     assert processes["gateway_args"] == ["--processes", "2"] and processes["results"] > 0
     assert all(processes["per_drone_latency_ms"].values()), "drones on both processes got results"
+    assert budget["gateway_args"] == ["--latency-budget", "40"] and budget["results"] > 0
+    assert floor["gateway_args"] == ["--keypoints", "grid"] and floor["results"] > 0
+    assert floor["stages_ms"]["detection"] < half["stages_ms"]["detection"], "the floor detects nothing"
     profile = section["profile"]
     assert profile.get("skipped") or (profile["rows"] and (out / "gateway_cost_profile.txt").is_file())
     report = (out / "benchmark.md").read_text()

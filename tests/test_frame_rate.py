@@ -21,18 +21,22 @@ from dronedepth.protocol import FrameRateMessage, decode, encode
 
 
 class Counts:
-    """A session's running counts, advanced one period at a time."""
+    """A session's running counts, advanced one period at a time (``latency_ms``: each processed frame's)."""
 
     def __init__(self) -> None:
         self.time_s = 0.0
         self.received = self.processed = self.superseded = 0
+        self.latency_ms = 0.0
 
-    def period(self, received: int, processed: int, superseded: int, seconds: float = 1.0) -> tuple:
+    def period(
+        self, received: int, processed: int, superseded: int, seconds: float = 1.0, latency_ms: float = 20.0
+    ) -> tuple:
         self.time_s += seconds
         self.received += received
         self.processed += processed
         self.superseded += superseded
-        return self.time_s, self.received, self.processed, self.superseded
+        self.latency_ms += processed * latency_ms
+        return self.time_s, self.received, self.processed, self.superseded, self.latency_ms
 
 
 def test_a_drone_the_gateway_keeps_up_with_gets_no_advice() -> None:
@@ -113,8 +117,65 @@ def test_a_closed_loop_converges_without_chatter_and_lets_go_when_capacity_retur
     assert advisor.advised_fps is None and messages[-1] is None
 
 
+def test_over_the_latency_budget_the_advice_backs_off_and_near_it_stops_climbing() -> None:
+    advisor, counts = FrameRateAdvisor(FrameRateConfig(latency_budget_ms=50.0)), Counts()
+    advisor.update(*counts.period(0, 0, 0))
+    # Nothing superseded, yet frames spend 80 ms in a saturated gateway: ask for 0.8 x the rate processed.
+    assert advisor.update(*counts.period(20, 20, 0, latency_ms=80.0)) == FrameRateMessage(max_fps=16.0)
+    assert advisor.update(*counts.period(16, 16, 0, latency_ms=60.0)) == FrameRateMessage(max_fps=12.8)
+    # Within the budget but near it (over 0.75 x 50 ms): room would raise the advice, here it holds...
+    assert advisor.update(*counts.period(13, 13, 0, latency_ms=45.0)) is None
+    # ... and frames superseded near the budget may lower it, not raise it.
+    assert advisor.update(*counts.period(13, 8, 5, latency_ms=45.0)) == FrameRateMessage(max_fps=10.0)
+    assert advisor.update(*counts.period(10, 9, 1, latency_ms=45.0)) is None  # 1.25 x 9 > 10: held, not raised
+    # Well within it: the ordinary climb resumes.
+    assert advisor.update(*counts.period(10, 10, 0, latency_ms=20.0)) == FrameRateMessage(max_fps=12.5)
+
+
+def test_without_a_budget_latency_changes_nothing() -> None:
+    advisor, counts = FrameRateAdvisor(), Counts()
+    advisor.update(*counts.period(0, 0, 0))
+    assert advisor.update(*counts.period(30, 30, 0, latency_ms=500.0)) is None
+    assert advisor.update(*counts.period(30, 10, 20, latency_ms=500.0)) == FrameRateMessage(max_fps=12.5)
+
+
+def test_a_fleet_on_a_saturated_gateway_backs_off_together_to_the_budget_and_stays() -> None:
+    """8 drones at 30 fps on a gateway of 100 frames/s whose latency grows as it fills: 12 ms idle, 12 / (1 - load)
+    (a single-server queue). Each drone's advisor sees the gateway's latency; all honour their advice."""
+    budget, capacity, idle_ms = 40.0, 100.0, 12.0
+    advisors = [FrameRateAdvisor(FrameRateConfig(latency_budget_ms=budget)) for _ in range(8)]
+    counts = [Counts() for _ in advisors]
+    for advisor, count in zip(advisors, counts, strict=True):
+        advisor.update(*count.period(0, 0, 0))
+    history = []
+    for _ in range(40):
+        sent = [min(30.0, a.advised_fps or 30.0) for a in advisors]
+        load = min(sum(sent) / capacity, 0.97)
+        latency = idle_ms / (1 - load)
+        share = min(1.0, capacity / sum(sent))
+        for advisor, count, fps in zip(advisors, counts, sent, strict=True):
+            processed = fps * share
+            advisor.update(*count.period(round(fps), round(processed), round(fps - processed), latency_ms=latency))
+        history.append((sum(sent), latency))
+    without_budget_ms = idle_ms / (1 - 0.97)  # every advisor at 1.25 x its share: the gateway stays full
+    settled = history[-10:]
+    assert all(latency <= budget for _, latency in settled), settled
+    assert min(rate for rate, _ in settled) >= 0.5 * capacity, "fresher frames, but not a starved fleet"
+    assert max(latency for _, latency in settled) < without_budget_ms / 5
+
+
 @pytest.mark.parametrize(
-    "settings", [{"headroom": 1.0}, {"period_s": 0}, {"min_fps": 0.1}, {"hysteresis": 1.0}, {"min_superseded": -1}]
+    "settings",
+    [
+        {"headroom": 1.0},
+        {"period_s": 0},
+        {"min_fps": 0.1},
+        {"hysteresis": 1.0},
+        {"min_superseded": -1},
+        {"latency_budget_ms": 0.0},
+        {"latency_backoff": 0.9},  # a step the 15 % hysteresis would swallow
+        {"latency_room": 1.0},
+    ],
 )
 def test_bad_settings_are_refused(settings: dict) -> None:
     with pytest.raises(ConfigError, match="frame rate advice"):
@@ -172,13 +233,13 @@ async def test_the_track_averages_at_most_the_advice_from_a_faster_source(advise
 # --------------------------------------------------------------------------------------------- end to end
 
 
-async def _fly(advise: bool) -> tuple[DroneSummary, float | None]:
+async def _fly(advise: bool, latency_budget_ms: float | None = None) -> tuple[DroneSummary, float | None]:
     """A 30 fps drone against a gateway whose depth takes 0.1 s: it cannot process more than ~10 frames/s.
 
     The advice comes after about two seconds (a baseline period, then one with frames superseded). Returns the
     drone's summary and the advice the gateway's Prometheus registry showed for it meanwhile."""
-    overrides = {} if advise else {"frame_rate_advice": None}
-    async with running_gateway(FakeDepthClient(delay=0.1), **overrides) as gateway:
+    advice = FrameRateConfig(latency_budget_ms=latency_budget_ms) if advise else None
+    async with running_gateway(FakeDepthClient(delay=0.1), frame_rate_advice=advice) as gateway:
         config = DroneConfig(
             gateway=gateway.url, token=TOKEN, width=160, height=120, fps=30.0, max_frames=90, result_timeout=30.0
         )
@@ -200,6 +261,15 @@ async def test_a_drone_faster_than_the_gateway_is_asked_to_slow_down_and_does() 
     assert summary.advised_fps is not None and summary.advised_fps < 30.0, summary
     assert shown == pytest.approx(summary.advised_fps, abs=0.01), "the advice in force is on /metrics"
     assert summary.frames_skipped > 0, "the drone skipped source frames instead of sending them"
+
+
+async def test_a_latency_budget_below_the_gateways_latency_asks_for_ever_fewer_frames() -> None:
+    # Every frame spends over 100 ms in this gateway (its depth alone takes 0.1 s): over a 50 ms budget, the
+    # advice falls each second below the ~12.5 fps that the pace alone would ask for.
+    summary, shown = await _fly(advise=True, latency_budget_ms=50.0)
+    assert summary.results > 0
+    assert summary.advised_fps is not None and summary.advised_fps < 6.0, summary
+    assert shown == pytest.approx(summary.advised_fps, abs=0.01)
 
 
 async def test_without_advice_the_drone_sends_every_frame() -> None:

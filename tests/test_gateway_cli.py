@@ -37,7 +37,7 @@ def test_every_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "--remove-outliers", "--record", str(tmp_path), "--record-every", "5", "--max-drones", "3",
         "--max-frame-pixels", "100000", "--inference-timeout", "2.5", "--ice-server", "stun:stun.example.org:3478",
         "--ice-server", "turn:user:pass@turn.example.org:3478", "--idle-timeout", "7", "--workers", "3",
-        "--max-in-flight", "2",
+        "--max-in-flight", "2", "--latency-budget", "40",
     )  # fmt: skip
     config, client = launch.build(args)
     assert isinstance(client, TritonDepthClient)
@@ -45,6 +45,10 @@ def test_every_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert config.token == TOKEN and config.port == 0 and config.max_drones == 3
     assert config.max_frame_pixels == 100000 and config.idle_timeout == 7 and config.workers == 3
     assert config.max_in_flight == 2
+    assert config.frame_rate_advice is not None and config.frame_rate_advice.latency_budget_ms == 40
+    default_advice = launch.build(_args("--triton-url", "h:1"))[0].frame_rate_advice
+    assert default_advice is not None and default_advice.latency_budget_ms is None
+    assert launch.build(_args("--triton-url", "h:1", "--no-frame-rate-advice"))[0].frame_rate_advice is None
     assert launch.build(_args("--triton-url", "h:1"))[0].max_in_flight == "auto"
     assert launch.build(_args("--triton-url", "h:1", "--max-in-flight", "drones"))[0].max_in_flight is None
     assert config.record_dir == tmp_path and config.record_every == 5
@@ -139,6 +143,12 @@ def test_bad_arguments_are_usage_errors(argv: list[str], message: str, capsys: p
         _args(*argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_latency_budget_needs_the_frame_rate_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRONEDEPTH_TOKEN", TOKEN)
+    with pytest.raises(ConfigError, match="drop --no-frame-rate-advice"):
+        launch.build(_args("--triton-url", "h:1", "--latency-budget", "40", "--no-frame-rate-advice"))
 
 
 def test_bad_ice_server_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
