@@ -131,25 +131,30 @@ def suppress_twins(
     """Indices (ascending) of the keypoints that no stronger keypoint lies within ``radius_px`` of.
 
     A non-maximum suppression on the rounded pixels: the scores are drawn into
-    an image and grey-dilated with a disc of that radius (one OpenCV pass,
-    ~0.5 ms for 1000 ORB candidates at 640×480 where a pairwise test costs
-    far more); a keypoint survives where its score is the dilated maximum.
-    Of keypoints with equal scores within the radius, all survive but
-    those sharing a rounded pixel, of which the first is kept.
+    an image (with a margin of ``radius_px``) and each keypoint reads the
+    strongest score in the disc of offsets around its pixel, one gather for all
+    keypoints (0.24 ms for ~1000 ORB candidates at 640×480, against 0.47 ms
+    for dilating the whole image and far more for a pairwise test); a keypoint
+    survives where its own score is that maximum. Of keypoints with equal
+    scores within the radius, all survive but those sharing a rounded pixel,
+    of which the first is kept.
     """
     n = len(pixels)
     if n == 0:
         return np.empty(0, dtype=np.intp)
     u = np.clip(np.rint(pixels[:, 0]), 0, width - 1).astype(np.intp)
     v = np.clip(np.rint(pixels[:, 1]), 0, height - 1).astype(np.intp)
-    drawn = np.zeros((height, width), dtype=np.float32)
     values = scores.astype(np.float32)
-    np.maximum.at(drawn, (v, u), values)
+    stride = width + 2 * radius_px
+    drawn = np.zeros((height + 2 * radius_px) * stride, dtype=np.float32)
+    at = (v + radius_px) * stride + (u + radius_px)
+    np.maximum.at(drawn, at, values)
     # The disc of offsets within radius + 1/2 (OpenCV's 5x5 ellipse is not symmetric in x and y).
     offsets = np.arange(-radius_px, radius_px + 1)
-    disc = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= (radius_px + 0.5) ** 2).astype(np.uint8)
-    strongest = cv2.dilate(drawn, disc)
-    survivors = np.flatnonzero(values >= strongest[v, u])
+    dy, dx = np.nonzero(offsets[:, None] ** 2 + offsets[None, :] ** 2 <= (radius_px + 0.5) ** 2)
+    disc = (dy - radius_px) * stride + (dx - radius_px)
+    strongest = drawn[at[:, None] + disc[None, :]].max(axis=1)
+    survivors = np.flatnonzero(values >= strongest)
     _, first = np.unique(v[survivors] * width + u[survivors], return_index=True)
     return np.sort(survivors[first])
 

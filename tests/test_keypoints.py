@@ -280,6 +280,19 @@ def test_twins_within_two_pixels_keep_only_the_strongest():
     assert len(suppress_twins(np.empty((0, 2), np.float32), np.empty(0, np.float32), 64, 48)) == 0
 
 
+def test_twin_suppression_matches_a_pairwise_reference_up_to_the_image_border():
+    rng = np.random.default_rng(7)
+    pixels = np.concatenate([rng.uniform(-0.4, [63.4, 47.4], (300, 2)), [[0, 0], [1, 1], [63, 47], [62, 46]]])
+    pixels = pixels.astype(np.float32)
+    scores = rng.choice(np.linspace(0.1, 1.0, 12), len(pixels)).astype(np.float32)  # ties happen
+    rounded = np.rint(pixels).astype(int)
+    near = ((rounded[:, None, :] - rounded[None, :, :]) ** 2).sum(axis=2) <= 2.5**2
+    same = (rounded[:, None, :] == rounded[None, :, :]).all(axis=2)
+    earlier_twin = np.tril(same & (scores[:, None] == scores[None, :]), k=-1).any(axis=1)
+    expected = [i for i in range(len(pixels)) if not (near[i] & (scores > scores[i])).any() and not earlier_twin[i]]
+    np.testing.assert_array_equal(suppress_twins(pixels, scores, 64, 48), expected)
+
+
 def test_orb_keeps_no_twins_on_a_photo(photo_gray):
     found = KeypointDetector(KeypointConfig(method="orb", max_keypoints=500)).detect(photo_gray)
     rounded = np.rint(found.pixels)
