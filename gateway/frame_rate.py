@@ -33,6 +33,16 @@ results per second, each fresher. The right budget depends on the model and
 the hardware (it must exceed a frame's latency on an idle gateway), so there
 is none by default.
 
+**Fair shares.** Each drone's advice follows its own pace, and a pace is
+partly the advice's doing: a drone asked for fewer frames has fewer
+processed, and 1.25 × that is a lower advice still, while a drone left alone
+keeps its frames coming. With a :class:`FleetShare` (one per gateway process,
+every session's advisor reporting its rate processed to it), the advice never
+pushes a drone below the fair share, the mean rate processed per streaming
+drone: frames superseded ask for ``headroom`` × the larger of the two, and over
+the latency budget every drone is asked for ``latency_backoff`` × the share,
+the same for all, so they back off together and end equal.
+
 A new advice is sent only when it differs from the last by more than
 ``hysteresis``. Frames dropped for other reasons (an inference outage, no
 camera yet) say nothing about the gateway's pace and leave the advice alone.
@@ -47,7 +57,7 @@ from dataclasses import dataclass
 from dronedepth.errors import ConfigError
 from dronedepth.protocol import MAX_ADVISED_FPS, MIN_ADVISED_FPS, FrameRateMessage
 
-__all__ = ["FrameRateAdvisor", "FrameRateConfig"]
+__all__ = ["FleetShare", "FrameRateAdvisor", "FrameRateConfig"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +104,46 @@ class _Sample:
     latency_ms: float
 
 
-class FrameRateAdvisor:
-    """One session's frame-rate advice; feed it the session's running counts once per ``period_s``."""
+class FleetShare:
+    """The rates processed of the drones one gateway process serves, for their advisors' fair share."""
 
-    def __init__(self, config: FrameRateConfig | None = None) -> None:
+    def __init__(self) -> None:
+        self._processed_fps: dict[str, float] = {}
+
+    def report(self, drone_id: str, processed_fps: float) -> None:
+        self._processed_fps[drone_id] = processed_fps
+
+    def forget(self, drone_id: str) -> None:
+        self._processed_fps.pop(drone_id, None)
+
+    def fair_share_fps(self) -> float | None:
+        """The mean rate processed per drone with results (None: no drone has any)."""
+        rates = [fps for fps in self._processed_fps.values() if fps > 0]
+        return sum(rates) / len(rates) if rates else None
+
+
+class FrameRateAdvisor:
+    """One session's frame-rate advice; feed it the session's running counts once per ``period_s``.
+
+    With ``fleet`` (shared by the advisors of one gateway process, ``drone_id`` naming this one), the
+    advice keeps to the fleet's fair share (see the module's *Fair shares*); call :meth:`close` when the
+    session ends.
+    """
+
+    def __init__(
+        self, config: FrameRateConfig | None = None, fleet: FleetShare | None = None, drone_id: str = ""
+    ) -> None:
         self.config = config or FrameRateConfig()
         self.advised_fps: float | None = None
         """The advice in force (None: no limit)."""
         self._last: _Sample | None = None
+        self._fleet = fleet
+        self._drone_id = drone_id
+
+    def close(self) -> None:
+        """Leave the fleet's share: a drone that left no longer counts."""
+        if self._fleet is not None:
+            self._fleet.forget(self._drone_id)
 
     def update(
         self, time_s: float, received: int, processed: int, superseded: int, latency_ms: float = 0.0
@@ -125,23 +167,30 @@ class FrameRateAdvisor:
         processed_fps = (processed - last.processed) / elapsed
         crowded = superseded - last.superseded > self.config.min_superseded * max(arrived, 1)
         over_budget, near_budget = self._latency(last, sample)
+        share = None
+        if self._fleet is not None:
+            self._fleet.report(self._drone_id, processed_fps)
+            share = self._fleet.fair_share_fps()
         headroom = self.config.headroom
         advised = self.advised_fps
         target: float | None
         if over_budget:
-            target = max(self.config.min_fps, processed_fps * self.config.latency_backoff)
+            target = max(self.config.min_fps, (share or processed_fps) * self.config.latency_backoff)
         elif crowded:
             if processed_fps <= 0:  # a stall (nothing processed at all) is not a pace to follow
                 return None
-            target = max(self.config.min_fps, processed_fps * headroom)
-            if near_budget and advised is not None:
-                target = min(target, advised)
+            target = max(self.config.min_fps, max(processed_fps, share or 0.0) * headroom)
+            if near_budget and advised is not None:  # no rise near the budget, but up to the share
+                target = min(target, max(advised, share or 0.0))
         elif advised is None:
             return None
         elif received_fps * headroom >= advised:  # the drone sends about what was advised: there is room
-            if near_budget:
+            if not near_budget:
+                target = advised * headroom
+            elif share is not None and share > advised:  # near the budget a drone below the share still rises
+                target = share
+            else:
                 return None
-            target = advised * headroom
         elif received_fps * headroom * headroom >= advised:  # a step below the advice: hold
             return None
         else:  # the drone sends well below the advice on its own: the advice no longer matters

@@ -31,6 +31,7 @@ from dronedepth import protocol
 from dronedepth.errors import ConfigError, GatewayBusy, GatewayFull, ProtocolError
 from dronedepth.gateway.app import create_app
 from dronedepth.gateway.config import GatewayConfig
+from dronedepth.gateway.frame_rate import FleetShare
 from dronedepth.gateway.http_guard import ConnectionGuard, GuardedTCPSite
 from dronedepth.gateway.ice import HostCandidatePolicy
 from dronedepth.gateway.inference import DepthClient, DepthService
@@ -118,6 +119,8 @@ class Gateway:
         """Header deadline and cap of the HTTP connections (:mod:`~dronedepth.gateway.http_guard`)."""
         self.refusal_log = refusal_log()
         """One WARNING per remote address and endpoint every 10 s for refused requests, with the count."""
+        self.fleet_share = FleetShare()
+        """The drones' rates processed, for their frame-rate advice's fair share."""
         self._executor: ThreadPoolExecutor | None = None
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None
@@ -473,6 +476,7 @@ class Gateway:
             on_closed=self._session_closed,
             sink=self.sinks,
             world_map=self.world_map,
+            fleet_share=self.fleet_share,
         )
 
     def _make_processor(self, depth_kind: str) -> FrameProcessor:

@@ -63,7 +63,7 @@ from numpy.typing import NDArray
 from dronedepth import protocol
 from dronedepth.errors import InferenceError, InferenceTimeout, InferenceUnavailable, ProtocolError
 from dronedepth.gateway.config import GatewayConfig
-from dronedepth.gateway.frame_rate import FrameRateAdvisor
+from dronedepth.gateway.frame_rate import FleetShare, FrameRateAdvisor
 from dronedepth.gateway.inference import DepthService
 from dronedepth.gateway.logthrottle import LogThrottle
 from dronedepth.gateway.metrics import GatewayMetrics
@@ -266,6 +266,8 @@ class SessionContext:
     viewers all go through it."""
     world_map: MapService | None = None
     """The world map (``--map``): gets each frame after its keypoints, completes its obstacles to 360°."""
+    fleet_share: FleetShare | None = None
+    """The drones' rates processed, for fair frame-rate advice (one per gateway process)."""
 
 
 class DroneSession:
@@ -305,7 +307,7 @@ class DroneSession:
             min_disparity=(context.config.processing or ProcessingConfig()).min_disparity,
         )
         advice = context.config.frame_rate_advice
-        self._frame_rate = None if advice is None else FrameRateAdvisor(advice)
+        self._frame_rate = None if advice is None else FrameRateAdvisor(advice, context.fleet_share, drone_id)
         self._tasks: set[asyncio.Task[None]] = set()
         self._video_track: MediaStreamTrack | None = None
         self._processor: FrameProcessor | None = None
@@ -405,6 +407,8 @@ class DroneSession:
             log.warning("drone %s: tasks did not stop within %.0f s", self.drone_id, timeout)
         if self._slot.clear():
             self._drop(SESSION_CLOSED)
+        if self._frame_rate is not None:
+            self._frame_rate.close()
         try:
             await asyncio.wait_for(self.pc.close(), timeout)
         except Exception as exc:

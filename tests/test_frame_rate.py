@@ -14,7 +14,7 @@ from test_drone_track import ClockSource
 from dronedepth.drone.client import DroneClient, DroneConfig, DroneSummary
 from dronedepth.drone.track import SourceTrack
 from dronedepth.errors import ConfigError, ProtocolError
-from dronedepth.gateway.frame_rate import FrameRateAdvisor, FrameRateConfig
+from dronedepth.gateway.frame_rate import FleetShare, FrameRateAdvisor, FrameRateConfig
 from dronedepth.protocol import FrameRateMessage, decode, encode
 
 # --------------------------------------------------------------------------------------------- the advisor
@@ -162,6 +162,62 @@ def test_a_fleet_on_a_saturated_gateway_backs_off_together_to_the_budget_and_sta
     assert all(latency <= budget for _, latency in settled), settled
     assert min(rate for rate, _ in settled) >= 0.5 * capacity, "fresher frames, but not a starved fleet"
     assert max(latency for _, latency in settled) < without_budget_ms / 5
+
+
+def _saturated_fleet(
+    fleet: FleetShare | None, budget_ms: float | None, periods: int = 30
+) -> tuple[list[FrameRateAdvisor], list[tuple[float, float]]]:
+    """6 drones at 30 fps on a gateway of 60 frames/s that shares its capacity in proportion to what each sends
+    (latency 12 ms idle, 12 / (1 - load)); drone 0 starts starved, advised 1.5 fps. Returns the advisors and
+    the (total sent, latency) of each period."""
+    advisors = [FrameRateAdvisor(FrameRateConfig(latency_budget_ms=budget_ms), fleet, f"d{i}") for i in range(6)]
+    counts = [Counts() for _ in advisors]
+    for advisor, count in zip(advisors, counts, strict=True):
+        advisor.update(*count.period(0, 0, 0))
+    advisors[0].advised_fps = 1.5
+    history = []
+    for _ in range(periods):
+        sent = [min(30.0, a.advised_fps or 30.0) for a in advisors]
+        share = min(1.0, 60.0 / sum(sent))
+        latency = 12.0 / (1 - min(sum(sent) / 60.0, 0.97))
+        for advisor, count, fps in zip(advisors, counts, sent, strict=True):
+            processed = fps * share
+            advisor.update(*count.period(round(fps), round(processed), round(fps - processed), latency_ms=latency))
+        history.append((sum(sent), latency))
+    return advisors, history
+
+
+@pytest.mark.parametrize("budget_ms", [None, 40.0], ids=["pace", "latency budget"])
+def test_without_a_fleet_share_a_drone_advised_low_stays_starved(budget_ms: float | None) -> None:
+    # Measured: 2.4 against 15 fps for the others (pace), 1 against 8 (budget): each advice follows its own pace.
+    advisors, _ = _saturated_fleet(None, budget_ms)
+    starved = advisors[0].advised_fps
+    assert starved is not None and starved < 0.35 * min(a.advised_fps or 30.0 for a in advisors[1:])
+
+
+@pytest.mark.parametrize("budget_ms", [None, 40.0], ids=["pace", "latency budget"])
+def test_the_fleet_share_lifts_a_starved_drone_to_an_equal_advice(budget_ms: float | None) -> None:
+    fleet = FleetShare()
+    advisors, history = _saturated_fleet(fleet, budget_ms)
+    advice = [a.advised_fps for a in advisors]
+    assert None not in advice and max(advice) <= 1.3 * min(advice), advice  # type: ignore[type-var, operator]
+    if budget_ms is not None:
+        assert all(latency <= budget_ms for _, latency in history[-10:]), history[-10:]
+    for advisor in advisors:
+        advisor.close()
+    assert fleet.fair_share_fps() is None, "closed sessions leave the share"
+
+
+def test_the_fair_share_is_the_mean_of_the_drones_with_results() -> None:
+    fleet = FleetShare()
+    assert fleet.fair_share_fps() is None
+    fleet.report("a", 10.0)
+    fleet.report("b", 4.0)
+    fleet.report("c", 0.0)  # no results yet (no camera, an outage): not a drone to share with
+    assert fleet.fair_share_fps() == 7.0
+    fleet.report("a", 6.0)
+    fleet.forget("b")
+    assert fleet.fair_share_fps() == 6.0
 
 
 @pytest.mark.parametrize(
