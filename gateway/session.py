@@ -790,7 +790,9 @@ class DroneSession:
             return
         finally:
             if depth is None and detecting is not None:
-                detecting.cancel()  # no depth, no result: a detection under way ends on its worker, unheard
+                # No depth, no result: a detection under way ends on its worker unheard (cancel() also
+                # silences the error of one that failed).
+                detecting.cancel()
         inferred = time.monotonic()
         self._told_inference_error = False
         if self._degraded:
