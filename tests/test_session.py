@@ -89,6 +89,28 @@ class FakeTrack:
         return frame
 
 
+def started_session(
+    name: str, client: FakeDepthClient, executor: ThreadPoolExecutor, **context: Any
+) -> tuple[DroneSession, FakeChannel, FakeTrack]:
+    """A started session on ``client`` with a fake data channel and video track; ``context`` overrides the
+    SessionContext (``make_processor``: a processor without a cloud by default)."""
+    settings: dict[str, Any] = {
+        "config": gateway_config(max_frame_pixels=320 * 240, idle_timeout=60),
+        "depth": DepthService(client),
+        "executor": executor,
+        "metrics": GatewayMetrics(),
+        "make_processor": lambda kind: FrameProcessor(ProcessingConfig(build_cloud=False), kind),
+        **context,
+    }
+    session = DroneSession(name, RTCPeerConnection(RTCConfiguration(iceServers=[])), SessionContext(**settings))
+    channel = FakeChannel()
+    session._on_datachannel(channel)  # type: ignore[arg-type]
+    track = FakeTrack()
+    session._on_track(track)  # type: ignore[arg-type]
+    session.start()
+    return session, channel, track
+
+
 @pytest.fixture
 async def parts() -> AsyncIterator[dict[str, Any]]:
     executor = ThreadPoolExecutor(2)
@@ -311,19 +333,13 @@ async def test_keypoints_are_detected_while_the_depth_request_is_in_flight() -> 
 
     executor = ThreadPoolExecutor(2)
     client = WaitingClient()
-    context = SessionContext(
-        config=gateway_config(max_frame_pixels=320 * 240, idle_timeout=60),
+    session, channel, track = started_session(
+        "overlap",
+        client,
+        executor,
         depth=DepthService(client, min_backoff=0.05, max_backoff=0.1),
-        executor=executor,
-        metrics=GatewayMetrics(),
-        make_processor=lambda kind: WatchedProcessor(ProcessingConfig(build_cloud=False), kind),  # type: ignore[arg-type]
+        make_processor=lambda kind: WatchedProcessor(ProcessingConfig(build_cloud=False), kind),
     )
-    session = DroneSession("overlap", RTCPeerConnection(RTCConfiguration(iceServers=[])), context)
-    channel = FakeChannel()
-    session._on_datachannel(channel)  # type: ignore[arg-type]
-    track = FakeTrack()
-    session._on_track(track)  # type: ignore[arg-type]
-    session.start()
     try:
         channel.receive(protocol.encode(camera_for()))
         rgb = photo()
@@ -370,20 +386,9 @@ async def test_close_drone_comes_after_the_last_write_returns() -> None:
             calls.append(("close", ""))
 
     executor = ThreadPoolExecutor(2)
-    context = SessionContext(
-        config=gateway_config(idle_timeout=60),
-        depth=DepthService(FakeDepthClient()),
-        executor=executor,
-        metrics=GatewayMetrics(),
-        make_processor=lambda kind: FrameProcessor(ProcessingConfig(build_cloud=False), kind),  # type: ignore[arg-type]
-        sink=SlowSink(),
+    session, channel, track = started_session(
+        "slow", FakeDepthClient(), executor, config=gateway_config(idle_timeout=60), sink=SlowSink()
     )
-    session = DroneSession("slow", RTCPeerConnection(RTCConfiguration(iceServers=[])), context)
-    channel = FakeChannel()
-    session._on_datachannel(channel)  # type: ignore[arg-type]
-    track = FakeTrack()
-    session._on_track(track)  # type: ignore[arg-type]
-    session.start()
     try:
         channel.receive(protocol.encode(camera_for()))
         track.push(photo(), pts=0)

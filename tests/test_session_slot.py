@@ -14,16 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
 from gateway_fixtures import FakeDepthClient, camera_for, gateway_config, photo
 from numpy.typing import NDArray
-from test_session import FakeChannel, FakeTrack
+from test_session import FakeChannel, FakeTrack, started_session
 
 from dronedepth import protocol
-from dronedepth.gateway.inference import DepthService
-from dronedepth.gateway.metrics import GatewayMetrics
-from dronedepth.gateway.pipeline import FrameProcessor, ProcessingConfig
-from dronedepth.gateway.session import SUPERSEDED, DroneSession, LatestFrame, SessionContext
+from dronedepth.gateway.session import SUPERSEDED, DroneSession, LatestFrame
 
 FRAME_TICKS = 6000
 """RTP ticks between frames at 15 fps (90 kHz clock)."""
@@ -63,20 +59,8 @@ class HeldAdmission:
 async def idle_session() -> AsyncIterator[tuple[DroneSession, FakeChannel, FakeTrack, GatedDepthClient]]:
     executor = ThreadPoolExecutor(2)
     client = GatedDepthClient()
-    context = SessionContext(
-        config=gateway_config(idle_timeout=60),
-        depth=DepthService(client),
-        executor=executor,
-        metrics=GatewayMetrics(),
-        make_processor=lambda kind: FrameProcessor(ProcessingConfig(build_cloud=False), kind),  # type: ignore[arg-type]
-    )
-    session = DroneSession("slot", RTCPeerConnection(RTCConfiguration(iceServers=[])), context)
-    channel = FakeChannel()
-    session._on_datachannel(channel)  # type: ignore[arg-type]
+    session, channel, track = started_session("slot", client, executor, config=gateway_config(idle_timeout=60))
     channel.receive(protocol.encode(camera_for()))
-    track = FakeTrack()
-    session._on_track(track)  # type: ignore[arg-type]
-    session.start()
     yield session, channel, track, client
     await session.close("test over")
     executor.shutdown()
