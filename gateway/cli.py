@@ -352,7 +352,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="frame_rate_advice",
         action="store_false",
         help="do not ask drones to send fewer frames when the gateway cannot process them all (by default each "
-        "drone gets 'frame_rate' messages: about 1.25x the rate its frames are processed; docs/protocol.md)",
+        "drone gets 'frame_rate' messages: about 1.25x the rate its frames are processed, never below the "
+        "drones' fair share; docs/protocol.md)",
     )
     lim.add_argument(
         "--latency-budget",
