@@ -396,7 +396,7 @@ def _stage_means(samples: list[ResultSample]) -> dict[str, float]:
         if values:
             out[stage] = round(float(np.mean(values)), 2)
     # What processing holds besides the timed steps: the message built and encoded, the obstacles message.
-    # Not detection: it runs during the inference (in processing only for an outage's probe frame).
+    # Not detection: it runs during the inference (inside processing only when no worker was free for it).
     timed = sum(out.get(k, 0.0) for k in ("projection", "keypoints", "pointcloud", "obstacles"))
     if "processing" in out:
         out["message"] = round(out["processing"] - timed, 2)

@@ -752,7 +752,7 @@ class DroneSession:
         rgb = await loop.run_in_executor(executor, _rgb24, frame)
         converted = time.monotonic()
         processor = self._processor_for(self._ctx.depth.depth_kind)
-        detecting: asyncio.Future[DetectedKeypoints] | None = None
+        detecting: Future[DetectedKeypoints] | None = None
         depth: NDArray[np.float32] | None = None
         try:
             # The request slot is held for the inference alone: CPU work never keeps it from other drones.
@@ -767,7 +767,7 @@ class DroneSession:
                     return
                 if self._ctx.depth.available:  # in an outage the request fails at once: detect only for a result
                     # Keypoints need only the image: a worker detects them while the depth request is in flight.
-                    detecting = loop.run_in_executor(executor, processor.detect_keypoints, rgb)
+                    detecting = executor.submit(processor.detect_keypoints, rgb)
                 depth = await self._ctx.depth.infer(rgb)
         except InferenceUnavailable as exc:
             if self._ctx.depth.available:  # a busy server rejected this one frame: no outage to report
@@ -790,9 +790,7 @@ class DroneSession:
             return
         finally:
             if depth is None and detecting is not None:
-                # No depth, no result: a detection under way ends on its worker unheard (cancel() also
-                # silences the error of one that failed).
-                detecting.cancel()
+                detecting.cancel()  # no depth, no result: a detection under way ends on its worker, unheard
         inferred = time.monotonic()
         self._told_inference_error = False
         if self._degraded:
@@ -812,7 +810,11 @@ class DroneSession:
         anchors = self._scale.take_anchors(int(item.frame.pts or 0))
         # Stamped with the drone's capture clock (the frame's pts), not this frame's arrival.
         captured = self._capture_clock.capture_time(int(item.frame.pts or 0), item.received_wall)
-        detected = None if detecting is None else await detecting
+        detected = None
+        # A detection no worker has started yet (they are all busy: the gateway is saturated) is done with the
+        # rest of the frame instead: waiting for it, then for the rest, would queue the frame twice.
+        if detecting is not None and not detecting.cancel():
+            detected = await asyncio.wrap_future(detecting)
         # The first answer may reveal the depth kind (a model's metadata): the processor follows it.
         processor = self._processor_for(self._ctx.depth.depth_kind)
         work = functools.partial(

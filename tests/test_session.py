@@ -366,6 +366,61 @@ async def test_keypoints_are_detected_while_the_depth_request_is_in_flight() -> 
         executor.shutdown()
 
 
+async def test_a_detection_no_worker_started_is_done_with_the_rest_of_the_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a saturated gateway (here: its one worker busy) a frame does not queue twice, for its detection
+    and then for the rest: the queued detection is withdrawn and runs inside the frame's processing."""
+    release = threading.Event()
+    executor = ThreadPoolExecutor(1)
+    convert = session_module._rgb24
+
+    def convert_then_busy(frame: av.VideoFrame) -> np.ndarray:
+        rgb = convert(frame)
+        executor.submit(release.wait, 10)  # queued ahead of the detection: other drones' work
+        return rgb
+
+    monkeypatch.setattr(session_module, "_rgb24", convert_then_busy)
+    inside_process: list[bool] = []
+
+    class WatchedProcessor(FrameProcessor):
+        processing = False
+
+        def detect_keypoints(self, rgb: np.ndarray) -> DetectedKeypoints:
+            inside_process.append(self.processing)
+            return super().detect_keypoints(rgb)
+
+        def process(self, *args: Any, **kwargs: Any) -> Any:
+            self.processing = True
+            try:
+                return super().process(*args, **kwargs)
+            finally:
+                self.processing = False
+
+    class ReleasingClient(FakeDepthClient):
+        async def infer(self, rgb: np.ndarray) -> np.ndarray:
+            depth = await super().infer(rgb)
+            asyncio.get_running_loop().call_later(0.2, release.set)  # the worker frees up after the answer
+            return depth
+
+    session, channel, track = started_session(
+        "busy",
+        ReleasingClient(),
+        executor,
+        make_processor=lambda kind: WatchedProcessor(ProcessingConfig(build_cloud=False), kind),
+    )
+    try:
+        channel.receive(protocol.encode(camera_for()))
+        track.push(photo(), pts=0)
+        await channel.wait_for(lambda: len(channel.keypoints()) == 1)
+        assert inside_process == [True], "detected once, with the rest of the frame"
+        assert len(channel.keypoints()[0]["points"]) > 10
+    finally:
+        release.set()
+        await session.close("test over")
+        executor.shutdown()
+
+
 async def test_close_drone_comes_after_the_last_write_returns() -> None:
     """A frame still in a sink when its session closes must not come after ``close_drone`` (a new bag)."""
     calls: list[tuple[str, str]] = []
