@@ -414,7 +414,12 @@ async def test_browser_drone_streams_and_the_operator_page_shows_it(triton_serve
         await operator.wait_for_function(
             f"() => (document.querySelector('{card} .rate .sub') || {{}}).textContent === 'asked ≤ 6.3 fps'"
         )
-        width = await operator.evaluate(f"() => document.querySelector('{card} .preview-img').naturalWidth")
+        # The preview reloads every few seconds (naturalWidth is 0 while a new one loads): read a loaded one.
+        loaded = await operator.wait_for_function(
+            f"""() => {{ const img = document.querySelector('{card} .preview-img');
+                return img && img.complete && img.naturalWidth > 0 && img.naturalWidth; }}"""
+        )
+        width = await loaded.json_value()
         assert 0 < width <= 320
         await operator.screenshot(path=str(ARTIFACTS / "web-operator.png"))
         await operator.set_viewport_size({"width": 820, "height": 1180})  # a tablet, portrait
