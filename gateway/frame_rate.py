@@ -25,7 +25,8 @@ With a **latency budget** (``latency_budget_ms``), the advice also keeps the
 drone's frames young: a frame's time in the gateway (decoded → result ready,
 ``timing.total``) grows once the gateway's cores are saturated, because every
 frame then waits for CPU, not only for the newest-frame slot. Over the budget
-(the period's mean), the advice is ``latency_backoff`` × the rate processed;
+(the period's mean), the advice is ``latency_backoff`` × the rate processed
+(× the fair share, below, when the advisor has one);
 between ``latency_room`` × the budget and the budget it may fall but not rise;
 below, the rules above apply. All drones share the cores, so all see the
 latency and back off together until the gateway runs below saturation: fewer
